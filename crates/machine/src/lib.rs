@@ -1,0 +1,229 @@
+//! A Viam-compatible machine: components behind traits (fake models built
+//! in), the robot service with sessions, safety stops and operations, served
+//! over gRPC (HTTP/2) and gRPC-Web by one tonic router.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tether_machine::{Machine, config::Config, models::Models};
+//! let machine = Machine::from_config(&Config::fake(), &Models::builtin())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! machine.serve(listener, Default::default(), tokio_util::sync::CancellationToken::new()).await;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tether_proto::viam::component as comp;
+use tether_proto::viam::robot::v1::robot_service_server::RobotServiceServer;
+use tether_rpc::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_rpc::server::{HttpService, ServeOptions};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+pub mod components;
+pub mod config;
+pub mod models;
+pub mod monitor;
+pub mod operations;
+pub mod resource;
+pub mod services;
+pub mod session;
+
+use config::{Config, ConfigError};
+use models::Models;
+use monitor::{MonitorLayer, MonitorState};
+use operations::Operations;
+use resource::Resources;
+use services::ComponentService;
+use services::robot::RobotServer;
+use session::{Expired, SessionManager};
+
+/// A safety stop issued because a session lapsed.
+#[derive(Clone, Debug)]
+pub struct SafetyStop {
+    /// The lapsed session.
+    pub session: uuid::Uuid,
+    /// The resource that was stopped.
+    pub resource: String,
+    /// How long after the session's deadline the stop completed.
+    pub delay: Duration,
+}
+
+/// Settings of a [`Machine`] that are not components.
+#[derive(Clone, Debug)]
+pub struct MachineOptions {
+    /// Window of every session.
+    pub heartbeat_window: Duration,
+    /// API keys; empty means no authentication.
+    pub api_keys: Vec<ApiKey>,
+    /// Name used as the token audience.
+    pub name: String,
+}
+
+impl Default for MachineOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_window: session::DEFAULT_WINDOW,
+            api_keys: Vec::new(),
+            name: "tether-machine".into(),
+        }
+    }
+}
+
+/// A running machine's state; cheap to clone.
+#[derive(Clone)]
+pub struct Machine {
+    resources: Arc<Resources>,
+    sessions: SessionManager,
+    operations: Operations,
+    authority: Option<Arc<Authority>>,
+    stops: broadcast::Sender<SafetyStop>,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("resources", &self.resources)
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+impl Machine {
+    /// A machine over `resources`. Must be called inside a tokio runtime
+    /// (it starts the session expiry task).
+    pub fn new(resources: Resources, options: MachineOptions) -> Self {
+        let resources = Arc::new(resources);
+        let (stops, _) = broadcast::channel(1024);
+        let on_expiry = {
+            let resources = resources.clone();
+            let stops = stops.clone();
+            Arc::new(move |e: Expired| {
+                for name in e.resources {
+                    let resources = resources.clone();
+                    let stops = stops.clone();
+                    tokio::spawn(async move {
+                        if resources.stop(&name).await {
+                            let delay =
+                                tokio::time::Instant::now().saturating_duration_since(e.deadline);
+                            tracing::warn!(session = %e.id, resource = %name, ?delay, "safety stop: session lapsed");
+                            let _ = stops.send(SafetyStop {
+                                session: e.id,
+                                resource: name,
+                                delay,
+                            });
+                        }
+                    });
+                }
+            })
+        };
+        let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
+        let authority = (!options.api_keys.is_empty())
+            .then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
+        Self {
+            resources,
+            sessions,
+            operations: Operations::default(),
+            authority,
+            stops,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Builds the components a config lists with `models`, and the machine.
+    pub fn from_config(cfg: &Config, models: &Models) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let resources = models.build(cfg)?;
+        let options = MachineOptions {
+            heartbeat_window: cfg.heartbeat_window(),
+            api_keys: cfg.api_keys(),
+            ..Default::default()
+        };
+        Ok(Self::new(resources, options))
+    }
+
+    /// The components.
+    pub fn resources(&self) -> &Arc<Resources> {
+        &self.resources
+    }
+
+    /// The session manager.
+    pub fn sessions(&self) -> &SessionManager {
+        &self.sessions
+    }
+
+    /// Running operations.
+    pub fn operations(&self) -> &Operations {
+        &self.operations
+    }
+
+    /// Safety stops as they happen.
+    pub fn safety_stops(&self) -> broadcast::Receiver<SafetyStop> {
+        self.stops.subscribe()
+    }
+
+    /// The gRPC router with tether's layers (auth, operations, sessions and
+    /// safety): the one service every transport serves.
+    pub fn grpc_service(&self) -> HttpService {
+        const MAX: usize = tether_rpc::MAX_MESSAGE_SIZE;
+        macro_rules! limits {
+            ($s:expr) => {
+                $s.max_decoding_message_size(MAX)
+                    .max_encoding_message_size(MAX)
+            };
+        }
+        let cs = ComponentService::new(self.resources.clone());
+        let robot = RobotServer {
+            resources: self.resources.clone(),
+            sessions: self.sessions.clone(),
+            operations: self.operations.clone(),
+            started: self.started,
+        };
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the compiled descriptor set is valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the compiled descriptor set is valid");
+        let mut routes = tonic::service::Routes::new(limits!(RobotServiceServer::new(robot)))
+            .add_service(limits!(
+                comp::motor::v1::motor_service_server::MotorServiceServer::new(cs.clone())
+            ))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        if let Some(authority) = &self.authority {
+            routes = routes.add_service(AuthServer::new(authority.clone()).into_service());
+        }
+        let monitor = MonitorLayer::new(MonitorState {
+            operations: self.operations.clone(),
+            sessions: self.sessions.clone(),
+            resources: self.resources.clone(),
+        });
+        let svc = ServiceBuilder::new()
+            .layer(AuthLayer::new(self.authority.clone()))
+            .layer(monitor)
+            .service(routes);
+        tower::util::BoxCloneSyncService::new(svc)
+    }
+
+    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP.
+    pub fn http_service(&self) -> HttpService {
+        tether_rpc::server::grpc_web(self.grpc_service())
+    }
+
+    /// Serves gRPC and gRPC-Web on `listener` until `shutdown`.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        options: ServeOptions,
+        shutdown: CancellationToken,
+    ) {
+        tether_rpc::server::serve(listener, self.http_service(), options, shutdown).await
+    }
+}

@@ -1,0 +1,27 @@
+//! The transport layer of tether.
+//!
+//! * [`server`]: serves one tower service (a tonic router) over HTTP/2 gRPC and
+//!   gRPC-Web (HTTP/1.1, binary and text, CORS) on one port, with optional TLS.
+//! * [`auth`]: API keys, JWT access tokens, the `AuthService` and the layer
+//!   that requires `authorization: Bearer …` on every other call.
+//! * [`dial`]: direct dialing of a machine (tonic channel plus credentials).
+//! * [`metadata`]: the header names of the wire contract.
+//!
+//! The WebRTC transport and signaling client/answerer will live here too, so
+//! that one tonic router and one set of generated clients run over every
+//! transport.
+
+pub mod auth;
+pub mod dial;
+pub mod grpc;
+pub mod metadata;
+pub mod server;
+
+pub use server::{ConnectionInfo, TransportKind};
+
+/// The largest gRPC message accepted or sent by tether (32 MiB, as the wire
+/// contract says for every transport).
+pub const MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+/// Boxed error used across tower services.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

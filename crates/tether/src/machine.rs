@@ -1,0 +1,57 @@
+//! `tether machine`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tether_machine::Machine;
+use tether_machine::config::{Config, DEFAULT_BIND};
+use tether_machine::models::Models;
+use tether_rpc::server::{ServeOptions, TlsConfig};
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(listen: Option<String>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = match &config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::fake(),
+    };
+    let machine = Machine::from_config(&cfg, &Models::builtin())?;
+    let addr = listen
+        .or_else(|| cfg.network.bind_address.clone())
+        .unwrap_or_else(|| DEFAULT_BIND.to_owned());
+    let tls = match (&cfg.network.tls_cert_file, &cfg.network.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            Some(TlsConfig::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let names: Vec<String> = machine
+        .resources()
+        .iter()
+        .map(|(n, c)| format!("{n} ({})", c.subtype()))
+        .collect();
+    tracing::info!(
+        address = %local,
+        tls = tls.is_some(),
+        auth = !cfg.api_keys().is_empty(),
+        heartbeat_window = ?cfg.heartbeat_window(),
+        "machine serving gRPC and gRPC-Web; components: {}",
+        names.join(", ")
+    );
+    // A line on stdout that scripts and tests wait for.
+    println!("listening on {local}");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signal.cancel();
+    });
+    machine
+        .serve(listener, ServeOptions { tls }, shutdown)
+        .await;
+    Ok(ExitCode::SUCCESS)
+}

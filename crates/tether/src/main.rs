@@ -1,0 +1,72 @@
+//! `tether`: run a machine, call one, and demos.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod call;
+mod machine;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tether",
+    version,
+    about = "A Viam-compatible robot connectivity stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a machine (the built-in fake machine unless --config is given).
+    Machine {
+        /// Address to listen on (overrides network.bind_address; default 0.0.0.0:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Machine config (Viam JSON shape).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Call a machine: list resources, drive components, read sensors.
+    Call(call::CallArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Machine { listen, config } => machine::run(listen, config).await,
+            Command::Call(args) => call::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
