@@ -279,6 +279,21 @@ impl SessionManager {
             .ok_or(SessionError::Expired)
     }
 
+    /// Ends a session now, as if its deadline had passed (an operator kicking
+    /// a client): its resources are stopped by the expiry task. False when
+    /// the session does not exist.
+    pub fn expire_now(&self, id: Uuid) -> bool {
+        let now = Instant::now();
+        let mut st = self.inner.state.lock();
+        let Some(session) = st.sessions.get_mut(&id) else { return false };
+        let old = std::mem::replace(&mut session.deadline, now);
+        st.deadlines.remove(&(old, id));
+        st.deadlines.insert((now, id));
+        drop(st);
+        self.inner.wake.notify_one();
+        true
+    }
+
     /// Records the last caller of `resource`: a session, or `None` for a
     /// sessionless call (which disassociates the resource).
     pub fn associate(&self, resource: &str, session: Option<Uuid>) {

@@ -1,0 +1,116 @@
+//! Helpers for end-to-end tests: an in-process machine on a loopback port and
+//! raw HTTP/2 and HTTP/1.1 calls for inputs the typed clients cannot make.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tether_machine::Machine;
+use tether_machine::config::Config;
+use tether_machine::models::Models;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestMachine {
+    pub addr: SocketAddr,
+    pub machine: Machine,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestMachine {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start(cfg: Config) -> TestMachine {
+    let machine = Machine::from_config(&cfg, &Models::builtin()).expect("valid config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let m = machine.clone();
+    let token = shutdown.clone();
+    tokio::spawn(async move { m.serve(listener, Default::default(), token).await });
+    TestMachine { addr, machine, shutdown }
+}
+
+pub fn config(json: &str) -> Config {
+    Config::from_json(json).expect("valid test config")
+}
+
+pub fn motor_config(window: &str) -> Config {
+    config(&format!(
+        r#"{{"components":[{{"name":"motor1","api":"rdk:component:motor","model":"rdk:builtin:fake"}},
+                           {{"name":"motor2","api":"rdk:component:motor","model":"rdk:builtin:fake"}}],
+            "network":{{"sessions":{{"heartbeat_window":"{window}"}}}}}}"#
+    ))
+}
+
+/// Frames one gRPC message.
+pub fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    v
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl RawResponse {
+    /// grpc-status from trailers, or from headers (trailers-only).
+    pub fn grpc_status(&self) -> Option<tonic::Status> {
+        self.trailers
+            .as_ref()
+            .and_then(tether_rpc::grpc::status_from_headers)
+            .or_else(|| tether_rpc::grpc::status_from_headers(&self.headers))
+    }
+}
+
+/// A raw gRPC call over HTTP/2.
+pub async fn h2_call(addr: SocketAddr, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawResponse {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).expect("request")).await.expect("send");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
+}
+
+/// A raw HTTP/1.1 request (gRPC-Web or CORS preflight).
+pub async fn h1_request(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawResponse {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("h1 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).expect("request")).await.expect("send");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
+}
+
+pub async fn client(addr: SocketAddr) -> tether_client::RobotClient {
+    tether_client::RobotClient::connect(tether_client::DialConf::direct(addr.to_string()), Default::default())
+        .await
+        .expect("connect")
+}
