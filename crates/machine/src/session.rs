@@ -285,7 +285,9 @@ impl SessionManager {
     pub fn expire_now(&self, id: Uuid) -> bool {
         let now = Instant::now();
         let mut st = self.inner.state.lock();
-        let Some(session) = st.sessions.get_mut(&id) else { return false };
+        let Some(session) = st.sessions.get_mut(&id) else {
+            return false;
+        };
         let old = std::mem::replace(&mut session.deadline, now);
         st.deadlines.remove(&(old, id));
         st.deadlines.insert((now, id));
