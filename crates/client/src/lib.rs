@@ -48,6 +48,8 @@ pub enum DialConf {
         credentials: Option<Credentials>,
         /// Limit on connecting and authenticating.
         dial_timeout: Duration,
+        /// Extra CA certificate (PEM) to trust for `https://` addresses.
+        tls_ca_pem: Option<Vec<u8>>,
     },
 }
 
@@ -58,6 +60,7 @@ impl DialConf {
             address: address.into(),
             credentials: None,
             dial_timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
         }
     }
 
@@ -65,6 +68,15 @@ impl DialConf {
     pub fn with_credentials(mut self, creds: Credentials) -> Self {
         match &mut self {
             DialConf::Direct { credentials, .. } => *credentials = Some(creds),
+        }
+        self
+    }
+
+    /// Trusts an extra CA certificate (PEM) for TLS, e.g. a machine's
+    /// self-signed certificate.
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        match &mut self {
+            DialConf::Direct { tls_ca_pem, .. } => *tls_ca_pem = Some(pem.into()),
         }
         self
     }

@@ -31,9 +31,7 @@ pub struct RobotClient {
 
 impl std::fmt::Debug for RobotClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RobotClient")
-            .field("conf", &self.inner.conf)
-            .finish_non_exhaustive()
+        f.debug_struct("RobotClient").field("conf", &self.inner.conf).finish_non_exhaustive()
     }
 }
 
@@ -47,32 +45,24 @@ impl RobotClient {
     pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
         let headers = SharedHeaders::default();
         let channel = match &conf {
-            DialConf::Direct {
-                address,
-                credentials,
-                dial_timeout,
-            } => {
+            DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
                 let channel = tokio::time::timeout(*dial_timeout, async {
-                    let channel = dial::connect_channel(address, *dial_timeout).await?;
+                    let channel = dial::connect_channel_with(address, *dial_timeout, tls_ca_pem.as_deref()).await?;
                     if let Some(creds) = credentials {
                         let token = dial::authenticate(channel.clone(), creds).await?;
-                        headers.set_bearer(&token).map_err(|e| {
-                            tonic::Status::internal(format!("unusable access token: {e}"))
-                        })?;
+                        headers
+                            .set_bearer(&token)
+                            .map_err(|e| tonic::Status::internal(format!("unusable access token: {e}")))?;
                     }
                     Ok::<_, Error>(channel)
                 })
                 .await
-                .map_err(|_| {
-                    Error::Dial(dial::DialError::Timeout(address.clone(), *dial_timeout))
-                })??;
+                .map_err(|_| Error::Dial(dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
                 HeaderStamp::new(channel, headers)
             }
         };
         let channel = SessionChannel::new(channel, options.disable_sessions);
-        Ok(Self {
-            inner: Arc::new(Inner { channel, conf }),
-        })
+        Ok(Self { inner: Arc::new(Inner { channel, conf }) })
     }
 
     /// The transport for tonic-generated clients (sessions handled).
@@ -98,21 +88,12 @@ impl RobotClient {
 
     /// Every resource on the machine.
     pub async fn resource_names(&self) -> Result<Vec<ResourceName>> {
-        Ok(reply(
-            self.robot()
-                .resource_names(pb::ResourceNamesRequest {})
-                .await,
-        )?
-        .resources)
+        Ok(reply(self.robot().resource_names(pb::ResourceNamesRequest {}).await)?.resources)
     }
 
     /// The machine's status (state, resources).
     pub async fn machine_status(&self) -> Result<pb::GetMachineStatusResponse> {
-        reply(
-            self.robot()
-                .get_machine_status(pb::GetMachineStatusRequest {})
-                .await,
-        )
+        reply(self.robot().get_machine_status(pb::GetMachineStatusRequest {}).await)
     }
 
     /// Platform and version of the machine.
@@ -122,42 +103,22 @@ impl RobotClient {
 
     /// Running operations.
     pub async fn operations(&self) -> Result<Vec<pb::Operation>> {
-        Ok(reply(
-            self.robot()
-                .get_operations(pb::GetOperationsRequest {})
-                .await,
-        )?
-        .operations)
+        Ok(reply(self.robot().get_operations(pb::GetOperationsRequest {}).await)?.operations)
     }
 
     /// Cancels an operation by id.
     pub async fn cancel_operation(&self, id: &str) -> Result<()> {
-        reply(
-            self.robot()
-                .cancel_operation(pb::CancelOperationRequest { id: id.into() })
-                .await,
-        )
-        .map(drop)
+        reply(self.robot().cancel_operation(pb::CancelOperationRequest { id: id.into() }).await).map(drop)
     }
 
     /// Waits until an operation is finished.
     pub async fn block_for_operation(&self, id: &str) -> Result<()> {
-        reply(
-            self.robot()
-                .block_for_operation(pb::BlockForOperationRequest { id: id.into() })
-                .await,
-        )
-        .map(drop)
+        reply(self.robot().block_for_operation(pb::BlockForOperationRequest { id: id.into() }).await).map(drop)
     }
 
     /// Stops every actuator and cancels every operation.
     pub async fn stop_all(&self) -> Result<()> {
-        reply(
-            self.robot()
-                .stop_all(pb::StopAllRequest { extra: Vec::new() })
-                .await,
-        )
-        .map(drop)
+        reply(self.robot().stop_all(pb::StopAllRequest { extra: Vec::new() }).await).map(drop)
     }
 
     /// The machine's sessions.

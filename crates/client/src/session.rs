@@ -73,12 +73,7 @@ impl SessionChannel {
 
     /// The current session id, if a session is active.
     pub fn session_id(&self) -> Option<String> {
-        self.shared
-            .state
-            .lock()
-            .active
-            .as_ref()
-            .map(|a| a.id.clone())
+        self.shared.state.lock().active.as_ref().map(|a| a.id.clone())
     }
 
     /// The window the machine gave the current session.
@@ -122,10 +117,7 @@ impl SessionChannel {
             st.last.clone().unwrap_or_default()
         };
         let mut robot = pb::robot_service_client::RobotServiceClient::new(self.inner.clone());
-        let resp = match robot
-            .start_session(pb::StartSessionRequest { resume })
-            .await
-        {
+        let resp = match robot.start_session(pb::StartSessionRequest { resume }).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unimplemented => {
                 self.shared.state.lock().unsupported = true;
@@ -137,30 +129,18 @@ impl SessionChannel {
             .heartbeat_window
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                tonic::Status::internal("StartSession response has no heartbeat_window")
-            })?;
+            .ok_or_else(|| tonic::Status::internal("StartSession response has no heartbeat_window"))?;
         let heartbeat = self.shared.closed.child_token();
         {
             let mut st = self.shared.state.lock();
             if let Some(old) = st.active.take() {
                 old.heartbeat.cancel();
             }
-            st.active = Some(Active {
-                id: resp.id.clone(),
-                window,
-                heartbeat: heartbeat.clone(),
-            });
+            st.active = Some(Active { id: resp.id.clone(), window, heartbeat: heartbeat.clone() });
             st.last = Some(resp.id.clone());
         }
         tracing::debug!(session = %resp.id, ?window, "session started");
-        tokio::spawn(heartbeat_loop(
-            self.inner.clone(),
-            self.shared.clone(),
-            resp.id.clone(),
-            window,
-            heartbeat,
-        ));
+        tokio::spawn(heartbeat_loop(self.inner.clone(), self.shared.clone(), resp.id.clone(), window, heartbeat));
         Ok(Some(resp.id))
     }
 }
@@ -171,13 +151,7 @@ fn reset(shared: &Shared) {
     }
 }
 
-async fn heartbeat_loop(
-    inner: Transport,
-    shared: Arc<Shared>,
-    id: String,
-    window: Duration,
-    stop: CancellationToken,
-) {
+async fn heartbeat_loop(inner: Transport, shared: Arc<Shared>, id: String, window: Duration, stop: CancellationToken) {
     let mut robot = pb::robot_service_client::RobotServiceClient::new(inner);
     let period = window / 5;
     loop {
@@ -226,9 +200,8 @@ fn with_sid(parts: &http::request::Parts, body: Body, sid: Option<&str>) -> Requ
 }
 
 fn is_session_expired(resp: &Response<Body>) -> bool {
-    grpc::status_from_headers(resp.headers()).is_some_and(|s| {
-        s.code() == tonic::Code::InvalidArgument && s.message() == metadata::SESSION_EXPIRED
-    })
+    grpc::status_from_headers(resp.headers())
+        .is_some_and(|s| s.code() == tonic::Code::InvalidArgument && s.message() == metadata::SESSION_EXPIRED)
 }
 
 impl Service<Request<Body>> for SessionChannel {
@@ -267,28 +240,18 @@ impl Service<Request<Body>> for SessionChannel {
             let first = this
                 .inner
                 .clone()
-                .oneshot(with_sid(
-                    &parts,
-                    Body::new(http_body_util::Full::new(bytes.clone())),
-                    sid.as_deref(),
-                ))
+                .oneshot(with_sid(&parts, Body::new(http_body_util::Full::new(bytes.clone())), sid.as_deref()))
                 .await?;
             if sid.is_none() || !is_session_expired(&first) {
                 return Ok(first);
             }
-            tracing::debug!(
-                "call answered SESSION_EXPIRED; starting a new session and retrying once"
-            );
+            tracing::debug!("call answered SESSION_EXPIRED; starting a new session and retrying once");
             this.reset();
             let sid = match this.ensure_session().await {
                 Ok(sid) => sid,
                 Err(status) => return Ok(status.into_http()),
             };
-            let retry = with_sid(
-                &parts,
-                Body::new(http_body_util::Full::new(bytes)),
-                sid.as_deref(),
-            );
+            let retry = with_sid(&parts, Body::new(http_body_util::Full::new(bytes)), sid.as_deref());
             this.inner.clone().oneshot(retry).await.map_err(Into::into)
         })
     }

@@ -33,10 +33,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -80,11 +77,9 @@ impl ComponentConfig {
         if let Some(api) = &self.api {
             let parts: Vec<&str> = api.split(':').collect();
             let valid = parts.len() == 3
-                && parts.iter().all(|p| {
-                    !p.is_empty()
-                        && p.chars()
-                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
-                });
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'));
             if !valid {
                 return Err(ConfigError::new(
                     format!("components[{index}].api"),
@@ -101,10 +96,7 @@ impl ComponentConfig {
         }
         match &self.kind {
             Some(k) if !k.is_empty() => Ok(k.clone()),
-            _ => Err(ConfigError::new(
-                format!("components[{index}].api"),
-                "missing (e.g. \"rdk:component:motor\")",
-            )),
+            _ => Err(ConfigError::new(format!("components[{index}].api"), "missing (e.g. \"rdk:component:motor\")")),
         }
     }
 }
@@ -167,30 +159,22 @@ pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
 impl Config {
     /// Parses and validates JSON.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = serde_json::from_str(text).map_err(|e| {
-            ConfigError::new(
-                format!("line {} column {}", e.line(), e.column()),
-                e.to_string(),
-            )
-        })?;
+        let cfg: Config = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new(format!("line {} column {}", e.line(), e.column()), e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
         Self::from_json(&text)
     }
 
     /// The built-in fake machine: one fake of every component kind.
     pub fn fake() -> Self {
-        let kinds = [
-            "motor", "arm", "base", "gripper", "servo", "gantry", "button", "switch", "sensor",
-            "camera",
-        ];
+        let kinds = ["motor", "arm", "base", "gripper", "servo", "gantry", "button", "switch", "sensor", "camera"];
         Config {
             components: kinds
                 .iter()
@@ -211,24 +195,15 @@ impl Config {
         self.window()?;
         if let Some(addr) = &self.network.bind_address {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::new(
-                    "network.bind_address",
-                    format!("{addr:?} is not an ip:port address"),
-                ));
+                return Err(ConfigError::new("network.bind_address", format!("{addr:?} is not an ip:port address")));
             }
         }
         match (&self.network.tls_cert_file, &self.network.tls_key_file) {
             (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "network.tls_key_file",
-                    "required with tls_cert_file",
-                ));
+                return Err(ConfigError::new("network.tls_key_file", "required with tls_cert_file"));
             }
             (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "network.tls_cert_file",
-                    "required with tls_key_file",
-                ));
+                return Err(ConfigError::new("network.tls_cert_file", "required with tls_key_file"));
             }
             _ => {}
         }
@@ -238,17 +213,11 @@ impl Config {
                 return Err(ConfigError::new(format!("components[{i}].name"), "missing"));
             }
             if !names.insert(c.name.as_str()) {
-                return Err(ConfigError::new(
-                    format!("components[{i}].name"),
-                    format!("duplicate name {:?}", c.name),
-                ));
+                return Err(ConfigError::new(format!("components[{i}].name"), format!("duplicate name {:?}", c.name)));
             }
             c.subtype(i)?;
             if c.model.is_empty() {
-                return Err(ConfigError::new(
-                    format!("components[{i}].model"),
-                    "missing",
-                ));
+                return Err(ConfigError::new(format!("components[{i}].model"), "missing"));
             }
         }
         if let Some(auth) = &self.auth {
@@ -256,17 +225,11 @@ impl Config {
                 if h.kind != tether_rpc::auth::API_KEY {
                     return Err(ConfigError::new(
                         format!("auth.handlers[{i}].type"),
-                        format!(
-                            "unsupported credential type {:?} (supported: \"api-key\")",
-                            h.kind
-                        ),
+                        format!("unsupported credential type {:?} (supported: \"api-key\")", h.kind),
                     ));
                 }
                 if h.config.keys.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("auth.handlers[{i}].config.keys"),
-                        "no keys",
-                    ));
+                    return Err(ConfigError::new(format!("auth.handlers[{i}].config.keys"), "no keys"));
                 }
                 for (j, k) in h.config.keys.iter().enumerate() {
                     if k.id.is_empty() || k.key.is_empty() {
@@ -291,10 +254,7 @@ impl Config {
             return Ok(DEFAULT_WINDOW);
         }
         if d < MIN_WINDOW || d > MAX_WINDOW {
-            return Err(ConfigError::new(
-                FIELD,
-                format!("must be within [30ms, 1m], got {text}"),
-            ));
+            return Err(ConfigError::new(FIELD, format!("must be within [30ms, 1m], got {text}")));
         }
         Ok(d)
     }
@@ -306,11 +266,7 @@ impl Config {
 
     /// API keys from every `api-key` handler (empty = auth off).
     pub fn api_keys(&self) -> Vec<ApiKey> {
-        self.auth
-            .iter()
-            .flat_map(|a| a.handlers.iter())
-            .flat_map(|h| h.config.keys.iter().cloned())
-            .collect()
+        self.auth.iter().flat_map(|a| a.handlers.iter()).flat_map(|h| h.config.keys.iter().cloned()).collect()
     }
 }
 
@@ -326,19 +282,13 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
             return Err(format!("invalid duration {text:?}"));
         }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {text:?}"))?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -362,15 +312,9 @@ mod tests {
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(
-            parse_go_duration("30ms").unwrap(),
-            Duration::from_millis(30)
-        );
+        assert_eq!(parse_go_duration("30ms").unwrap(), Duration::from_millis(30));
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_go_duration("1.5s").unwrap(),
-            Duration::from_millis(1500)
-        );
+        assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_go_duration("2").is_err());
         assert!(parse_go_duration("2 parsecs").is_err());
         assert!(parse_go_duration("").is_err());
@@ -378,13 +322,7 @@ mod tests {
 
     #[test]
     fn window_bounds_are_inclusive_and_enforced() {
-        for (w, ok) in [
-            ("30ms", true),
-            ("1m", true),
-            ("29ms", false),
-            ("61s", false),
-            ("0s", true),
-        ] {
+        for (w, ok) in [("30ms", true), ("1m", true), ("29ms", false), ("61s", false), ("0s", true)] {
             let json = format!(r#"{{"network":{{"sessions":{{"heartbeat_window":"{w}"}}}}}}"#);
             let r = Config::from_json(&json);
             assert_eq!(r.is_ok(), ok, "{w}: {r:?}");
@@ -392,10 +330,7 @@ mod tests {
                 assert_eq!(e.field, "network.sessions.heartbeat_window");
             }
         }
-        assert_eq!(
-            Config::from_json("{}").unwrap().heartbeat_window(),
-            DEFAULT_WINDOW
-        );
+        assert_eq!(Config::from_json("{}").unwrap().heartbeat_window(), DEFAULT_WINDOW);
     }
 
     #[test]
@@ -405,18 +340,9 @@ mod tests {
                 r#"{"components":[{"name":"a","api":"rdk:component:motor","model":"fake"},{"name":"a","api":"rdk:component:motor","model":"fake"}]}"#,
                 "components[1].name",
             ),
-            (
-                r#"{"components":[{"name":"a","api":"motor","model":"fake"}]}"#,
-                "components[0].api",
-            ),
-            (
-                r#"{"components":[{"name":"a","api":"rdk:component:motor"}]}"#,
-                "components[0].model",
-            ),
-            (
-                r#"{"network":{"bind_address":"nowhere"}}"#,
-                "network.bind_address",
-            ),
+            (r#"{"components":[{"name":"a","api":"motor","model":"fake"}]}"#, "components[0].api"),
+            (r#"{"components":[{"name":"a","api":"rdk:component:motor"}]}"#, "components[0].model"),
+            (r#"{"network":{"bind_address":"nowhere"}}"#, "network.bind_address"),
             (
                 r#"{"auth":{"handlers":[{"type":"robot-secret","config":{"keys":[{"id":"a","key":"b"}]}}]}}"#,
                 "auth.handlers[0].type",
@@ -425,12 +351,7 @@ mod tests {
         for (json, field) in cases {
             assert_eq!(Config::from_json(json).unwrap_err().field, field, "{json}");
         }
-        assert!(
-            Config::from_json("{not json")
-                .unwrap_err()
-                .field
-                .starts_with("line 1")
-        );
+        assert!(Config::from_json("{not json").unwrap_err().field.starts_with("line 1"));
     }
 
     #[test]
@@ -439,10 +360,7 @@ mod tests {
         let names: Vec<_> = cfg.components.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "motor1", "arm1", "base1", "gripper1", "servo1", "gantry1", "button1", "switch1",
-                "sensor1", "camera1"
-            ]
+            ["motor1", "arm1", "base1", "gripper1", "servo1", "gantry1", "button1", "switch1", "sensor1", "camera1"]
         );
         cfg.validate().unwrap();
     }

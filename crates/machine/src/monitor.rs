@@ -75,10 +75,7 @@ impl MonitorLayer {
 impl<S> Layer<S> for MonitorLayer {
     type Service = Monitor<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Monitor {
-            inner,
-            state: self.state.clone(),
-        }
+        Monitor { inner, state: self.state.clone() }
     }
 }
 
@@ -92,21 +89,14 @@ pub struct Monitor<S> {
 /// The peer of a request, from its connection.
 pub fn peer_of<B>(req: &Request<B>) -> PeerInfo {
     match req.extensions().get::<ConnectionInfo>() {
-        Some(c) => PeerInfo {
-            webrtc: c.kind == TransportKind::WebRtc,
-            remote: c.remote,
-            local: c.local,
-        },
+        Some(c) => PeerInfo { webrtc: c.kind == TransportKind::WebRtc, remote: c.remote, local: c.local },
         None => PeerInfo::default(),
     }
 }
 
 /// The authenticated owner of a request ("" when unauthenticated).
 pub fn owner_of<B>(req: &Request<B>) -> String {
-    req.extensions()
-        .get::<AuthEntity>()
-        .map(|e| e.0.clone())
-        .unwrap_or_default()
+    req.extensions().get::<AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
 }
 
 fn untracked(path: &str) -> bool {
@@ -124,18 +114,13 @@ fn session_header<B>(req: &Request<B>) -> Result<Option<Uuid>, SessionError> {
     if values.next().is_some() {
         return Err(SessionError::Malformed("more than one viam-sid".into()));
     }
-    let s = first
-        .to_str()
-        .map_err(|_| SessionError::Malformed("non-ascii viam-sid".into()))?;
+    let s = first.to_str().map_err(|_| SessionError::Malformed("non-ascii viam-sid".into()))?;
     crate::session::parse_id(s).map(Some)
 }
 
 impl<S> Service<Request<Body>> for Monitor<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -154,11 +139,7 @@ where
     }
 }
 
-async fn handle<S>(
-    mut inner: S,
-    state: MonitorState,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, Infallible>
+async fn handle<S>(mut inner: S, state: MonitorState, mut req: Request<Body>) -> Result<Response<Body>, Infallible>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
@@ -173,10 +154,7 @@ where
         if let Some(sid) = sid {
             let owner = owner_of(&req);
             let peer = peer_of(&req);
-            if let Err(e) = state
-                .sessions
-                .heartbeat(&sid.to_string(), &owner, Some(peer))
-            {
+            if let Err(e) = state.sessions.heartbeat(&sid.to_string(), &owner, Some(peer)) {
                 return Ok(Status::from(e).into_http());
             }
             session = Some(sid);
@@ -200,16 +178,9 @@ where
             .and_then(|v| Uuid::parse_str(v).ok());
         state.operations.register(requested, path.clone(), session)
     });
-    let cancel = guard
-        .as_ref()
-        .map(|g| g.cancel_token().clone())
-        .unwrap_or_default();
+    let cancel = guard.as_ref().map(|g| g.cancel_token().clone()).unwrap_or_default();
     let operation = guard.as_ref().map(OperationGuard::id);
-    req.extensions_mut().insert(CallContext {
-        operation,
-        session,
-        cancel: cancel.clone(),
-    });
+    req.extensions_mut().insert(CallContext { operation, session, cancel: cancel.clone() });
 
     let result = tokio::select! {
         r = inner.call(req) => r,
@@ -222,12 +193,7 @@ where
         }
     }
     Ok(match guard {
-        Some(guard) => response.map(|b| {
-            Body::new(Guarded {
-                inner: b,
-                _guard: guard,
-            })
-        }),
+        Some(guard) => response.map(|b| Body::new(Guarded { inner: b, _guard: guard })),
         None => response,
     })
 }
@@ -265,23 +231,11 @@ async fn peek_name(mut body: Body) -> Result<(Option<String>, Body), Status> {
         }
     }
     let name = grpc::first_frame(&buf).and_then(|(compressed, msg, _)| {
-        if compressed {
-            None
-        } else {
-            <NameOnly as prost::Message>::decode(msg)
-                .ok()
-                .map(|n| n.name)
-        }
+        if compressed { None } else { <NameOnly as prost::Message>::decode(msg).ok().map(|n| n.name) }
     });
     let prefix = buf.freeze();
     let rest = if ended { None } else { Some(body) };
-    Ok((
-        name,
-        Body::new(Replay {
-            prefix: Some(prefix).filter(|p| !p.is_empty()),
-            rest,
-        }),
-    ))
+    Ok((name, Body::new(Replay { prefix: Some(prefix).filter(|p| !p.is_empty()), rest })))
 }
 
 pin_project_lite::pin_project! {
@@ -296,10 +250,7 @@ impl HttpBody for Replay {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let mut this = self.project();
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
@@ -328,10 +279,7 @@ impl HttpBody for Guarded {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.project().inner.poll_frame(cx)
     }
 

@@ -47,9 +47,7 @@ pub struct Operations {
 
 impl std::fmt::Debug for Operations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operations")
-            .field("running", &self.map.lock().len())
-            .finish()
+        f.debug_struct("Operations").field("running", &self.map.lock().len()).finish()
     }
 }
 
@@ -83,41 +81,17 @@ impl Drop for OperationGuard {
 impl Operations {
     /// Registers a call. `id` is the client's `opid` if it sent a valid,
     /// unused one; otherwise a new id is generated.
-    pub fn register(
-        &self,
-        id: Option<Uuid>,
-        method: String,
-        session: Option<Uuid>,
-    ) -> OperationGuard {
+    pub fn register(&self, id: Option<Uuid>, method: String, session: Option<Uuid>) -> OperationGuard {
         let mut map = self.map.lock();
-        let mut id = id
-            .filter(|id| !map.contains_key(id))
-            .unwrap_or_else(Uuid::new_v4);
+        let mut id = id.filter(|id| !map.contains_key(id)).unwrap_or_else(Uuid::new_v4);
         while map.contains_key(&id) {
             id = Uuid::new_v4();
         }
         let cancel = CancellationToken::new();
         let done = CancellationToken::new();
-        let info = OperationInfo {
-            id,
-            method,
-            started: SystemTime::now(),
-            session,
-        };
-        map.insert(
-            id,
-            Entry {
-                info,
-                cancel: cancel.clone(),
-                done: done.clone(),
-            },
-        );
-        OperationGuard {
-            id,
-            cancel,
-            done,
-            ops: self.clone(),
-        }
+        let info = OperationInfo { id, method, started: SystemTime::now(), session };
+        map.insert(id, Entry { info, cancel: cancel.clone(), done: done.clone() });
+        OperationGuard { id, cancel, done, ops: self.clone() }
     }
 
     /// Running operations, oldest first.

@@ -58,9 +58,7 @@ impl From<SessionError> for tonic::Status {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Malformed(_) => tonic::Status::invalid_argument(e.to_string()),
-            SessionError::Expired => {
-                tonic::Status::invalid_argument(tether_rpc::metadata::SESSION_EXPIRED)
-            }
+            SessionError::Expired => tonic::Status::invalid_argument(tether_rpc::metadata::SESSION_EXPIRED),
         }
     }
 }
@@ -147,9 +145,7 @@ impl Drop for AbortOnDrop {
 
 impl std::fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionManager")
-            .field("window", &self.inner.window)
-            .finish_non_exhaustive()
+        f.debug_struct("SessionManager").field("window", &self.inner.window).finish_non_exhaustive()
     }
 }
 
@@ -166,17 +162,9 @@ impl SessionManager {
     /// A manager whose sessions get `window`, calling `on_expiry` for each
     /// lapsed session. Must be called inside a tokio runtime.
     pub fn new(window: Duration, on_expiry: ExpiryHandler) -> Self {
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            window,
-            on_expiry,
-        });
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), wake: Notify::new(), window, on_expiry });
         let task = tokio::spawn(expiry_task(inner.clone()));
-        Self {
-            inner,
-            _task: Arc::new(AbortOnDrop(task.abort_handle())),
-        }
+        Self { inner, _task: Arc::new(AbortOnDrop(task.abort_handle())) }
     }
 
     /// A manager that reports expiries on a channel (handy in tests).
@@ -199,18 +187,9 @@ impl SessionManager {
     /// `StartSession`: resumes `resume` when it names a live session of the
     /// same owner (extending it), else creates a new session. A malformed
     /// `resume` is an error and creates nothing.
-    pub fn start(
-        &self,
-        owner: &str,
-        resume: &str,
-        peer: PeerInfo,
-    ) -> Result<(Uuid, Duration), SessionError> {
+    pub fn start(&self, owner: &str, resume: &str, peer: PeerInfo) -> Result<(Uuid, Duration), SessionError> {
         let now = Instant::now();
-        let resume = if resume.is_empty() {
-            None
-        } else {
-            Some(parse_id(resume)?)
-        };
+        let resume = if resume.is_empty() { None } else { Some(parse_id(resume)?) };
         let mut st = self.inner.state.lock();
         if let Some(id) = resume {
             if let Some(window) = Self::touch(&mut st, id, owner, now, Some(peer.clone())) {
@@ -224,15 +203,7 @@ impl SessionManager {
         let window = self.inner.window;
         let deadline = now + window;
         let first = st.deadlines.first().is_none_or(|(d, _)| deadline < *d);
-        st.sessions.insert(
-            id,
-            Session {
-                owner: owner.to_owned(),
-                deadline,
-                window,
-                peer,
-            },
-        );
+        st.sessions.insert(id, Session { owner: owner.to_owned(), deadline, window, peer });
         st.deadlines.insert((deadline, id));
         drop(st);
         if first {
@@ -243,13 +214,7 @@ impl SessionManager {
 
     /// Pushes a live session's deadline out; `None` when it is unknown,
     /// lapsed or owned by someone else.
-    fn touch(
-        st: &mut State,
-        id: Uuid,
-        owner: &str,
-        now: Instant,
-        peer: Option<PeerInfo>,
-    ) -> Option<Duration> {
+    fn touch(st: &mut State, id: Uuid, owner: &str, now: Instant, peer: Option<PeerInfo>) -> Option<Duration> {
         let session = st.sessions.get_mut(&id)?;
         if session.deadline <= now || !owners_match(&session.owner, owner) {
             return None;
@@ -266,17 +231,10 @@ impl SessionManager {
     }
 
     /// `SendSessionHeartbeat` (and the implicit heartbeat of a monitored call).
-    pub fn heartbeat(
-        &self,
-        id: &str,
-        owner: &str,
-        peer: Option<PeerInfo>,
-    ) -> Result<Uuid, SessionError> {
+    pub fn heartbeat(&self, id: &str, owner: &str, peer: Option<PeerInfo>) -> Result<Uuid, SessionError> {
         let id = parse_id(id)?;
         let mut st = self.inner.state.lock();
-        Self::touch(&mut st, id, owner, Instant::now(), peer)
-            .map(|_| id)
-            .ok_or(SessionError::Expired)
+        Self::touch(&mut st, id, owner, Instant::now(), peer).map(|_| id).ok_or(SessionError::Expired)
     }
 
     /// Ends a session now, as if its deadline had passed (an operator kicking
@@ -322,12 +280,7 @@ impl SessionManager {
         st.sessions
             .iter()
             .filter(|(_, s)| s.deadline > now)
-            .map(|(id, s)| SessionInfo {
-                id: *id,
-                owner: s.owner.clone(),
-                window: s.window,
-                peer: s.peer.clone(),
-            })
+            .map(|(id, s)| SessionInfo { id: *id, owner: s.owner.clone(), window: s.window, peer: s.peer.clone() })
             .collect()
     }
 
@@ -350,18 +303,11 @@ impl SessionManager {
             }
             st.deadlines.pop_first();
             if let Some(s) = st.sessions.remove(&id) {
-                out.push(Expired {
-                    id,
-                    owner: s.owner,
-                    peer: s.peer,
-                    resources: Vec::new(),
-                    deadline,
-                });
+                out.push(Expired { id, owner: s.owner, peer: s.peer, resources: Vec::new(), deadline });
             }
         }
         if !out.is_empty() {
-            let ids: HashMap<Uuid, usize> =
-                out.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+            let ids: HashMap<Uuid, usize> = out.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
             st.last_caller.retain(|resource, sid| match ids.get(sid) {
                 Some(&i) => {
                     out[i].resources.push(resource.clone());
@@ -428,18 +374,12 @@ mod tests {
         m.associate("base1", Some(id));
         let e = rx.recv().await.unwrap();
         let elapsed = Instant::now() - start;
-        assert!(
-            elapsed >= W && elapsed <= W + Duration::from_millis(2),
-            "expired after {elapsed:?}"
-        );
+        assert!(elapsed >= W && elapsed <= W + Duration::from_millis(2), "expired after {elapsed:?}");
         assert_eq!(e.id, id);
         assert_eq!(e.resources, vec!["base1".to_string(), "motor1".to_string()]);
         assert!(m.is_empty());
         assert_eq!(m.last_caller("motor1"), None);
-        assert_eq!(
-            m.heartbeat(&id.to_string(), "", None),
-            Err(SessionError::Expired)
-        );
+        assert_eq!(m.heartbeat(&id.to_string(), "", None), Err(SessionError::Expired));
     }
 
     #[tokio::test(start_paused = true)]
@@ -467,17 +407,11 @@ mod tests {
         // Someone else resuming alice's session gets a fresh one.
         let (other, _) = m.start("bob", &id.to_string(), peer()).unwrap();
         assert_ne!(other, id);
-        assert_eq!(
-            m.heartbeat(&id.to_string(), "bob", None),
-            Err(SessionError::Expired)
-        );
+        assert_eq!(m.heartbeat(&id.to_string(), "bob", None), Err(SessionError::Expired));
         assert!(m.heartbeat(&id.to_string(), "alice", None).is_ok());
         // Malformed resume creates nothing.
         let n = m.len();
-        assert!(matches!(
-            m.start("alice", "not-a-uuid", peer()),
-            Err(SessionError::Malformed(_))
-        ));
+        assert!(matches!(m.start("alice", "not-a-uuid", peer()), Err(SessionError::Malformed(_))));
         assert_eq!(m.len(), n);
         // After lapsing, resume makes a new session.
         let lapsed = rx.recv().await.unwrap();
@@ -512,10 +446,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bad_ids() {
         let (m, _rx) = SessionManager::with_channel(W);
-        assert!(matches!(
-            m.heartbeat("xyz", "", None),
-            Err(SessionError::Malformed(_))
-        ));
+        assert!(matches!(m.heartbeat("xyz", "", None), Err(SessionError::Malformed(_))));
         let unknown = Uuid::new_v4().to_string();
         assert_eq!(m.heartbeat(&unknown, "", None), Err(SessionError::Expired));
         let status: tonic::Status = SessionError::Expired.into();
@@ -538,8 +469,7 @@ mod tests {
         // Keep the even ones alive past the first window.
         tokio::time::sleep(W / 2).await;
         for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
-            m.heartbeat(&id.to_string(), &format!("owner{}", i % 7), None)
-                .unwrap();
+            m.heartbeat(&id.to_string(), &format!("owner{}", i % 7), None).unwrap();
         }
         let mut lapsed = 0;
         while lapsed < 5_000 {

@@ -28,54 +28,25 @@ async fn long_go_for_is_listed_and_cancellable() {
     assert!(op.started.is_some());
     assert!(motor.is_moving().await.unwrap());
     robot.cancel_operation(&op.id).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), long)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), long).await.unwrap().unwrap().unwrap_err();
     assert_eq!(err.code(), tonic::Code::Cancelled);
-    assert!(
-        !motor.is_moving().await.unwrap(),
-        "a cancelled GoFor stops the motor"
-    );
+    assert!(!motor.is_moving().await.unwrap(), "a cancelled GoFor stops the motor");
     // Blocking on a finished or unknown operation returns at once.
-    tokio::time::timeout(Duration::from_secs(1), robot.block_for_operation(&op.id))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), robot.block_for_operation(&op.id)).await.unwrap().unwrap();
     robot.cancel_operation("not-an-id").await.unwrap();
-    assert!(
-        robot
-            .operations()
-            .await
-            .unwrap()
-            .iter()
-            .all(|o| o.id != op.id)
-    );
+    assert!(robot.operations().await.unwrap().iter().all(|o| o.id != op.id));
 }
 
 #[tokio::test]
 async fn every_call_gets_an_opid_header() {
     let m = start(motor_config("2s")).await;
     let body = frame(&[]);
-    let r = h2_call(
-        m.addr,
-        "/viam.robot.v1.RobotService/ResourceNames",
-        body.clone(),
-        &[],
-    )
-    .await;
+    let r = h2_call(m.addr, "/viam.robot.v1.RobotService/ResourceNames", body.clone(), &[]).await;
     let opid = r.headers["opid"].to_str().unwrap();
     uuid::Uuid::parse_str(opid).unwrap();
     // A client-chosen id is reused.
     let mine = uuid::Uuid::new_v4().to_string();
-    let r = h2_call(
-        m.addr,
-        "/viam.robot.v1.RobotService/ResourceNames",
-        body,
-        &[("opid", &mine)],
-    )
-    .await;
+    let r = h2_call(m.addr, "/viam.robot.v1.RobotService/ResourceNames", body, &[("opid", &mine)]).await;
     assert_eq!(r.headers["opid"].to_str().unwrap(), mine);
 }
 
@@ -94,11 +65,7 @@ async fn stop_all_cancels_operations_and_stops_actuators() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     robot.stop_all().await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), long)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), long).await.unwrap().unwrap().unwrap_err();
     assert_eq!(err.code(), tonic::Code::Cancelled);
     assert!(!m1.is_moving().await.unwrap());
     assert!(!m2.is_powered().await.unwrap().0);

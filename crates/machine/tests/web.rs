@@ -34,18 +34,11 @@ async fn grpc_web_binary_and_text() {
         "POST",
         path,
         frame(&pb::ResourceNamesRequest {}.encode_to_vec()),
-        &[
-            ("content-type", "application/grpc-web+proto"),
-            ("x-grpc-web", "1"),
-            ("origin", "http://page.local"),
-        ],
+        &[("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ("origin", "http://page.local")],
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.headers["access-control-allow-origin"],
-        "http://page.local"
-    );
+    assert_eq!(r.headers["access-control-allow-origin"], "http://page.local");
     assert_eq!(r.headers["access-control-allow-credentials"], "true");
     let (messages, trailers) = parse_web_body(&r.body);
     let names = pb::ResourceNamesResponse::decode(messages[0].as_slice()).unwrap();
@@ -58,30 +51,16 @@ async fn grpc_web_binary_and_text() {
         m.addr,
         "POST",
         path,
-        b64.encode(frame(&pb::ResourceNamesRequest {}.encode_to_vec()))
-            .into_bytes(),
-        &[
-            ("content-type", "application/grpc-web-text"),
-            ("accept", "application/grpc-web-text"),
-        ],
+        b64.encode(frame(&pb::ResourceNamesRequest {}.encode_to_vec())).into_bytes(),
+        &[("content-type", "application/grpc-web-text"), ("accept", "application/grpc-web-text")],
     )
     .await;
     assert_eq!(r.status, 200);
     // Each chunk (message, trailers) is base64-encoded on its own, padding
     // included, so decode group by group.
-    let decoded: Vec<u8> = r
-        .body
-        .chunks(4)
-        .flat_map(|g| b64.decode(g).unwrap())
-        .collect();
+    let decoded: Vec<u8> = r.body.chunks(4).flat_map(|g| b64.decode(g).unwrap()).collect();
     let (messages, _) = parse_web_body(&decoded);
-    assert_eq!(
-        pb::ResourceNamesResponse::decode(messages[0].as_slice())
-            .unwrap()
-            .resources
-            .len(),
-        2
-    );
+    assert_eq!(pb::ResourceNamesResponse::decode(messages[0].as_slice()).unwrap().resources.len(), 2);
 
     // Errors keep their code in gRPC-Web too.
     let r = h1_request(
@@ -99,16 +78,11 @@ async fn grpc_web_binary_and_text() {
         &[("content-type", "application/grpc-web+proto")],
     )
     .await;
-    let code = r
-        .headers
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .or_else(|| {
-            parse_web_body(&r.body).1.and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("grpc-status:").map(|s| s.trim().to_owned()))
-            })
-        });
+    let code = r.headers.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()).or_else(|| {
+        parse_web_body(&r.body)
+            .1
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("grpc-status:").map(|s| s.trim().to_owned())))
+    });
     assert_eq!(code.as_deref(), Some("5"));
 }
 
@@ -123,27 +97,15 @@ async fn cors_preflight_echoes_origin_and_allows_credentials() {
         &[
             ("origin", "http://localhost:5173"),
             ("access-control-request-method", "POST"),
-            (
-                "access-control-request-headers",
-                "content-type,x-grpc-web,authorization,viam-sid",
-            ),
+            ("access-control-request-headers", "content-type,x-grpc-web,authorization,viam-sid"),
         ],
     )
     .await;
     assert!(r.status.is_success(), "{:?}", r.status);
-    assert_eq!(
-        r.headers["access-control-allow-origin"],
-        "http://localhost:5173"
-    );
+    assert_eq!(r.headers["access-control-allow-origin"], "http://localhost:5173");
     assert_eq!(r.headers["access-control-allow-credentials"], "true");
-    let allowed = r.headers["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .to_ascii_lowercase();
-    assert!(
-        allowed.contains("viam-sid") && allowed.contains("authorization"),
-        "{allowed}"
-    );
+    let allowed = r.headers["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("viam-sid") && allowed.contains("authorization"), "{allowed}");
 }
 
 #[tokio::test]
@@ -163,30 +125,17 @@ async fn reflection_serves_the_safety_option() {
         },
         ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "viam.component.motor.v1.MotorService".into(),
-            )),
+            message_request: Some(MessageRequest::FileContainingSymbol("viam.component.motor.v1.MotorService".into())),
         },
     ];
-    let mut stream = refl
-        .server_reflection_info(futures::stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = refl.server_reflection_info(futures::stream::iter(requests)).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
-        panic!("list")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else { panic!("list") };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"viam.component.motor.v1.MotorService"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"viam.component.motor.v1.MotorService"), "{names:?}");
     assert!(names.contains(&"viam.robot.v1.RobotService"));
     let second = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
-        panic!("file")
-    };
+    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else { panic!("file") };
     // Decode the served file (options exactly as served) on top of its
     // dependencies, as a reflection client would.
     let mut pool = prost_reflect::DescriptorPool::new();
@@ -197,21 +146,17 @@ async fn reflection_serves_the_safety_option() {
         "viam/common/v1/common.proto",
     ] {
         let file = tether_proto::safety::pool().get_file_by_name(dep).unwrap();
-        pool.add_file_descriptor_proto(file.file_descriptor_proto().clone())
-            .unwrap();
+        pool.add_file_descriptor_proto(file.file_descriptor_proto().clone()).unwrap();
     }
     let motor_file = files
         .file_descriptor_proto
         .iter()
         .find(|b| {
-            prost_types::FileDescriptorProto::decode(b.as_slice())
-                .unwrap()
-                .name()
+            prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap().name()
                 == "viam/component/motor/v1/motor.proto"
         })
         .expect("the motor file is served");
-    pool.decode_file_descriptor_proto(motor_file.as_slice())
-        .unwrap();
+    pool.decode_file_descriptor_proto(motor_file.as_slice()).unwrap();
     let monitored = tether_proto::safety::methods_of(&pool);
     assert!(monitored["/viam.component.motor.v1.MotorService/SetPower"].monitored);
     assert!(!monitored["/viam.component.motor.v1.MotorService/Stop"].monitored);

@@ -18,8 +18,7 @@ pub mod safety;
 
 /// The encoded `FileDescriptorSet` of every proto file (imports included),
 /// with custom options preserved. Served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
 
 pub mod google {
     /// Well-known types, re-exported from `prost-types`.

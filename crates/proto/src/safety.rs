@@ -25,8 +25,7 @@ pub struct MethodInfo {
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET)
-            .expect("the descriptor set built by build.rs decodes")
+        DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET).expect("the descriptor set built by build.rs decodes")
     })
 }
 
@@ -39,8 +38,7 @@ pub fn methods_of(pool: &DescriptorPool) -> HashMap<String, MethodInfo> {
         for method in service.methods() {
             let monitored = ext.as_ref().is_some_and(|ext| {
                 let options = method.options();
-                options.has_extension(ext)
-                    && matches!(options.get_extension(ext).as_ref(), Value::Bool(true))
+                options.has_extension(ext) && matches!(options.get_extension(ext).as_ref(), Value::Bool(true))
             });
             table.insert(
                 format!("/{}/{}", service.full_name(), method.name()),
@@ -74,11 +72,7 @@ pub fn is_monitored(path: &str) -> bool {
 
 /// The monitored paths, sorted (for display and tests).
 pub fn monitored_paths() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = methods()
-        .iter()
-        .filter(|(_, m)| m.monitored)
-        .map(|(p, _)| p.as_str())
-        .collect();
+    let mut v: Vec<&'static str> = methods().iter().filter(|(_, m)| m.monitored).map(|(p, _)| p.as_str()).collect();
     v.sort_unstable();
     v
 }

@@ -95,16 +95,9 @@ impl Authority {
     }
 
     /// Checks credentials and returns an access token.
-    pub fn authenticate(
-        &self,
-        entity: &str,
-        creds_type: &str,
-        payload: &str,
-    ) -> Result<String, Status> {
+    pub fn authenticate(&self, entity: &str, creds_type: &str, payload: &str) -> Result<String, Status> {
         if creds_type != API_KEY {
-            return Err(Status::invalid_argument(format!(
-                "do not know how to handle credential type {creds_type:?}"
-            )));
+            return Err(Status::invalid_argument(format!("do not know how to handle credential type {creds_type:?}")));
         }
         let known = self.keys.get(entity);
         // Compare against a dummy when the entity is unknown so timing does
@@ -114,10 +107,7 @@ impl Authority {
         if known.is_none() || !matches {
             return Err(Status::unauthenticated("invalid credentials"));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let claims = Claims {
             sub: entity.to_owned(),
             aud: vec![self.audience.clone()],
@@ -141,9 +131,7 @@ impl Authority {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|e| Status::unauthenticated(format!("invalid access token: {e}")))?;
         if data.claims.sub.is_empty() {
-            return Err(Status::unauthenticated(
-                "invalid access token: empty subject",
-            ));
+            return Err(Status::unauthenticated("invalid access token: empty subject"));
         }
         Ok(data.claims)
     }
@@ -151,9 +139,9 @@ impl Authority {
     /// Checks an `authorization` header value and returns the entity.
     pub fn check_header(&self, value: Option<&str>) -> Result<AuthEntity, Status> {
         let value = value.ok_or_else(|| Status::unauthenticated("authentication required"))?;
-        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-            Status::unauthenticated("expected authorization header with prefix: Bearer ")
-        })?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Status::unauthenticated("expected authorization header with prefix: Bearer "))?;
         Ok(AuthEntity(self.verify(token.trim())?.sub))
     }
 }
@@ -188,20 +176,12 @@ impl pb::auth_service_server::AuthService for AuthServer {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("Bearer "));
         if already {
-            return Err(Status::invalid_argument(
-                "already authenticated; cannot re-authenticate",
-            ));
+            return Err(Status::invalid_argument("already authenticated; cannot re-authenticate"));
         }
         let req = request.into_inner();
-        let creds = req
-            .credentials
-            .ok_or_else(|| Status::invalid_argument("credentials required"))?;
-        let access_token =
-            self.authority
-                .authenticate(&req.entity, &creds.r#type, &creds.payload)?;
-        Ok(tonic::Response::new(pb::AuthenticateResponse {
-            access_token,
-        }))
+        let creds = req.credentials.ok_or_else(|| Status::invalid_argument("credentials required"))?;
+        let access_token = self.authority.authenticate(&req.entity, &creds.r#type, &creds.payload)?;
+        Ok(tonic::Response::new(pb::AuthenticateResponse { access_token }))
     }
 }
 
@@ -223,10 +203,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthMiddleware<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthMiddleware {
-            inner,
-            authority: self.authority.clone(),
-        }
+        AuthMiddleware { inner, authority: self.authority.clone() }
     }
 }
 
@@ -239,10 +216,7 @@ pub struct AuthMiddleware<S> {
 
 impl<S, B> Service<Request<B>> for AuthMiddleware<S>
 where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -258,13 +232,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if let Some(authority) = &self.authority {
-            if req.uri().path() != AUTHENTICATE_PATH
-                && req.extensions().get::<AuthEntity>().is_none()
-            {
-                let header = req
-                    .headers()
-                    .get(crate::metadata::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
+            if req.uri().path() != AUTHENTICATE_PATH && req.extensions().get::<AuthEntity>().is_none() {
+                let header = req.headers().get(crate::metadata::AUTHORIZATION).and_then(|v| v.to_str().ok());
                 match authority.check_header(header) {
                     Ok(entity) => {
                         req.extensions_mut().insert(entity);

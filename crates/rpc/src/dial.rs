@@ -26,11 +26,7 @@ pub struct Credentials {
 impl Credentials {
     /// API-key credentials: the key id is the entity.
     pub fn api_key(id: impl Into<String>, key: impl Into<String>) -> Self {
-        Self {
-            entity: id.into(),
-            r#type: crate::auth::API_KEY.into(),
-            payload: key.into(),
-        }
+        Self { entity: id.into(), r#type: crate::auth::API_KEY.into(), payload: key.into() }
     }
 }
 
@@ -65,19 +61,30 @@ impl DialError {
 
 /// Normalises `host:port` into an `http://` URI (keeps explicit schemes).
 pub fn normalize_address(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    }
+    if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
 }
 
 /// Opens an HTTP/2 channel to `addr` (eagerly, within `timeout`), with
-/// keepalive pings so that a silently dead link is noticed.
+/// keepalive pings so that a silently dead link is noticed. Plaintext (h2c)
+/// for `host:port` and `http://`; TLS for `https://`.
 pub async fn connect_channel(addr: &str, timeout: Duration) -> Result<Channel, DialError> {
+    connect_channel_with(addr, timeout, None).await
+}
+
+/// [`connect_channel`], trusting `ca_pem` (a PEM CA certificate) in addition
+/// to the web PKI roots for `https://` addresses.
+pub async fn connect_channel_with(addr: &str, timeout: Duration, ca_pem: Option<&[u8]>) -> Result<Channel, DialError> {
     let uri = normalize_address(addr);
-    let endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|e| DialError::Address(addr.to_owned(), e.to_string()))?
+    let mut endpoint =
+        Endpoint::from_shared(uri.clone()).map_err(|e| DialError::Address(addr.to_owned(), e.to_string()))?;
+    if uri.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| DialError::Address(addr.to_owned(), source_chain(&e)))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -107,10 +114,7 @@ pub async fn authenticate(channel: Channel, creds: &Credentials) -> Result<Strin
     let resp = client
         .authenticate(pb::AuthenticateRequest {
             entity: creds.entity.clone(),
-            credentials: Some(pb::Credentials {
-                r#type: creds.r#type.clone(),
-                payload: creds.payload.clone(),
-            }),
+            credentials: Some(pb::Credentials { r#type: creds.r#type.clone(), payload: creds.payload.clone() }),
         })
         .await?;
     Ok(resp.into_inner().access_token)

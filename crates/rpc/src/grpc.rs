@@ -5,17 +5,8 @@ use http::{HeaderMap, Response};
 /// Reads `grpc-status` (and the percent-decoded `grpc-message`) from a header
 /// map: response headers of a trailers-only response, or trailers.
 pub fn status_from_headers(headers: &HeaderMap) -> Option<tonic::Status> {
-    let code = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .map(percent_decode)
-        .unwrap_or_default();
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).map(percent_decode).unwrap_or_default();
     Some(tonic::Status::new(tonic::Code::from_i32(code), message))
 }
 

@@ -48,11 +48,8 @@ pub struct ConnectionInfo {
 }
 
 /// The boxed HTTP service every transport serves.
-pub type HttpService = tower::util::BoxCloneSyncService<
-    Request<tonic::body::Body>,
-    Response<tonic::body::Body>,
-    Infallible,
->;
+pub type HttpService =
+    tower::util::BoxCloneSyncService<Request<tonic::body::Body>, Response<tonic::body::Body>, Infallible>;
 
 /// Wraps a gRPC service so it also answers gRPC-Web (binary and text) and
 /// CORS preflights. The CORS policy echoes the page's `Origin` and allows
@@ -75,13 +72,9 @@ pub fn grpc_web(svc: HttpService) -> HttpService {
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers(ExposeHeaders::list(exposed))
         .max_age(Duration::from_secs(24 * 60 * 60));
-    let svc = tower::ServiceBuilder::new()
-        .layer(cors)
-        .layer(tonic_web::GrpcWebLayer::new())
-        .service(svc);
-    let svc = ServiceExt::<Request<tonic::body::Body>>::map_response(svc, |r: Response<_>| {
-        r.map(tonic::body::Body::new)
-    });
+    let svc = tower::ServiceBuilder::new().layer(cors).layer(tonic_web::GrpcWebLayer::new()).service(svc);
+    let svc =
+        ServiceExt::<Request<tonic::body::Body>>::map_response(svc, |r: Response<_>| r.map(tonic::body::Body::new));
     tower::util::BoxCloneSyncService::new(svc)
 }
 
@@ -98,8 +91,7 @@ impl TlsConfig {
             .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("parsing certificate {}: {e}", cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("reading key {}: {e}", key.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("reading key {}: {e}", key.display()))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -122,12 +114,7 @@ static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Serves `svc` on `listener` until `shutdown` is cancelled. Every accepted
 /// connection runs on its own task; a failing connection never stops the
 /// server.
-pub async fn serve(
-    listener: TcpListener,
-    svc: HttpService,
-    options: ServeOptions,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOptions, shutdown: CancellationToken) {
     let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
     loop {
@@ -168,14 +155,12 @@ pub async fn serve(
                 .keep_alive_timeout(Duration::from_secs(20));
             let result = match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(tls) => match TlsAcceptor::from(tls.0).accept(stream).await {
                     Ok(tls_stream) => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), hyper_svc);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), hyper_svc);
                         watcher.watch(conn.into_owned()).await
                     }
                     Err(e) => Err(format!("tls handshake: {e}").into()),

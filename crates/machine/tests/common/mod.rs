@@ -27,19 +27,13 @@ impl Drop for TestMachine {
 
 pub async fn start(cfg: Config) -> TestMachine {
     let machine = Machine::from_config(&cfg, &Models::builtin()).expect("valid config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let m = machine.clone();
     let token = shutdown.clone();
     tokio::spawn(async move { m.serve(listener, Default::default(), token).await });
-    TestMachine {
-        addr,
-        machine,
-        shutdown,
-    }
+    TestMachine { addr, machine, shutdown }
 }
 
 pub fn config(json: &str) -> Config {
@@ -81,17 +75,10 @@ impl RawResponse {
 }
 
 /// A raw gRPC call over HTTP/2.
-pub async fn h2_call(
-    addr: SocketAddr,
-    path: &str,
-    body: Vec<u8>,
-    headers: &[(&str, &str)],
-) -> RawResponse {
+pub async fn h2_call(addr: SocketAddr, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawResponse {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
     tokio::spawn(conn);
     let mut req = Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
@@ -99,19 +86,11 @@ pub async fn h2_call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
-        .await
-        .expect("send");
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).expect("request")).await.expect("send");
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned();
-    RawResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body: collected.to_bytes(),
-        trailers,
-    }
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
 }
 
 /// A raw HTTP/1.1 request (gRPC-Web or CORS preflight).
@@ -123,37 +102,21 @@ pub async fn h1_request(
     headers: &[(&str, &str)],
 ) -> RawResponse {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("h1 handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("h1 handshake");
     tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
-        .await
-        .expect("send");
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).expect("request")).await.expect("send");
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned();
-    RawResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body: collected.to_bytes(),
-        trailers,
-    }
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
 }
 
 pub async fn client(addr: SocketAddr) -> tether_client::RobotClient {
-    tether_client::RobotClient::connect(
-        tether_client::DialConf::direct(addr.to_string()),
-        Default::default(),
-    )
-    .await
-    .expect("connect")
+    tether_client::RobotClient::connect(tether_client::DialConf::direct(addr.to_string()), Default::default())
+        .await
+        .expect("connect")
 }
