@@ -65,11 +65,7 @@ pub struct MachineOptions {
 
 impl Default for MachineOptions {
     fn default() -> Self {
-        Self {
-            heartbeat_window: session::DEFAULT_WINDOW,
-            api_keys: Vec::new(),
-            name: "tether-machine".into(),
-        }
+        Self { heartbeat_window: session::DEFAULT_WINDOW, api_keys: Vec::new(), name: "tether-machine".into() }
     }
 }
 
@@ -86,10 +82,7 @@ pub struct Machine {
 
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Machine")
-            .field("resources", &self.resources)
-            .field("sessions", &self.sessions)
-            .finish()
+        f.debug_struct("Machine").field("resources", &self.resources).field("sessions", &self.sessions).finish()
     }
 }
 
@@ -108,41 +101,26 @@ impl Machine {
                     let stops = stops.clone();
                     tokio::spawn(async move {
                         if resources.stop(&name).await {
-                            let delay =
-                                tokio::time::Instant::now().saturating_duration_since(e.deadline);
+                            let delay = tokio::time::Instant::now().saturating_duration_since(e.deadline);
                             tracing::warn!(session = %e.id, resource = %name, ?delay, "safety stop: session lapsed");
-                            let _ = stops.send(SafetyStop {
-                                session: e.id,
-                                resource: name,
-                                delay,
-                            });
+                            let _ = stops.send(SafetyStop { session: e.id, resource: name, delay });
                         }
                     });
                 }
             })
         };
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
-        let authority = (!options.api_keys.is_empty())
-            .then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
-        Self {
-            resources,
-            sessions,
-            operations: Operations::default(),
-            authority,
-            stops,
-            started: SystemTime::now(),
-        }
+        let authority =
+            (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
+        Self { resources, sessions, operations: Operations::default(), authority, stops, started: SystemTime::now() }
     }
 
     /// Builds the components a config lists with `models`, and the machine.
     pub fn from_config(cfg: &Config, models: &Models) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let resources = models.build(cfg)?;
-        let options = MachineOptions {
-            heartbeat_window: cfg.heartbeat_window(),
-            api_keys: cfg.api_keys(),
-            ..Default::default()
-        };
+        let options =
+            MachineOptions { heartbeat_window: cfg.heartbeat_window(), api_keys: cfg.api_keys(), ..Default::default() };
         Ok(Self::new(resources, options))
     }
 
@@ -172,8 +150,7 @@ impl Machine {
         const MAX: usize = tether_rpc::MAX_MESSAGE_SIZE;
         macro_rules! limits {
             ($s:expr) => {
-                $s.max_decoding_message_size(MAX)
-                    .max_encoding_message_size(MAX)
+                $s.max_decoding_message_size(MAX).max_encoding_message_size(MAX)
             };
         }
         let cs = ComponentService::new(self.resources.clone());
@@ -192,9 +169,7 @@ impl Machine {
             .build_v1alpha()
             .expect("the compiled descriptor set is valid");
         let mut routes = tonic::service::Routes::new(limits!(RobotServiceServer::new(robot)))
-            .add_service(limits!(
-                comp::motor::v1::motor_service_server::MotorServiceServer::new(cs.clone())
-            ))
+            .add_service(limits!(comp::motor::v1::motor_service_server::MotorServiceServer::new(cs.clone())))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         if let Some(authority) = &self.authority {
@@ -205,10 +180,7 @@ impl Machine {
             sessions: self.sessions.clone(),
             resources: self.resources.clone(),
         });
-        let svc = ServiceBuilder::new()
-            .layer(AuthLayer::new(self.authority.clone()))
-            .layer(monitor)
-            .service(routes);
+        let svc = ServiceBuilder::new().layer(AuthLayer::new(self.authority.clone())).layer(monitor).service(routes);
         tower::util::BoxCloneSyncService::new(svc)
     }
 
@@ -218,12 +190,7 @@ impl Machine {
     }
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`.
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        options: ServeOptions,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn serve(&self, listener: TcpListener, options: ServeOptions, shutdown: CancellationToken) {
         tether_rpc::server::serve(listener, self.http_service(), options, shutdown).await
     }
 }

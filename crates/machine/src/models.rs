@@ -30,11 +30,7 @@ impl Models {
     /// The built-in fake model of every component kind.
     pub fn builtin() -> Self {
         let mut m = Self::empty();
-        m.register("motor", FAKE, |a| {
-            Ok(Component::Motor(Arc::new(FakeMotor::new(attr_f64(
-                a, "max_rpm", 100.0,
-            )?))))
-        });
+        m.register("motor", FAKE, |a| Ok(Component::Motor(Arc::new(FakeMotor::new(attr_f64(a, "max_rpm", 100.0)?)))));
         m
     }
 
@@ -44,8 +40,7 @@ impl Models {
     where
         F: Fn(&serde_json::Value) -> Result<Component, String> + Send + Sync + 'static,
     {
-        self.map
-            .insert((subtype.to_owned(), model.to_owned()), Arc::new(f));
+        self.map.insert((subtype.to_owned(), model.to_owned()), Arc::new(f));
     }
 
     /// Builds every component of `cfg`.
@@ -53,22 +48,15 @@ impl Models {
         let mut resources = Resources::new();
         for (i, c) in cfg.components.iter().enumerate() {
             let subtype = c.subtype(i)?;
-            let model = if c.model == "fake" {
-                FAKE
-            } else {
-                c.model.as_str()
-            };
-            let ctor = self
-                .map
-                .get(&(subtype.clone(), model.to_owned()))
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("components[{i}].model"),
-                        format!("no model {:?} for rdk:component:{subtype}", c.model),
-                    )
-                })?;
-            let component = ctor(&c.attributes)
-                .map_err(|e| ConfigError::new(format!("components[{i}].attributes"), e))?;
+            let model = if c.model == "fake" { FAKE } else { c.model.as_str() };
+            let ctor = self.map.get(&(subtype.clone(), model.to_owned())).ok_or_else(|| {
+                ConfigError::new(
+                    format!("components[{i}].model"),
+                    format!("no model {:?} for rdk:component:{subtype}", c.model),
+                )
+            })?;
+            let component =
+                ctor(&c.attributes).map_err(|e| ConfigError::new(format!("components[{i}].attributes"), e))?;
             resources
                 .insert(c.name.clone(), component)
                 .map_err(|e| ConfigError::new(format!("components[{i}].name"), e))?;

@@ -78,9 +78,7 @@ pub struct Resources {
 
 impl std::fmt::Debug for Resources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.by_name.iter().map(|(k, v)| (k, v.subtype())))
-            .finish()
+        f.debug_map().entries(self.by_name.iter().map(|(k, v)| (k, v.subtype()))).finish()
     }
 }
 

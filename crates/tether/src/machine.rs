@@ -16,24 +16,14 @@ pub async fn run(listen: Option<String>, config: Option<PathBuf>) -> anyhow::Res
         None => Config::fake(),
     };
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
-    let addr = listen
-        .or_else(|| cfg.network.bind_address.clone())
-        .unwrap_or_else(|| DEFAULT_BIND.to_owned());
+    let addr = listen.or_else(|| cfg.network.bind_address.clone()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
     let tls = match (&cfg.network.tls_cert_file, &cfg.network.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            Some(TlsConfig::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?)
-        }
+        (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    let names: Vec<String> = machine
-        .resources()
-        .iter()
-        .map(|(n, c)| format!("{n} ({})", c.subtype()))
-        .collect();
+    let names: Vec<String> = machine.resources().iter().map(|(n, c)| format!("{n} ({})", c.subtype())).collect();
     tracing::info!(
         address = %local,
         tls = tls.is_some(),
@@ -50,8 +40,6 @@ pub async fn run(listen: Option<String>, config: Option<PathBuf>) -> anyhow::Res
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    machine
-        .serve(listener, ServeOptions { tls }, shutdown)
-        .await;
+    machine.serve(listener, ServeOptions { tls }, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

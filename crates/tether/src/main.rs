@@ -9,11 +9,7 @@ mod call;
 mod machine;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "tether",
-    version,
-    about = "A Viam-compatible robot connectivity stack"
-)]
+#[command(name = "tether", version, about = "A Viam-compatible robot connectivity stack")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,19 +33,13 @@ enum Command {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -32,9 +32,7 @@ pub fn finite(name: &str, v: f64) -> Result<f64> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(tonic::Status::invalid_argument(format!(
-            "{name} must be a finite number, got {v}"
-        )))
+        Err(tonic::Status::invalid_argument(format!("{name} must be a finite number, got {v}")))
     }
 }
 
@@ -44,56 +42,34 @@ where
     I: IntoIterator<Item = (K, Value)>,
     K: Into<String>,
 {
-    Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| (k.into(), v))
-            .collect::<BTreeMap<_, _>>(),
-    }
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect::<BTreeMap<_, _>>() }
 }
 
 /// A number value.
 pub fn num(v: f64) -> Value {
-    Value {
-        kind: Some(Kind::NumberValue(v)),
-    }
+    Value { kind: Some(Kind::NumberValue(v)) }
 }
 
 /// A boolean value.
 pub fn boolean(v: bool) -> Value {
-    Value {
-        kind: Some(Kind::BoolValue(v)),
-    }
+    Value { kind: Some(Kind::BoolValue(v)) }
 }
 
 /// A string value.
 pub fn string(v: impl Into<String>) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(v.into())),
-    }
+    Value { kind: Some(Kind::StringValue(v.into())) }
 }
 
 /// A list value.
 pub fn list(v: impl IntoIterator<Item = Value>) -> Value {
-    Value {
-        kind: Some(Kind::ListValue(prost_types::ListValue {
-            values: v.into_iter().collect(),
-        })),
-    }
+    Value { kind: Some(Kind::ListValue(prost_types::ListValue { values: v.into_iter().collect() })) }
 }
 
 /// Reads a number attribute from a JSON config object.
-pub fn attr_f64(
-    attrs: &serde_json::Value,
-    key: &str,
-    default: f64,
-) -> std::result::Result<f64, String> {
+pub fn attr_f64(attrs: &serde_json::Value, key: &str, default: f64) -> std::result::Result<f64, String> {
     match attrs.get(key) {
         None | Some(serde_json::Value::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .ok_or_else(|| format!("attribute {key:?} must be a number")),
+        Some(v) => v.as_f64().filter(|f| f.is_finite()).ok_or_else(|| format!("attribute {key:?} must be a number")),
     }
 }
 

@@ -48,10 +48,7 @@ pub trait Motor: Send + Sync + 'static {
     /// Free-form status.
     async fn status(&self) -> Result<Struct> {
         let (on, power) = self.is_powered(None).await?;
-        Ok(super::to_struct([
-            ("is_powered", super::boolean(on)),
-            ("power_pct", super::num(power)),
-        ]))
+        Ok(super::to_struct([("is_powered", super::boolean(on)), ("power_pct", super::num(power))]))
     }
     /// Physical geometry.
     async fn geometries(&self, _extra: Extra) -> Result<Vec<Geometry>> {
@@ -128,9 +125,7 @@ impl Default for FakeMotor {
 
 impl std::fmt::Debug for FakeMotor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeMotor")
-            .field("max_rpm", &self.inner.max_rpm)
-            .finish_non_exhaustive()
+        f.debug_struct("FakeMotor").field("max_rpm", &self.inner.max_rpm).finish_non_exhaustive()
     }
 }
 
@@ -155,11 +150,7 @@ impl FakeMotor {
         Self {
             inner: Arc::new(FakeMotorInner {
                 max_rpm: max_rpm.abs().max(f64::MIN_POSITIVE),
-                state: Mutex::new(State {
-                    position: 0.0,
-                    at: Instant::now(),
-                    mode: Mode::Idle,
-                }),
+                state: Mutex::new(State { position: 0.0, at: Instant::now(), mode: Mode::Idle }),
                 generation,
             }),
         }
@@ -189,11 +180,7 @@ impl FakeMotor {
             return Err(tonic::Status::invalid_argument("rpm must not be 0"));
         }
         let generation = self.command(Mode::Goal { rpm, target });
-        let mut guard = StopOnDrop {
-            motor: self,
-            generation,
-            armed: true,
-        };
+        let mut guard = StopOnDrop { motor: self, generation, armed: true };
         let mut changes = self.inner.generation.subscribe();
         loop {
             let arrival = {
@@ -216,9 +203,7 @@ impl FakeMotor {
         if *self.inner.generation.borrow() == generation {
             Ok(())
         } else {
-            Err(tonic::Status::cancelled(
-                "motor command superseded by a newer command",
-            ))
+            Err(tonic::Status::cancelled("motor command superseded by a newer command"))
         }
     }
 }
@@ -228,18 +213,9 @@ impl Motor for FakeMotor {
     async fn set_power(&self, power_pct: f64, _extra: Extra) -> Result<()> {
         let power = finite("power_pct", power_pct)?;
         if !(-1.0..=1.0).contains(&power) {
-            return Err(tonic::Status::invalid_argument(format!(
-                "power_pct must be within [-1, 1], got {power}"
-            )));
+            return Err(tonic::Status::invalid_argument(format!("power_pct must be within [-1, 1], got {power}")));
         }
-        let mode = if power == 0.0 {
-            Mode::Idle
-        } else {
-            Mode::Run {
-                rpm: power * self.inner.max_rpm,
-                power,
-            }
-        };
+        let mode = if power == 0.0 { Mode::Idle } else { Mode::Run { rpm: power * self.inner.max_rpm, power } };
         self.command(mode);
         Ok(())
     }
@@ -255,23 +231,13 @@ impl Motor for FakeMotor {
     }
 
     async fn go_to(&self, rpm: f64, position_revolutions: f64, _extra: Extra) -> Result<()> {
-        let (rpm, target) = (
-            finite("rpm", rpm)?,
-            finite("position_revolutions", position_revolutions)?,
-        );
+        let (rpm, target) = (finite("rpm", rpm)?, finite("position_revolutions", position_revolutions)?);
         self.go_to_target(rpm.abs(), target).await
     }
 
     async fn set_rpm(&self, rpm: f64, _extra: Extra) -> Result<()> {
         let rpm = self.clamp_rpm(finite("rpm", rpm)?);
-        let mode = if rpm == 0.0 {
-            Mode::Idle
-        } else {
-            Mode::Run {
-                rpm,
-                power: rpm / self.inner.max_rpm,
-            }
-        };
+        let mode = if rpm == 0.0 { Mode::Idle } else { Mode::Run { rpm, power: rpm / self.inner.max_rpm } };
         self.command(mode);
         Ok(())
     }
@@ -282,10 +248,7 @@ impl Motor for FakeMotor {
         st.settle(Instant::now());
         // The current position now reads as -offset (rdk's convention).
         if let Mode::Goal { rpm, target } = st.mode {
-            st.mode = Mode::Goal {
-                rpm,
-                target: target - st.position - offset,
-            };
+            st.mode = Mode::Goal { rpm, target: target - st.position - offset };
         }
         st.position = -offset;
         Ok(())
@@ -298,9 +261,7 @@ impl Motor for FakeMotor {
     }
 
     async fn properties(&self, _extra: Extra) -> Result<MotorProperties> {
-        Ok(MotorProperties {
-            position_reporting: true,
-        })
+        Ok(MotorProperties { position_reporting: true })
     }
 
     async fn stop(&self, _extra: Extra) -> Result<()> {
@@ -314,10 +275,7 @@ impl Motor for FakeMotor {
         Ok(match st.mode {
             Mode::Idle => (false, 0.0),
             Mode::Run { power, .. } => (true, power),
-            Mode::Goal { rpm, target } => (
-                true,
-                rpm.abs() / self.inner.max_rpm * (target - st.position).signum(),
-            ),
+            Mode::Goal { rpm, target } => (true, rpm.abs() / self.inner.max_rpm * (target - st.position).signum()),
         })
     }
 
@@ -369,19 +327,13 @@ mod tests {
         m.set_power(0.25, None).await.unwrap();
         let err = long.await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::Cancelled);
-        assert!(
-            m.is_moving().await.unwrap(),
-            "the newer command keeps running"
-        );
+        assert!(m.is_moving().await.unwrap(), "the newer command keeps running");
 
         let m3 = m.clone();
         let long = tokio::spawn(async move { m3.go_for(60.0, 100.0, None).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         long.abort();
         let _ = long.await;
-        assert!(
-            !m.is_moving().await.unwrap(),
-            "dropping a GoFor stops the motor"
-        );
+        assert!(!m.is_moving().await.unwrap(), "dropping a GoFor stops the motor");
     }
 }

@@ -32,20 +32,14 @@ pub(crate) fn ok<T>(v: T) -> Reply<T> {
 }
 
 pub(crate) fn do_command_response(result: prost_types::Struct) -> Reply<common::DoCommandResponse> {
-    ok(common::DoCommandResponse {
-        result: Some(result),
-    })
+    ok(common::DoCommandResponse { result: Some(result) })
 }
 
 pub(crate) fn status_response(result: prost_types::Struct) -> Reply<common::GetStatusResponse> {
-    ok(common::GetStatusResponse {
-        result: Some(result),
-    })
+    ok(common::GetStatusResponse { result: Some(result) })
 }
 
-pub(crate) fn geometries_response(
-    geometries: Vec<common::Geometry>,
-) -> Reply<common::GetGeometriesResponse> {
+pub(crate) fn geometries_response(geometries: Vec<common::Geometry>) -> Reply<common::GetGeometriesResponse> {
     ok(common::GetGeometriesResponse { geometries })
 }
 

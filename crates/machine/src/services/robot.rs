@@ -26,19 +26,12 @@ pub struct RobotServer {
 }
 
 fn owner<T>(r: &Request<T>) -> String {
-    r.extensions()
-        .get::<tether_rpc::auth::AuthEntity>()
-        .map(|e| e.0.clone())
-        .unwrap_or_default()
+    r.extensions().get::<tether_rpc::auth::AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
 }
 
 fn peer<T>(r: &Request<T>) -> PeerInfo {
     match r.extensions().get::<tether_rpc::ConnectionInfo>() {
-        Some(c) => PeerInfo {
-            webrtc: c.kind == tether_rpc::TransportKind::WebRtc,
-            remote: c.remote,
-            local: c.local,
-        },
+        Some(c) => PeerInfo { webrtc: c.kind == tether_rpc::TransportKind::WebRtc, remote: c.remote, local: c.local },
         None => PeerInfo::default(),
     }
 }
@@ -48,20 +41,14 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 fn unimplemented<T>(method: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!(
-        "RobotService/{method} is not implemented by tether"
-    )))
+    Err(Status::unimplemented(format!("RobotService/{method} is not implemented by tether")))
 }
 
-type BoxStream<T> =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl RobotService for RobotServer {
-    async fn get_operations(
-        &self,
-        _r: Request<pb::GetOperationsRequest>,
-    ) -> Reply<pb::GetOperationsResponse> {
+    async fn get_operations(&self, _r: Request<pb::GetOperationsRequest>) -> Reply<pb::GetOperationsResponse> {
         let operations = self
             .operations
             .list()
@@ -77,10 +64,7 @@ impl RobotService for RobotServer {
         ok(pb::GetOperationsResponse { operations })
     }
 
-    async fn get_sessions(
-        &self,
-        _r: Request<pb::GetSessionsRequest>,
-    ) -> Reply<pb::GetSessionsResponse> {
+    async fn get_sessions(&self, _r: Request<pb::GetSessionsRequest>) -> Reply<pb::GetSessionsResponse> {
         let sessions = self
             .sessions
             .list()
@@ -101,13 +85,8 @@ impl RobotService for RobotServer {
         ok(pb::GetSessionsResponse { sessions })
     }
 
-    async fn resource_names(
-        &self,
-        _r: Request<pb::ResourceNamesRequest>,
-    ) -> Reply<pb::ResourceNamesResponse> {
-        ok(pb::ResourceNamesResponse {
-            resources: self.resources.names(),
-        })
+    async fn resource_names(&self, _r: Request<pb::ResourceNamesRequest>) -> Reply<pb::ResourceNamesResponse> {
+        ok(pb::ResourceNamesResponse { resources: self.resources.names() })
     }
 
     async fn resource_rpc_subtypes(
@@ -130,15 +109,10 @@ impl RobotService for RobotServer {
                 proto_service: service.into(),
             })
             .collect();
-        ok(pb::ResourceRpcSubtypesResponse {
-            resource_rpc_subtypes,
-        })
+        ok(pb::ResourceRpcSubtypesResponse { resource_rpc_subtypes })
     }
 
-    async fn cancel_operation(
-        &self,
-        r: Request<pb::CancelOperationRequest>,
-    ) -> Reply<pb::CancelOperationResponse> {
+    async fn cancel_operation(&self, r: Request<pb::CancelOperationRequest>) -> Reply<pb::CancelOperationResponse> {
         self.operations.cancel(&r.into_inner().id);
         ok(pb::CancelOperationResponse {})
     }
@@ -164,18 +138,12 @@ impl RobotService for RobotServer {
 
     type StreamStatusStream = BoxStream<pb::StreamStatusResponse>;
 
-    async fn stream_status(
-        &self,
-        _r: Request<pb::StreamStatusRequest>,
-    ) -> Reply<Self::StreamStatusStream> {
+    async fn stream_status(&self, _r: Request<pb::StreamStatusRequest>) -> Reply<Self::StreamStatusStream> {
         unimplemented("StreamStatus")
     }
 
     async fn stop_all(&self, r: Request<pb::StopAllRequest>) -> Reply<pb::StopAllResponse> {
-        let own = r
-            .extensions()
-            .get::<CallContext>()
-            .and_then(|c| c.operation);
+        let own = r.extensions().get::<CallContext>().and_then(|c| c.operation);
         self.operations.cancel_all_except(own);
         let extras: std::collections::HashMap<String, prost_types::Struct> = r
             .into_inner()
@@ -193,25 +161,16 @@ impl RobotService for RobotServer {
         if failures.is_empty() {
             ok(pb::StopAllResponse {})
         } else {
-            Err(Status::internal(format!(
-                "failed to stop: {}",
-                failures.join("; ")
-            )))
+            Err(Status::internal(format!("failed to stop: {}", failures.join("; "))))
         }
     }
 
-    async fn start_session(
-        &self,
-        r: Request<pb::StartSessionRequest>,
-    ) -> Reply<pb::StartSessionResponse> {
+    async fn start_session(&self, r: Request<pb::StartSessionRequest>) -> Reply<pb::StartSessionResponse> {
         let (owner, peer) = (owner(&r), peer(&r));
         let (id, window) = self.sessions.start(&owner, &r.into_inner().resume, peer)?;
         let heartbeat_window = prost_types::Duration::try_from(window)
             .map_err(|e| Status::internal(format!("window out of range: {e}")))?;
-        ok(pb::StartSessionResponse {
-            id: id.to_string(),
-            heartbeat_window: Some(heartbeat_window),
-        })
+        ok(pb::StartSessionResponse { id: id.to_string(), heartbeat_window: Some(heartbeat_window) })
     }
 
     async fn send_session_heartbeat(
@@ -219,8 +178,7 @@ impl RobotService for RobotServer {
         r: Request<pb::SendSessionHeartbeatRequest>,
     ) -> Reply<pb::SendSessionHeartbeatResponse> {
         let (owner, peer) = (owner(&r), peer(&r));
-        self.sessions
-            .heartbeat(&r.into_inner().id, &owner, Some(peer))?;
+        self.sessions.heartbeat(&r.into_inner().id, &owner, Some(peer))?;
         ok(pb::SendSessionHeartbeatResponse {})
     }
 
@@ -235,15 +193,10 @@ impl RobotService for RobotServer {
         &self,
         _r: Request<pb::GetCloudMetadataRequest>,
     ) -> Reply<pb::GetCloudMetadataResponse> {
-        Err(Status::failed_precondition(
-            "this machine has no cloud configuration",
-        ))
+        Err(Status::failed_precondition("this machine has no cloud configuration"))
     }
 
-    async fn restart_module(
-        &self,
-        _r: Request<pb::RestartModuleRequest>,
-    ) -> Reply<pb::RestartModuleResponse> {
+    async fn restart_module(&self, _r: Request<pb::RestartModuleRequest>) -> Reply<pb::RestartModuleResponse> {
         unimplemented("RestartModule")
     }
 
@@ -271,10 +224,7 @@ impl RobotService for RobotServer {
             .collect();
         ok(pb::GetMachineStatusResponse {
             resources,
-            config: Some(pb::ConfigStatus {
-                revision: String::new(),
-                last_updated: started,
-            }),
+            config: Some(pb::ConfigStatus { revision: String::new(), last_updated: started }),
             state: pb::get_machine_status_response::State::Running as i32,
             job_statuses: Vec::new(),
             modules: Vec::new(),
@@ -282,10 +232,7 @@ impl RobotService for RobotServer {
         })
     }
 
-    async fn get_version(
-        &self,
-        _r: Request<pb::GetVersionRequest>,
-    ) -> Reply<pb::GetVersionResponse> {
+    async fn get_version(&self, _r: Request<pb::GetVersionRequest>) -> Reply<pb::GetVersionResponse> {
         ok(pb::GetVersionResponse {
             platform: "tether".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -295,20 +242,12 @@ impl RobotService for RobotServer {
 
     type TunnelStream = BoxStream<pb::TunnelResponse>;
 
-    async fn tunnel(
-        &self,
-        _r: Request<tonic::Streaming<pb::TunnelRequest>>,
-    ) -> Reply<Self::TunnelStream> {
+    async fn tunnel(&self, _r: Request<tonic::Streaming<pb::TunnelRequest>>) -> Reply<Self::TunnelStream> {
         unimplemented("Tunnel")
     }
 
-    async fn list_tunnels(
-        &self,
-        _r: Request<pb::ListTunnelsRequest>,
-    ) -> Reply<pb::ListTunnelsResponse> {
-        ok(pb::ListTunnelsResponse {
-            tunnels: Vec::new(),
-        })
+    async fn list_tunnels(&self, _r: Request<pb::ListTunnelsRequest>) -> Reply<pb::ListTunnelsResponse> {
+        ok(pb::ListTunnelsResponse { tunnels: Vec::new() })
     }
 
     async fn frame_system_config(
@@ -322,24 +261,15 @@ impl RobotService for RobotServer {
         unimplemented("GetPose")
     }
 
-    async fn transform_pose(
-        &self,
-        _r: Request<pb::TransformPoseRequest>,
-    ) -> Reply<pb::TransformPoseResponse> {
+    async fn transform_pose(&self, _r: Request<pb::TransformPoseRequest>) -> Reply<pb::TransformPoseResponse> {
         unimplemented("TransformPose")
     }
 
-    async fn transform_pcd(
-        &self,
-        _r: Request<pb::TransformPcdRequest>,
-    ) -> Reply<pb::TransformPcdResponse> {
+    async fn transform_pcd(&self, _r: Request<pb::TransformPcdRequest>) -> Reply<pb::TransformPcdResponse> {
         unimplemented("TransformPCD")
     }
 
-    async fn send_traces(
-        &self,
-        _r: Request<pb::SendTracesRequest>,
-    ) -> Reply<pb::SendTracesResponse> {
+    async fn send_traces(&self, _r: Request<pb::SendTracesRequest>) -> Reply<pb::SendTracesResponse> {
         unimplemented("SendTraces")
     }
 
