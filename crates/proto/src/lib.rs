@@ -23,6 +23,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod google {
     /// Well-known types, re-exported from `prost-types`.
     pub use prost_types as protobuf;
+    /// `google.rpc.Status`.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
 }
 
 pub mod opentelemetry {
@@ -39,6 +43,11 @@ pub mod proto {
     pub mod rpc {
         pub mod v1 {
             tonic::include_proto!("proto.rpc.v1");
+        }
+        pub mod webrtc {
+            pub mod v1 {
+                tonic::include_proto!("proto.rpc.webrtc.v1");
+            }
         }
     }
 }
