@@ -16,6 +16,7 @@ pub mod dial;
 pub mod grpc;
 pub mod metadata;
 pub mod server;
+pub mod webrtc;
 
 pub use server::{ConnectionInfo, TransportKind};
 

@@ -1,0 +1,973 @@
+//! gRPC over a WebRTC data channel, as a sans-IO state machine (spec §4).
+//!
+//! Bytes in, events out; calls in, data-channel messages out. No sockets, no
+//! clocks, no tasks: the transport feeds every received data-channel message
+//! to `handle_incoming`, drains `poll_event`, and sends whatever
+//! `poll_transmit` yields when the channel has room.
+//!
+//! * Every data-channel message is one serialized `Request` (client → server)
+//!   or `Response` (server → client). A gRPC message is cut into packets whose
+//!   encoded frame stays within [`Limits::max_packet`] (16 KiB by default: the
+//!   Python SDK's webrtc-rs closes the channel on 64 KiB messages); inbound
+//!   packets up to [`Limits::max_inbound_packet`] (256 KiB) are accepted.
+//! * Reassembled messages are capped at [`Limits::max_message`] (32 MiB); an
+//!   overflow fails *that stream* with RESOURCE_EXHAUSTED instead of hanging.
+//! * Outbound packets of different streams are interleaved round-robin, so a
+//!   large response never holds up a small one (no head-of-line blocking).
+//! * A stream whose consumer falls behind by more than
+//!   [`Limits::max_stream_buffer`] bytes is failed alone; the others go on.
+//!
+//! The server accepts every client dialect the wire contract lists: stream
+//! ids from 0 or 1, `eos` on every packet (Go), no `eos` at all for unary
+//! calls (TypeScript), or a separate `eos` frame (rust-utils).
+//!
+//! ```
+//! use tether_rpc::webrtc::framing::{ClientConn, ClientEvent, Limits, ServerConn, ServerEvent};
+//! let mut client = ClientConn::new(Limits::default());
+//! let mut server = ServerConn::new(Limits::default());
+//! let id = client.start_call("/pkg.Svc/Echo", &[], None).unwrap();
+//! client.send_message(id, b"hello", true).unwrap();
+//! while let Some(packet) = client.poll_transmit() { server.handle_incoming(&packet).unwrap(); }
+//! assert!(matches!(server.poll_event(), Some(ServerEvent::Call { method, .. }) if method == "/pkg.Svc/Echo"));
+//! let Some(ServerEvent::Message { message, .. }) = server.poll_event() else { panic!() };
+//! server.send_message(id, &message);
+//! server.send_trailers(id, tonic::Code::Ok, "", &[]);
+//! while let Some(packet) = server.poll_transmit() { client.handle_incoming(&packet).unwrap(); }
+//! assert!(matches!(client.poll_event(), Some(ClientEvent::Headers { .. })));
+//! assert!(matches!(client.poll_event(), Some(ClientEvent::Message { message, .. }) if &message[..] == b"hello"));
+//! assert!(matches!(client.poll_event(), Some(ClientEvent::Trailers { code: tonic::Code::Ok, .. })));
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use tether_proto::google::rpc::Status as RpcStatus;
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tonic::Code;
+
+/// Metadata as ordered `(key, value)` pairs (keys lower-case).
+pub type Metadata = Vec<(String, String)>;
+
+/// Bounds of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest data-channel message we send (whole encoded frame).
+    pub max_packet: usize,
+    /// Largest data-channel message we accept.
+    pub max_inbound_packet: usize,
+    /// Largest reassembled gRPC message, either way.
+    pub max_message: usize,
+    /// Most concurrently open streams.
+    pub max_streams: usize,
+    /// Most bytes of received messages a stream may have waiting for its
+    /// consumer (see `release`).
+    pub max_stream_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_packet: 16 * 1024,
+            max_inbound_packet: 256 * 1024,
+            max_message: crate::MAX_MESSAGE_SIZE,
+            max_streams: 256,
+            max_stream_buffer: 2 * crate::MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// A data-channel message that could not be used at all. The connection can
+/// go on; the message was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not a valid protobuf frame.
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    /// Over [`Limits::max_inbound_packet`].
+    #[error("data channel message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The frame names no stream.
+    #[error("frame without a stream id")]
+    NoStream,
+}
+
+/// Room left for the frame wrapper when cutting a message into packets:
+/// stream id (≤ 13 bytes), oneof and packet headers (≤ 12), eom/eos (≤ 4).
+const FRAME_OVERHEAD: usize = 40;
+
+fn chunk_size(limits: &Limits) -> usize {
+    limits.max_packet.saturating_sub(FRAME_OVERHEAD).max(1)
+}
+
+/// Splits `msg` into `(chunk, eom)` pieces; an empty message is one empty
+/// chunk with `eom`.
+fn chunks(msg: &[u8], size: usize) -> impl Iterator<Item = (&[u8], bool)> {
+    let n = msg.len().div_ceil(size).max(1);
+    (0..n).map(move |i| {
+        let start = i * size;
+        let end = (start + size).min(msg.len());
+        (&msg[start..end], i + 1 == n)
+    })
+}
+
+fn to_pb_metadata(md: &[(String, String)]) -> Option<pb::Metadata> {
+    if md.is_empty() {
+        return None;
+    }
+    let mut map: HashMap<String, pb::Strings> = HashMap::new();
+    for (k, v) in md {
+        map.entry(k.to_ascii_lowercase()).or_default().values.push(v.clone());
+    }
+    Some(pb::Metadata { md: map })
+}
+
+fn from_pb_metadata(md: Option<pb::Metadata>) -> Metadata {
+    let mut out: Metadata = Vec::new();
+    if let Some(md) = md {
+        for (k, vs) in md.md {
+            let k = k.to_ascii_lowercase();
+            for v in vs.values {
+                out.push((k.clone(), v));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Appends packets to a buffer until `eom`.
+#[derive(Debug, Default)]
+struct Reassembly {
+    buf: BytesMut,
+}
+
+enum Assembled {
+    Partial,
+    Complete(Bytes),
+    TooLarge,
+}
+
+impl Reassembly {
+    fn push(&mut self, data: &[u8], eom: bool, max: usize) -> Assembled {
+        if self.buf.len() + data.len() > max {
+            self.buf = BytesMut::new();
+            return Assembled::TooLarge;
+        }
+        self.buf.extend_from_slice(data);
+        if eom { Assembled::Complete(std::mem::take(&mut self.buf).freeze()) } else { Assembled::Partial }
+    }
+}
+
+/// Outbound frames per stream, sent round-robin across streams.
+#[derive(Debug, Default)]
+struct Outbox {
+    queues: HashMap<u64, VecDeque<Bytes>>,
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, stream: u64, frame: Bytes) {
+        self.bytes += frame.len();
+        let q = self.queues.entry(stream).or_default();
+        if q.is_empty() {
+            self.order.push_back(stream);
+        }
+        q.push_back(frame);
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        while let Some(stream) = self.order.pop_front() {
+            let Some(q) = self.queues.get_mut(&stream) else { continue };
+            let Some(frame) = q.pop_front() else {
+                self.queues.remove(&stream);
+                continue;
+            };
+            if q.is_empty() {
+                self.queues.remove(&stream);
+            } else {
+                self.order.push_back(stream);
+            }
+            self.bytes -= frame.len();
+            return Some(frame);
+        }
+        None
+    }
+
+    fn queued(&self, stream: u64) -> usize {
+        self.queues.get(&stream).map_or(0, |q| q.iter().map(Bytes::len).sum())
+    }
+
+    /// Drops what a stream still had queued (after a reset).
+    fn discard(&mut self, stream: u64) {
+        if let Some(q) = self.queues.remove(&stream) {
+            self.bytes -= q.iter().map(Bytes::len).sum::<usize>();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server side
+
+/// What the server side learns from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// A new call on `stream`.
+    Call {
+        /// Stream id.
+        stream: u64,
+        /// Full method path, `/package.Service/Method`.
+        method: String,
+        /// Request metadata.
+        metadata: Metadata,
+        /// Deadline relative to now (Go clients only).
+        timeout: Option<Duration>,
+    },
+    /// One complete request message.
+    Message {
+        /// Stream id.
+        stream: u64,
+        /// The serialized message.
+        message: Bytes,
+    },
+    /// The client will send no more messages.
+    HalfClose {
+        /// Stream id.
+        stream: u64,
+    },
+    /// The call is over from the client's side (rst_stream) or failed in the
+    /// framing (its trailers are already queued): stop the handler.
+    Cancel {
+        /// Stream id.
+        stream: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct ServerStream {
+    reassembly: Reassembly,
+    headers_sent: bool,
+    recv_closed: bool,
+    buffered: usize,
+}
+
+/// The server (answerer) side of one data channel.
+#[derive(Debug)]
+pub struct ServerConn {
+    limits: Limits,
+    streams: HashMap<u64, ServerStream>,
+    events: VecDeque<ServerEvent>,
+    out: Outbox,
+}
+
+impl ServerConn {
+    /// A connection with these limits.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, streams: HashMap::new(), events: VecDeque::new(), out: Outbox::default() }
+    }
+
+    /// Number of open streams.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Ids of the open streams.
+    pub fn stream_ids(&self) -> Vec<u64> {
+        self.streams.keys().copied().collect()
+    }
+
+    /// Feeds one received data-channel message.
+    pub fn handle_incoming(&mut self, packet: &[u8]) -> Result<(), FrameError> {
+        if packet.len() > self.limits.max_inbound_packet {
+            return Err(FrameError::TooLarge(packet.len()));
+        }
+        let req = pb::Request::decode(packet).map_err(|e| FrameError::Decode(e.to_string()))?;
+        let id = req.stream.ok_or(FrameError::NoStream)?.id;
+        match req.r#type {
+            None => Ok(()),
+            Some(pb::request::Type::Headers(h)) => {
+                self.on_headers(id, h);
+                Ok(())
+            }
+            Some(pb::request::Type::Message(m)) => {
+                self.on_message(id, m);
+                Ok(())
+            }
+            Some(pb::request::Type::RstStream(_)) => {
+                if self.streams.contains_key(&id) {
+                    // The client is gone from this call: answer CANCELLED
+                    // (it may ignore it) and stop the handler.
+                    self.events.push_back(ServerEvent::Cancel { stream: id });
+                    self.out.discard(id);
+                    self.send_trailers(id, Code::Cancelled, "request cancelled", &[]);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_headers(&mut self, id: u64, h: pb::RequestHeaders) {
+        if self.streams.contains_key(&id) {
+            self.fail(id, Code::InvalidArgument, "headers already received");
+            return;
+        }
+        if self.streams.len() >= self.limits.max_streams {
+            // Answer on a transient stream entry so headers precede trailers.
+            self.streams.insert(id, ServerStream::default());
+            self.send_trailers(id, Code::ResourceExhausted, "too many concurrent streams on this connection", &[]);
+            return;
+        }
+        let timeout = h.timeout.and_then(|d| {
+            let d = Duration::try_from(d).unwrap_or(Duration::ZERO);
+            // Zero means no deadline (Go sends zero when its context has none).
+            (!d.is_zero()).then_some(d)
+        });
+        self.streams.insert(id, ServerStream::default());
+        self.events.push_back(ServerEvent::Call {
+            stream: id,
+            method: h.method,
+            metadata: from_pb_metadata(h.metadata),
+            timeout,
+        });
+    }
+
+    fn on_message(&mut self, id: u64, m: pb::RequestMessage) {
+        let max_message = self.limits.max_message;
+        let max_buffer = self.limits.max_stream_buffer;
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if stream.recv_closed {
+            return;
+        }
+        if m.has_message {
+            let Some(packet) = m.packet_message else {
+                self.fail(id, Code::InvalidArgument, "message frame without a packet");
+                return;
+            };
+            match stream.reassembly.push(&packet.data, packet.eom, max_message) {
+                Assembled::Partial => return,
+                Assembled::TooLarge => {
+                    let text = format!("request message exceeds the limit of {max_message} bytes");
+                    self.fail(id, Code::ResourceExhausted, &text);
+                    return;
+                }
+                Assembled::Complete(message) => {
+                    stream.buffered += message.len();
+                    if stream.buffered > max_buffer {
+                        self.fail(
+                            id,
+                            Code::ResourceExhausted,
+                            "stream receive buffer exhausted; the handler is too slow",
+                        );
+                        return;
+                    }
+                    self.events.push_back(ServerEvent::Message { stream: id, message });
+                }
+            }
+        }
+        if m.eos {
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.recv_closed = true;
+                self.events.push_back(ServerEvent::HalfClose { stream: id });
+            }
+        }
+    }
+
+    /// Fails a stream from the framing's side: the handler is cancelled and
+    /// the client gets `code`.
+    fn fail(&mut self, id: u64, code: Code, message: &str) {
+        self.events.push_back(ServerEvent::Cancel { stream: id });
+        self.out.discard(id);
+        self.send_trailers(id, code, message, &[]);
+    }
+
+    /// The consumer of `stream` took `bytes` of received messages.
+    pub fn release(&mut self, stream: u64, bytes: usize) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.buffered = s.buffered.saturating_sub(bytes);
+        }
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn push(&mut self, id: u64, r#type: pb::response::Type) {
+        let frame = pb::Response { stream: Some(pb::Stream { id }), r#type: Some(r#type) };
+        self.out.push(id, Bytes::from(frame.encode_to_vec()));
+    }
+
+    /// Sends response headers (only the first call per stream has effect).
+    pub fn send_headers(&mut self, stream: u64, metadata: &[(String, String)]) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        if s.headers_sent {
+            return;
+        }
+        s.headers_sent = true;
+        self.push(stream, pb::response::Type::Headers(pb::ResponseHeaders { metadata: to_pb_metadata(metadata) }));
+    }
+
+    /// Sends one response message (headers first if not sent yet). Messages
+    /// over the limit fail the stream with RESOURCE_EXHAUSTED instead.
+    pub fn send_message(&mut self, stream: u64, message: &[u8]) {
+        if !self.streams.contains_key(&stream) {
+            return;
+        }
+        if message.len() > self.limits.max_message {
+            let text = format!(
+                "response message of {} bytes exceeds the limit of {} bytes",
+                message.len(),
+                self.limits.max_message
+            );
+            self.fail(stream, Code::ResourceExhausted, &text);
+            return;
+        }
+        self.send_headers(stream, &[]);
+        let size = chunk_size(&self.limits);
+        for (data, eom) in chunks(message, size) {
+            let packet = pb::PacketMessage { data: data.to_vec(), eom };
+            self.push(stream, pb::response::Type::Message(pb::ResponseMessage { packet_message: Some(packet) }));
+        }
+    }
+
+    /// Ends a stream with a status (headers first if not sent yet) and
+    /// forgets it.
+    pub fn send_trailers(&mut self, stream: u64, code: Code, message: &str, metadata: &[(String, String)]) {
+        if !self.streams.contains_key(&stream) {
+            return;
+        }
+        self.send_headers(stream, &[]);
+        self.streams.remove(&stream);
+        let status = (code != Code::Ok || !message.is_empty()).then(|| RpcStatus {
+            code: code as i32,
+            message: message.to_owned(),
+            details: Vec::new(),
+        });
+        self.push(
+            stream,
+            pb::response::Type::Trailers(pb::ResponseTrailers { status, metadata: to_pb_metadata(metadata) }),
+        );
+    }
+
+    /// True while the stream is open (trailers not yet queued).
+    pub fn is_open(&self, stream: u64) -> bool {
+        self.streams.contains_key(&stream)
+    }
+
+    /// The next data-channel message to send.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop()
+    }
+
+    /// Bytes queued for sending on `stream`.
+    pub fn queued(&self, stream: u64) -> usize {
+        self.out.queued(stream)
+    }
+
+    /// Bytes queued for sending in total.
+    pub fn queued_total(&self) -> usize {
+        self.out.bytes
+    }
+}
+
+// ---------------------------------------------------------------- client side
+
+/// What the client side learns from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Response headers.
+    Headers {
+        /// Stream id.
+        stream: u64,
+        /// Header metadata.
+        metadata: Metadata,
+    },
+    /// One complete response message.
+    Message {
+        /// Stream id.
+        stream: u64,
+        /// The serialized message.
+        message: Bytes,
+    },
+    /// The call ended; the stream is forgotten.
+    Trailers {
+        /// Stream id.
+        stream: u64,
+        /// Status code.
+        code: Code,
+        /// Status message.
+        message: String,
+        /// Trailer metadata.
+        metadata: Metadata,
+    },
+}
+
+#[derive(Debug, Default)]
+struct ClientStream {
+    reassembly: Reassembly,
+    headers_received: bool,
+    send_closed: bool,
+    buffered: usize,
+}
+
+/// The client (caller) side of one data channel.
+#[derive(Debug)]
+pub struct ClientConn {
+    limits: Limits,
+    next_id: u64,
+    streams: HashMap<u64, ClientStream>,
+    events: VecDeque<ClientEvent>,
+    out: Outbox,
+}
+
+impl ClientConn {
+    /// A connection with these limits; stream ids start at 0.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, next_id: 0, streams: HashMap::new(), events: VecDeque::new(), out: Outbox::default() }
+    }
+
+    /// Number of open streams.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn push(&mut self, id: u64, r#type: pb::request::Type) {
+        let frame = pb::Request { stream: Some(pb::Stream { id }), r#type: Some(r#type) };
+        self.out.push(id, Bytes::from(frame.encode_to_vec()));
+    }
+
+    /// Starts a call; RESOURCE_EXHAUSTED when too many streams are open.
+    pub fn start_call(
+        &mut self,
+        method: &str,
+        metadata: &[(String, String)],
+        timeout: Option<Duration>,
+    ) -> Result<u64, tonic::Status> {
+        if self.streams.len() >= self.limits.max_streams {
+            return Err(tonic::Status::resource_exhausted("too many concurrent streams on this connection"));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.streams.insert(id, ClientStream::default());
+        let timeout = timeout.and_then(|t| prost_types::Duration::try_from(t).ok());
+        self.push(
+            id,
+            pb::request::Type::Headers(pb::RequestHeaders {
+                method: method.to_owned(),
+                metadata: to_pb_metadata(metadata),
+                timeout,
+            }),
+        );
+        Ok(id)
+    }
+
+    /// Sends one request message; with `eos` it is also the last one (every
+    /// packet then carries eos, as the Go client does for unary calls).
+    pub fn send_message(&mut self, stream: u64, message: &[u8], eos: bool) -> Result<(), tonic::Status> {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Err(tonic::Status::failed_precondition("stream is closed"));
+        };
+        if s.send_closed {
+            return Err(tonic::Status::failed_precondition("stream already half-closed"));
+        }
+        if message.len() > self.limits.max_message {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "request message of {} bytes exceeds the limit of {} bytes",
+                message.len(),
+                self.limits.max_message
+            )));
+        }
+        s.send_closed = eos;
+        let size = chunk_size(&self.limits);
+        for (data, eom) in chunks(message, size) {
+            let packet = pb::PacketMessage { data: data.to_vec(), eom };
+            self.push(
+                stream,
+                pb::request::Type::Message(pb::RequestMessage { has_message: true, packet_message: Some(packet), eos }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends the client's sending side.
+    pub fn half_close(&mut self, stream: u64) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        if s.send_closed {
+            return;
+        }
+        s.send_closed = true;
+        let packet = pb::PacketMessage { data: Vec::new(), eom: true };
+        self.push(
+            stream,
+            pb::request::Type::Message(pb::RequestMessage {
+                has_message: false,
+                packet_message: Some(packet),
+                eos: true,
+            }),
+        );
+    }
+
+    /// Cancels a call: tells the server and forgets the stream.
+    pub fn reset(&mut self, stream: u64) {
+        if self.streams.remove(&stream).is_some() {
+            self.out.discard(stream);
+            self.push(stream, pb::request::Type::RstStream(true));
+        }
+    }
+
+    /// The consumer of `stream` took `bytes` of received messages.
+    pub fn release(&mut self, stream: u64, bytes: usize) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.buffered = s.buffered.saturating_sub(bytes);
+        }
+    }
+
+    fn fail(&mut self, id: u64, code: Code, message: String) {
+        if self.streams.contains_key(&id) {
+            self.reset(id);
+            self.events.push_back(ClientEvent::Trailers { stream: id, code, message, metadata: Vec::new() });
+        }
+    }
+
+    /// Feeds one received data-channel message.
+    pub fn handle_incoming(&mut self, packet: &[u8]) -> Result<(), FrameError> {
+        if packet.len() > self.limits.max_inbound_packet {
+            return Err(FrameError::TooLarge(packet.len()));
+        }
+        let resp = pb::Response::decode(packet).map_err(|e| FrameError::Decode(e.to_string()))?;
+        let id = resp.stream.ok_or(FrameError::NoStream)?.id;
+        let max_message = self.limits.max_message;
+        let max_buffer = self.limits.max_stream_buffer;
+        let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
+        match resp.r#type {
+            None => {}
+            Some(pb::response::Type::Headers(h)) => {
+                if !stream.headers_received {
+                    stream.headers_received = true;
+                    self.events.push_back(ClientEvent::Headers { stream: id, metadata: from_pb_metadata(h.metadata) });
+                }
+            }
+            Some(pb::response::Type::Message(m)) => {
+                if !stream.headers_received {
+                    self.fail(id, Code::Internal, "protocol error: response message before headers".into());
+                    return Ok(());
+                }
+                let Some(packet) = m.packet_message else { return Ok(()) };
+                match stream.reassembly.push(&packet.data, packet.eom, max_message) {
+                    Assembled::Partial => {}
+                    Assembled::TooLarge => {
+                        self.fail(
+                            id,
+                            Code::ResourceExhausted,
+                            format!("response message exceeds the limit of {max_message} bytes"),
+                        );
+                    }
+                    Assembled::Complete(message) => {
+                        stream.buffered += message.len();
+                        if stream.buffered > max_buffer {
+                            self.fail(id, Code::ResourceExhausted, "stream receive buffer exhausted".into());
+                        } else {
+                            self.events.push_back(ClientEvent::Message { stream: id, message });
+                        }
+                    }
+                }
+            }
+            Some(pb::response::Type::Trailers(t)) => {
+                self.streams.remove(&id);
+                self.out.discard(id);
+                let (code, message) = match t.status {
+                    None => (Code::Ok, String::new()),
+                    Some(s) => (Code::from_i32(s.code), s.message),
+                };
+                self.events.push_back(ClientEvent::Trailers {
+                    stream: id,
+                    code,
+                    message,
+                    metadata: from_pb_metadata(t.metadata),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails every open stream (the channel died) with `code`.
+    pub fn close_all(&mut self, code: Code, message: &str) {
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.streams.remove(&id);
+            self.out.discard(id);
+            self.events.push_back(ClientEvent::Trailers {
+                stream: id,
+                code,
+                message: message.to_owned(),
+                metadata: Vec::new(),
+            });
+        }
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next data-channel message to send.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop()
+    }
+
+    /// Bytes queued for sending in total.
+    pub fn queued_total(&self) -> usize {
+        self.out.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: Option<u64>, t: pb::request::Type) -> Vec<u8> {
+        pb::Request { stream: id.map(|id| pb::Stream { id }), r#type: Some(t) }.encode_to_vec()
+    }
+
+    fn headers(method: &str) -> pb::request::Type {
+        pb::request::Type::Headers(pb::RequestHeaders { method: method.into(), metadata: None, timeout: None })
+    }
+
+    fn msg(data: &[u8], eom: bool, eos: bool) -> pb::request::Type {
+        pb::request::Type::Message(pb::RequestMessage {
+            has_message: true,
+            packet_message: Some(pb::PacketMessage { data: data.to_vec(), eom }),
+            eos,
+        })
+    }
+
+    fn drain(server: &mut ServerConn) -> Vec<ServerEvent> {
+        std::iter::from_fn(|| server.poll_event()).collect()
+    }
+
+    fn responses(server: &mut ServerConn) -> Vec<pb::Response> {
+        std::iter::from_fn(|| server.poll_transmit()).map(|b| pb::Response::decode(b).unwrap()).collect()
+    }
+
+    #[test]
+    fn stream_id_zero_is_an_empty_submessage_and_accepted() {
+        let bytes = req(Some(0), headers("/a.B/C"));
+        assert_eq!(&bytes[..2], &[0x0a, 0x00]);
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&bytes).unwrap();
+        assert!(matches!(&drain(&mut s)[..], [ServerEvent::Call { stream: 0, .. }]));
+        assert_eq!(s.handle_incoming(&req(None, headers("/a.B/C"))), Err(FrameError::NoStream));
+        assert!(matches!(s.handle_incoming(b"\xff\xff\xff"), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn all_three_unary_dialects() {
+        // Go: eos on every packet of the message.
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&req(Some(1), headers("/a.B/C"))).unwrap();
+        s.handle_incoming(&req(Some(1), msg(b"ab", false, true))).unwrap();
+        s.handle_incoming(&req(Some(1), msg(b"cd", true, true))).unwrap();
+        let ev = drain(&mut s);
+        assert_eq!(ev[1], ServerEvent::Message { stream: 1, message: Bytes::from_static(b"abcd") });
+        assert_eq!(ev[2], ServerEvent::HalfClose { stream: 1 });
+        assert_eq!(ev.len(), 3);
+
+        // TypeScript: no eos ever; the message alone is enough.
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&req(Some(0), headers("/a.B/C"))).unwrap();
+        s.handle_incoming(&req(Some(0), msg(b"x", true, false))).unwrap();
+        let ev = drain(&mut s);
+        assert_eq!(ev[1], ServerEvent::Message { stream: 0, message: Bytes::from_static(b"x") });
+        assert_eq!(ev.len(), 2);
+
+        // rust-utils: message, then a separate eos frame without a packet.
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&req(Some(0), headers("/a.B/C"))).unwrap();
+        s.handle_incoming(&req(Some(0), msg(b"", true, false))).unwrap();
+        let eos =
+            pb::request::Type::Message(pb::RequestMessage { has_message: false, packet_message: None, eos: true });
+        s.handle_incoming(&req(Some(0), eos)).unwrap();
+        let ev = drain(&mut s);
+        assert_eq!(ev[1], ServerEvent::Message { stream: 0, message: Bytes::new() });
+        assert_eq!(ev[2], ServerEvent::HalfClose { stream: 0 });
+        // Messages after eos are ignored.
+        s.handle_incoming(&req(Some(0), msg(b"late", true, false))).unwrap();
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn headers_come_before_messages_and_trailers_and_ok_omits_status() {
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&req(Some(3), headers("/a.B/C"))).unwrap();
+        s.send_message(3, b"reply");
+        s.send_trailers(3, Code::Ok, "", &[("x-a".into(), "1".into())]);
+        let r = responses(&mut s);
+        assert!(matches!(r[0].r#type, Some(pb::response::Type::Headers(_))));
+        assert!(matches!(r[1].r#type, Some(pb::response::Type::Message(_))));
+        let Some(pb::response::Type::Trailers(t)) = &r[2].r#type else { panic!() };
+        assert!(t.status.is_none());
+        assert_eq!(t.metadata.as_ref().unwrap().md["x-a"].values, vec!["1".to_string()]);
+        assert!(!s.is_open(3));
+        // Errors keep code and message; trailers-only still gets headers first.
+        s.handle_incoming(&req(Some(4), headers("/a.B/C"))).unwrap();
+        s.send_trailers(4, Code::NotFound, "no such motor", &[]);
+        let r = responses(&mut s);
+        assert!(matches!(r[0].r#type, Some(pb::response::Type::Headers(_))));
+        let Some(pb::response::Type::Trailers(t)) = &r[1].r#type else { panic!() };
+        let st = t.status.as_ref().unwrap();
+        assert_eq!((st.code, st.message.as_str()), (Code::NotFound as i32, "no such motor"));
+    }
+
+    #[test]
+    fn large_messages_are_cut_into_small_packets_and_reassembled() {
+        let limits = Limits::default();
+        let mut c = ClientConn::new(limits);
+        let mut s = ServerConn::new(limits);
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let id = c.start_call("/a.B/C", &[("viam-sid".into(), "abc".into())], Some(Duration::from_secs(3))).unwrap();
+        c.send_message(id, &big, false).unwrap();
+        c.half_close(id);
+        while let Some(p) = c.poll_transmit() {
+            assert!(p.len() <= limits.max_packet, "packet of {} bytes", p.len());
+            s.handle_incoming(&p).unwrap();
+        }
+        let ev = drain(&mut s);
+        let ServerEvent::Call { metadata, timeout, .. } = &ev[0] else { panic!() };
+        assert_eq!(metadata, &vec![("viam-sid".to_string(), "abc".to_string())]);
+        assert_eq!(*timeout, Some(Duration::from_secs(3)));
+        assert_eq!(ev[1], ServerEvent::Message { stream: id, message: Bytes::from(big.clone()) });
+        assert_eq!(ev[2], ServerEvent::HalfClose { stream: id });
+        s.send_message(id, &big);
+        s.send_trailers(id, Code::Ok, "", &[]);
+        while let Some(p) = s.poll_transmit() {
+            assert!(p.len() <= limits.max_packet);
+            c.handle_incoming(&p).unwrap();
+        }
+        let ev: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert_eq!(ev[1], ClientEvent::Message { stream: id, message: Bytes::from(big) });
+        assert!(matches!(ev[2], ClientEvent::Trailers { code: Code::Ok, .. }));
+        assert_eq!(c.open_streams(), 0);
+    }
+
+    #[test]
+    fn oversized_message_fails_the_stream_with_resource_exhausted() {
+        let limits = Limits { max_message: 1000, ..Limits::default() };
+        let mut s = ServerConn::new(limits);
+        s.handle_incoming(&req(Some(1), headers("/a.B/C"))).unwrap();
+        s.handle_incoming(&req(Some(2), headers("/a.B/C"))).unwrap();
+        for _ in 0..3 {
+            s.handle_incoming(&req(Some(1), msg(&[0u8; 400], false, false))).unwrap();
+        }
+        let ev = drain(&mut s);
+        assert!(ev.contains(&ServerEvent::Cancel { stream: 1 }));
+        let r = responses(&mut s);
+        let Some(pb::response::Type::Trailers(t)) = &r.last().unwrap().r#type else { panic!() };
+        assert_eq!(t.status.as_ref().unwrap().code, Code::ResourceExhausted as i32);
+        // The other stream is unaffected.
+        s.handle_incoming(&req(Some(2), msg(b"ok", true, false))).unwrap();
+        assert_eq!(drain(&mut s), vec![ServerEvent::Message { stream: 2, message: Bytes::from_static(b"ok") }]);
+        // Inbound data-channel messages over the packet limit are refused.
+        assert_eq!(
+            s.handle_incoming(&vec![0u8; limits.max_inbound_packet + 1]),
+            Err(FrameError::TooLarge(limits.max_inbound_packet + 1))
+        );
+    }
+
+    #[test]
+    fn small_replies_are_not_stuck_behind_a_bulk_one() {
+        let mut s = ServerConn::new(Limits::default());
+        s.handle_incoming(&req(Some(1), headers("/bulk"))).unwrap();
+        s.handle_incoming(&req(Some(2), headers("/small"))).unwrap();
+        s.send_message(1, &vec![7u8; 1 << 20]);
+        s.send_message(2, b"tiny");
+        s.send_trailers(2, Code::Ok, "", &[]);
+        let order: Vec<u64> = std::iter::from_fn(|| s.poll_transmit())
+            .map(|b| pb::Response::decode(b).unwrap().stream.unwrap().id)
+            .collect();
+        let last_small = order.iter().rposition(|&id| id == 2).unwrap();
+        assert!(last_small < 8, "stream 2 finished only after {last_small} packets");
+        assert!(order.len() > 60);
+    }
+
+    #[test]
+    fn cancel_second_headers_and_stream_limits() {
+        let mut s = ServerConn::new(Limits { max_streams: 2, ..Limits::default() });
+        s.handle_incoming(&req(Some(1), headers("/a"))).unwrap();
+        s.handle_incoming(&req(Some(1), headers("/a"))).unwrap();
+        let ev = drain(&mut s);
+        assert_eq!(ev.last(), Some(&ServerEvent::Cancel { stream: 1 }));
+        let r = responses(&mut s);
+        let Some(pb::response::Type::Trailers(t)) = &r.last().unwrap().r#type else { panic!() };
+        assert_eq!(t.status.as_ref().unwrap().message, "headers already received");
+
+        s.handle_incoming(&req(Some(2), headers("/a"))).unwrap();
+        s.handle_incoming(&req(Some(3), headers("/a"))).unwrap();
+        s.handle_incoming(&req(Some(4), headers("/a"))).unwrap();
+        assert_eq!(s.open_streams(), 2);
+        let r = responses(&mut s);
+        let last = r.last().unwrap();
+        assert_eq!(last.stream.unwrap().id, 4);
+        let Some(pb::response::Type::Trailers(t)) = &last.r#type else { panic!() };
+        assert_eq!(t.status.as_ref().unwrap().code, Code::ResourceExhausted as i32);
+
+        s.handle_incoming(&req(Some(2), pb::request::Type::RstStream(true))).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                ServerEvent::Call { stream: 2, method: "/a".into(), metadata: vec![], timeout: None },
+                ServerEvent::Call { stream: 3, method: "/a".into(), metadata: vec![], timeout: None },
+                ServerEvent::Cancel { stream: 2 }
+            ]
+        );
+        // Frames for unknown streams are dropped.
+        s.handle_incoming(&req(Some(99), msg(b"x", true, true))).unwrap();
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn slow_consumer_fails_only_its_stream() {
+        let mut s = ServerConn::new(Limits { max_stream_buffer: 100, ..Limits::default() });
+        s.handle_incoming(&req(Some(1), headers("/a"))).unwrap();
+        s.handle_incoming(&req(Some(2), headers("/a"))).unwrap();
+        drain(&mut s);
+        for _ in 0..2 {
+            s.handle_incoming(&req(Some(1), msg(&[0; 40], true, false))).unwrap();
+        }
+        s.release(1, 40);
+        s.handle_incoming(&req(Some(1), msg(&[0; 40], true, false))).unwrap();
+        assert_eq!(drain(&mut s).len(), 3, "within budget after release");
+        s.handle_incoming(&req(Some(1), msg(&[0; 40], true, false))).unwrap();
+        assert_eq!(drain(&mut s), vec![ServerEvent::Cancel { stream: 1 }]);
+        s.handle_incoming(&req(Some(2), msg(&[0; 40], true, false))).unwrap();
+        assert!(matches!(drain(&mut s)[..], [ServerEvent::Message { stream: 2, .. }]));
+    }
+
+    #[test]
+    fn client_side_protocol_errors_and_channel_death() {
+        let mut c = ClientConn::new(Limits { max_streams: 1, ..Limits::default() });
+        let id = c.start_call("/a", &[], None).unwrap();
+        assert_eq!(c.start_call("/b", &[], None).unwrap_err().code(), Code::ResourceExhausted);
+        // A message before headers fails the call.
+        let m = pb::Response {
+            stream: Some(pb::Stream { id }),
+            r#type: Some(pb::response::Type::Message(pb::ResponseMessage {
+                packet_message: Some(pb::PacketMessage { data: b"x".to_vec(), eom: true }),
+            })),
+        };
+        c.handle_incoming(&m.encode_to_vec()).unwrap();
+        assert!(matches!(c.poll_event(), Some(ClientEvent::Trailers { code: Code::Internal, .. })));
+        let id = c.start_call("/a", &[], None).unwrap();
+        c.close_all(Code::Unavailable, "data channel closed");
+        assert_eq!(
+            c.poll_event(),
+            Some(ClientEvent::Trailers {
+                stream: id,
+                code: Code::Unavailable,
+                message: "data channel closed".into(),
+                metadata: vec![]
+            })
+        );
+        assert_eq!(c.open_streams(), 0);
+    }
+}

@@ -1,0 +1,3 @@
+//! gRPC over WebRTC data channels.
+
+pub mod framing;
