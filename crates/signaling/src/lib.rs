@@ -1,0 +1,1 @@
+//! Signaling (in progress).
