@@ -111,6 +111,11 @@ pub struct ServeOptions {
 
 static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// A process-unique connection id (TCP connections and peer connections share the sequence).
+pub fn next_connection_id() -> u64 {
+    NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Serves `svc` on `listener` until `shutdown` is cancelled. Every accepted
 /// connection runs on its own task; a failing connection never stops the
 /// server.
@@ -130,12 +135,7 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
             },
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnectionInfo {
-            kind: TransportKind::Grpc,
-            remote: Some(remote),
-            local,
-            id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
+        let info = ConnectionInfo { kind: TransportKind::Grpc, remote: Some(remote), local, id: next_connection_id() };
         let svc = svc.clone();
         let tls = options.tls.clone();
         let watcher = graceful.watcher();

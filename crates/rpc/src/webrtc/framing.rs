@@ -163,7 +163,7 @@ impl Reassembly {
 /// Outbound frames per stream, sent round-robin across streams.
 #[derive(Debug, Default)]
 struct Outbox {
-    queues: HashMap<u64, VecDeque<Bytes>>,
+    queues: HashMap<u64, (VecDeque<Bytes>, usize)>,
     order: VecDeque<u64>,
     bytes: usize,
 }
@@ -171,39 +171,41 @@ struct Outbox {
 impl Outbox {
     fn push(&mut self, stream: u64, frame: Bytes) {
         self.bytes += frame.len();
-        let q = self.queues.entry(stream).or_default();
+        let (q, n) = self.queues.entry(stream).or_default();
         if q.is_empty() {
             self.order.push_back(stream);
         }
+        *n += frame.len();
         q.push_back(frame);
     }
 
-    fn pop(&mut self) -> Option<Bytes> {
+    fn pop(&mut self) -> Option<(u64, Bytes)> {
         while let Some(stream) = self.order.pop_front() {
-            let Some(q) = self.queues.get_mut(&stream) else { continue };
+            let Some((q, n)) = self.queues.get_mut(&stream) else { continue };
             let Some(frame) = q.pop_front() else {
                 self.queues.remove(&stream);
                 continue;
             };
+            *n -= frame.len();
             if q.is_empty() {
                 self.queues.remove(&stream);
             } else {
                 self.order.push_back(stream);
             }
             self.bytes -= frame.len();
-            return Some(frame);
+            return Some((stream, frame));
         }
         None
     }
 
     fn queued(&self, stream: u64) -> usize {
-        self.queues.get(&stream).map_or(0, |q| q.iter().map(Bytes::len).sum())
+        self.queues.get(&stream).map_or(0, |(_, n)| *n)
     }
 
     /// Drops what a stream still had queued (after a reset).
     fn discard(&mut self, stream: u64) {
-        if let Some(q) = self.queues.remove(&stream) {
-            self.bytes -= q.iter().map(Bytes::len).sum::<usize>();
+        if let Some((_, n)) = self.queues.remove(&stream) {
+            self.bytes -= n;
         }
     }
 }
@@ -457,6 +459,11 @@ impl ServerConn {
 
     /// The next data-channel message to send.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop().map(|(_, b)| b)
+    }
+
+    /// The next data-channel message to send, with the stream it belongs to.
+    pub fn poll_transmit_stream(&mut self) -> Option<(u64, Bytes)> {
         self.out.pop()
     }
 
@@ -713,12 +720,27 @@ impl ClientConn {
 
     /// The next data-channel message to send.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop().map(|(_, b)| b)
+    }
+
+    /// The next data-channel message to send, with the stream it belongs to.
+    pub fn poll_transmit_stream(&mut self) -> Option<(u64, Bytes)> {
         self.out.pop()
+    }
+
+    /// Bytes queued for sending on `stream`.
+    pub fn queued(&self, stream: u64) -> usize {
+        self.out.queued(stream)
     }
 
     /// Bytes queued for sending in total.
     pub fn queued_total(&self) -> usize {
         self.out.bytes
+    }
+
+    /// True while the stream is open.
+    pub fn is_open(&self, stream: u64) -> bool {
+        self.streams.contains_key(&stream)
     }
 }
 

@@ -1,0 +1,147 @@
+//! Peer connections as tether uses them: the two pre-negotiated channels
+//! (`data` id 0 and `negotiation` id 1, ordered and reliable), IPv4 UDP,
+//! mDNS candidates resolved (Chrome hides host addresses behind `.local`
+//! names), and ICE timeouts short enough to notice a dead peer in seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use webrtc::api::APIBuilder;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
+
+/// Default STUN server of the Viam SDKs.
+pub const DEFAULT_STUN: &str = "stun:global.stun.twilio.com:3478";
+
+/// One STUN or TURN server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, …
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default)]
+    pub username: String,
+    /// TURN credential.
+    #[serde(default)]
+    pub credential: String,
+}
+
+impl IceServer {
+    /// A server without credentials.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self { urls: vec![url.into()], ..Default::default() }
+    }
+
+    /// True when every URL is a TURN URL.
+    pub fn is_turn(&self) -> bool {
+        !self.urls.is_empty() && self.urls.iter().all(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+    }
+}
+
+impl From<&tether_proto::proto::rpc::webrtc::v1::IceServer> for IceServer {
+    fn from(s: &tether_proto::proto::rpc::webrtc::v1::IceServer) -> Self {
+        Self { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() }
+    }
+}
+
+impl From<&IceServer> for tether_proto::proto::rpc::webrtc::v1::IceServer {
+    fn from(s: &IceServer) -> Self {
+        Self { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() }
+    }
+}
+
+/// How a peer connection is set up.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// STUN/TURN servers.
+    pub ice_servers: Vec<IceServer>,
+    /// Only relay (TURN) candidates.
+    pub relay_only: bool,
+    /// No network activity for this long → disconnected (treated as dead).
+    pub disconnected_timeout: Duration,
+    /// … and failed after this long.
+    pub failed_timeout: Duration,
+    /// Keepalive (ICE binding requests) interval; must be well below
+    /// `disconnected_timeout` so a live peer always answers in time.
+    pub keepalive: Duration,
+    /// Include loopback host candidates (for same-host use and tests).
+    pub include_loopback: bool,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            ice_servers: vec![IceServer::url(DEFAULT_STUN)],
+            relay_only: false,
+            disconnected_timeout: Duration::from_secs(3),
+            failed_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_millis(500),
+            include_loopback: true,
+        }
+    }
+}
+
+/// A peer connection with its two channels.
+pub struct Peer {
+    /// The connection.
+    pub pc: Arc<RTCPeerConnection>,
+    /// `data` (id 0): gRPC frames.
+    pub data: Arc<RTCDataChannel>,
+    /// `negotiation` (id 1): renegotiation SDPs.
+    pub negotiation: Arc<RTCDataChannel>,
+}
+
+/// Creates a peer connection and both negotiated channels.
+pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
+    let mut settings = SettingEngine::default();
+    settings.set_ice_timeouts(
+        Some(options.disconnected_timeout),
+        Some(options.failed_timeout),
+        Some(options.keepalive),
+    );
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_include_loopback_candidate(options.include_loopback);
+    if options.relay_only {
+        settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
+    }
+    let api = APIBuilder::new().with_setting_engine(settings).build();
+    let config = RTCConfiguration {
+        ice_servers: options
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect(),
+        ice_transport_policy: if options.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        },
+        ..Default::default()
+    };
+    let pc = Arc::new(api.new_peer_connection(config).await?);
+    let data = pc
+        .create_data_channel(
+            "data",
+            Some(RTCDataChannelInit { ordered: Some(true), negotiated: Some(0), ..Default::default() }),
+        )
+        .await?;
+    let negotiation = pc
+        .create_data_channel(
+            "negotiation",
+            Some(RTCDataChannelInit { ordered: Some(true), negotiated: Some(1), ..Default::default() }),
+        )
+        .await?;
+    Ok(Peer { pc, data, negotiation })
+}

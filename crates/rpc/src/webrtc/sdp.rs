@@ -1,0 +1,126 @@
+//! SDP and ICE candidate encodings of the signaling protocol (spec §1.2–§1.3):
+//! an SDP travels as standard base64 of `{"type": …, "sdp": …}` (keys in any
+//! order, unknown keys ignored).
+//!
+//! ```
+//! use tether_rpc::webrtc::sdp::{decode, encode, SdpKind};
+//! let wire = encode(SdpKind::Offer, "v=0\r\n");
+//! assert_eq!(decode(&wire).unwrap(), (SdpKind::Offer, "v=0\r\n".to_string()));
+//! assert!(decode("not base64!").is_err());
+//! ```
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+
+/// The SDP types the protocol carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpKind {
+    /// An offer.
+    Offer,
+    /// An answer.
+    Answer,
+    /// A provisional answer.
+    Pranswer,
+    /// A rollback.
+    Rollback,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(rename = "type")]
+    kind: SdpKind,
+    sdp: String,
+}
+
+/// An SDP that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid SDP encoding: {0}")]
+pub struct SdpError(String);
+
+impl From<SdpError> for tonic::Status {
+    fn from(e: SdpError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// Largest encoded SDP accepted (offers are a few KiB).
+pub const MAX_ENCODED_SDP: usize = 256 * 1024;
+
+/// Encodes an SDP for the wire.
+pub fn encode(kind: SdpKind, sdp: &str) -> String {
+    let json = serde_json::to_vec(&Wire { kind, sdp: sdp.to_owned() }).unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.encode(json)
+}
+
+/// Decodes an SDP from the wire.
+pub fn decode(encoded: &str) -> Result<(SdpKind, String), SdpError> {
+    if encoded.len() > MAX_ENCODED_SDP {
+        return Err(SdpError(format!("{} bytes is too large", encoded.len())));
+    }
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| SdpError(format!("not base64: {e}")))?;
+    let wire: Wire = serde_json::from_slice(&json).map_err(|e| SdpError(format!("not a JSON SDP object: {e}")))?;
+    if !wire.sdp.starts_with("v=") {
+        return Err(SdpError("the sdp field is not a session description".into()));
+    }
+    Ok((wire.kind, wire.sdp))
+}
+
+/// Converts a wire candidate into webrtc-rs form; `None` for empty
+/// (end-of-candidates) entries.
+pub fn candidate_from_pb(c: &pb::IceCandidate) -> Option<RTCIceCandidateInit> {
+    if c.candidate.trim().is_empty() {
+        return None;
+    }
+    Some(RTCIceCandidateInit {
+        candidate: c.candidate.clone(),
+        sdp_mid: c.sdp_mid.clone(),
+        sdp_mline_index: c.sdpm_line_index.and_then(|i| u16::try_from(i).ok()),
+        username_fragment: c.username_fragment.clone(),
+    })
+}
+
+/// Converts a webrtc-rs candidate into wire form.
+pub fn candidate_to_pb(c: &RTCIceCandidateInit) -> pb::IceCandidate {
+    pb::IceCandidate {
+        candidate: c.candidate.clone(),
+        sdp_mid: c.sdp_mid.clone(),
+        sdpm_line_index: c.sdp_mline_index.map(u32::from),
+        username_fragment: c.username_fragment.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_either_key_order_and_extra_keys() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for json in [r#"{"sdp":"v=0\r\n","type":"answer"}"#, r#"{"type":"answer","x":1,"sdp":"v=0\r\n"}"#] {
+            assert_eq!(decode(&b64.encode(json)).unwrap(), (SdpKind::Answer, "v=0\r\n".into()));
+        }
+        assert!(decode(&b64.encode(r#"{"type":"nope","sdp":"v=0"}"#)).is_err());
+        assert!(decode(&b64.encode(r#"{"type":"offer","sdp":"hello"}"#)).is_err());
+        assert!(decode(&b64.encode("[]")).is_err());
+    }
+
+    #[test]
+    fn candidates_round_trip_and_empty_is_end_of_candidates() {
+        let pb = pb::IceCandidate {
+            candidate: "candidate:1 1 UDP 2122252543 10.0.0.2 51000 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdpm_line_index: Some(0),
+            username_fragment: None,
+        };
+        let init = candidate_from_pb(&pb).unwrap();
+        assert_eq!(candidate_to_pb(&init), pb);
+        assert!(candidate_from_pb(&pb::IceCandidate { candidate: " ".into(), ..pb.clone() }).is_none());
+        let huge = pb::IceCandidate { sdpm_line_index: Some(70_000), ..pb };
+        assert_eq!(candidate_from_pb(&huge).unwrap().sdp_mline_index, None);
+    }
+}
