@@ -231,17 +231,18 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if let Some(authority) = &self.authority {
-            if req.uri().path() != AUTHENTICATE_PATH && req.extensions().get::<AuthEntity>().is_none() {
-                let header = req.headers().get(crate::metadata::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                match authority.check_header(header) {
-                    Ok(entity) => {
-                        req.extensions_mut().insert(entity);
-                    }
-                    Err(status) => {
-                        debug_assert_eq!(status.code(), Code::Unauthenticated);
-                        return Box::pin(async move { Ok(status.into_http()) });
-                    }
+        if let Some(authority) = &self.authority
+            && req.uri().path() != AUTHENTICATE_PATH
+            && req.extensions().get::<AuthEntity>().is_none()
+        {
+            let header = req.headers().get(crate::metadata::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match authority.check_header(header) {
+                Ok(entity) => {
+                    req.extensions_mut().insert(entity);
+                }
+                Err(status) => {
+                    debug_assert_eq!(status.code(), Code::Unauthenticated);
+                    return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
         }

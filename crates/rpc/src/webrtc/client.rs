@@ -416,16 +416,13 @@ impl HttpBody for ResponseBody {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Some(d) = self.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                self.finish();
-                let _ = self.commands.send(Command::Reset(self.stream));
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers(
-                    Code::DeadlineExceeded,
-                    "deadline exceeded",
-                    &Vec::new(),
-                )))));
-            }
+        if let Some(d) = self.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            self.finish();
+            let _ = self.commands.send(Command::Reset(self.stream));
+            let expired = trailers(Code::DeadlineExceeded, "deadline exceeded", &Vec::new());
+            return Poll::Ready(Some(Ok(Frame::trailers(expired))));
         }
         match self.events.poll_recv(cx) {
             Poll::Pending => Poll::Pending,

@@ -367,11 +367,11 @@ impl ServerConn {
                 }
             }
         }
-        if m.eos {
-            if let Some(stream) = self.streams.get_mut(&id) {
-                stream.recv_closed = true;
-                self.events.push_back(ServerEvent::HalfClose { stream: id });
-            }
+        if m.eos
+            && let Some(stream) = self.streams.get_mut(&id)
+        {
+            stream.recv_closed = true;
+            self.events.push_back(ServerEvent::HalfClose { stream: id });
         }
     }
 
@@ -649,12 +649,11 @@ impl ClientConn {
         let Some(stream) = self.streams.get_mut(&id) else { return Ok(()) };
         match resp.r#type {
             None => {}
-            Some(pb::response::Type::Headers(h)) => {
-                if !stream.headers_received {
-                    stream.headers_received = true;
-                    self.events.push_back(ClientEvent::Headers { stream: id, metadata: from_pb_metadata(h.metadata) });
-                }
+            Some(pb::response::Type::Headers(h)) if !stream.headers_received => {
+                stream.headers_received = true;
+                self.events.push_back(ClientEvent::Headers { stream: id, metadata: from_pb_metadata(h.metadata) });
             }
+            Some(pb::response::Type::Headers(_)) => {}
             Some(pb::response::Type::Message(m)) => {
                 if !stream.headers_received {
                     self.fail(id, Code::Internal, "protocol error: response message before headers".into());

@@ -1,0 +1,323 @@
+//! The caller's side of signaling: ask the signaling service for ICE
+//! servers, send an offer for a host, trickle candidates both ways, and end
+//! up with a [`WebRtcChannel`] once the `data` channel opens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::google::rpc::Status as RpcStatus;
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+use super::client::WebRtcChannel;
+use super::framing::Limits;
+use super::peer::{IceServer, PeerOptions, new_peer};
+use super::pipe::Pipe;
+use super::sdp::{self, SdpKind};
+use crate::dial::{Credentials, DialError, HeaderStamp, SharedHeaders};
+
+/// How to dial a machine over WebRTC.
+#[derive(Clone, Debug)]
+pub struct WebRtcOptions {
+    /// Signaling service (`host:port` or URL).
+    pub signaling_address: String,
+    /// The machine's host name as the signaler knows it (`rpc-host`).
+    pub host: String,
+    /// Credentials for the signaling service.
+    pub credentials: Option<Credentials>,
+    /// Our own ICE servers (the signaler's are appended).
+    pub ice_servers: Vec<IceServer>,
+    /// Only relay (TURN) candidates.
+    pub relay_only: bool,
+    /// Never relay: drop every TURN server.
+    pub force_p2p: bool,
+    /// Keep only this TURN URL among TURN servers (e.g. `turn:turn.example.com:3478`).
+    pub turn_uri_override: Option<String>,
+    /// Send a complete offer instead of trickling candidates.
+    pub disable_trickle: bool,
+    /// Whole-dial limit.
+    pub dial_timeout: Duration,
+    /// Extra CA for an `https://` signaling address.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Framing limits.
+    pub limits: Limits,
+    /// ICE timing.
+    pub peer: PeerOptions,
+}
+
+impl WebRtcOptions {
+    /// Defaults for dialing `host` through `signaling_address`.
+    pub fn new(signaling_address: impl Into<String>, host: impl Into<String>) -> Self {
+        Self {
+            signaling_address: signaling_address.into(),
+            host: host.into(),
+            credentials: None,
+            ice_servers: vec![IceServer::url(super::peer::DEFAULT_STUN)],
+            relay_only: false,
+            force_p2p: false,
+            turn_uri_override: None,
+            disable_trickle: false,
+            dial_timeout: Duration::from_secs(10),
+            tls_ca_pem: None,
+            limits: Limits::default(),
+            peer: PeerOptions::default(),
+        }
+    }
+}
+
+/// An open WebRTC connection to a machine.
+#[derive(Clone)]
+pub struct WebRtcConnection {
+    /// gRPC over the data channel.
+    pub channel: WebRtcChannel,
+    /// The peer connection (for stats and closing).
+    pub pc: Arc<RTCPeerConnection>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for WebRtcConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcConnection").field("closed", &self.closed.is_cancelled()).finish()
+    }
+}
+
+impl WebRtcConnection {
+    /// Cancelled when the connection dies (ICE disconnected/failed, channel
+    /// closed) or is closed.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Closes the connection; calls in flight fail with UNAVAILABLE.
+    pub async fn close(&self) {
+        self.closed.cancel();
+        let _ = self.pc.close().await;
+    }
+
+    /// The selected candidate pair.
+    pub async fn selected_pair(&self) -> Option<super::SelectedPair> {
+        super::selected_pair(&self.pc).await
+    }
+}
+
+/// Applies force_p2p / turn_uri_override / relay_only to the server list.
+pub fn filter_ice_servers(mut servers: Vec<IceServer>, options: &WebRtcOptions) -> Vec<IceServer> {
+    let is_turn = |u: &str| u.starts_with("turn:") || u.starts_with("turns:");
+    if options.force_p2p {
+        for s in &mut servers {
+            s.urls.retain(|u| !is_turn(u));
+        }
+    } else if let Some(only) = &options.turn_uri_override {
+        let norm = |u: &str| {
+            let (base, transport) = u.split_once("?transport=").unwrap_or((u, "udp"));
+            (base.to_ascii_lowercase(), transport.to_ascii_lowercase())
+        };
+        let wanted = norm(only);
+        for s in &mut servers {
+            s.urls.retain(|u| !is_turn(u) || norm(u) == wanted);
+        }
+    }
+    servers.retain(|s| !s.urls.is_empty());
+    servers
+}
+
+type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<tonic::transport::Channel>>;
+
+fn with_host<T>(msg: T, host: &str) -> Result<tonic::Request<T>, DialError> {
+    let mut req = tonic::Request::new(msg);
+    let v = tonic::metadata::MetadataValue::try_from(host)
+        .map_err(|_| DialError::Address(host.to_owned(), "not a valid rpc-host".into()))?;
+    req.metadata_mut().insert(crate::metadata::RPC_HOST, v);
+    Ok(req)
+}
+
+/// Dials `options.host` over WebRTC.
+pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
+    match tokio::time::timeout(options.dial_timeout, dial_inner(options)).await {
+        Ok(r) => r,
+        Err(_) => {
+            Err(DialError::Timeout(format!("{} via {}", options.host, options.signaling_address), options.dial_timeout))
+        }
+    }
+}
+
+async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
+    let channel = crate::dial::connect_channel_with(
+        &options.signaling_address,
+        options.dial_timeout,
+        options.tls_ca_pem.as_deref(),
+    )
+    .await?;
+    let headers = SharedHeaders::default();
+    if let Some(creds) = &options.credentials {
+        let token = crate::dial::authenticate(channel.clone(), creds).await?;
+        headers.set_bearer(&token).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    }
+    let mut signaling: Signaling =
+        pb::signaling_service_client::SignalingServiceClient::new(HeaderStamp::new(channel, headers));
+
+    // ICE servers: ours, then the signaler's (UNIMPLEMENTED = none).
+    let mut servers = options.ice_servers.clone();
+    match signaling.optional_web_rtc_config(with_host(pb::OptionalWebRtcConfigRequest {}, &options.host)?).await {
+        Ok(r) => {
+            if let Some(config) = r.into_inner().config {
+                servers.extend(config.additional_ice_servers.iter().map(IceServer::from));
+            }
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => {}
+        Err(s) => return Err(s.into()),
+    }
+    let mut peer_options = options.peer.clone();
+    peer_options.ice_servers = filter_ice_servers(servers, options);
+    peer_options.relay_only = options.relay_only;
+
+    let peer = new_peer(&peer_options).await.map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
+    let pc = peer.pc.clone();
+    let result = exchange(&mut signaling, options, &peer.pc, Pipe::attach(peer.data.clone())).await;
+    match result {
+        Ok(connection) => Ok(connection),
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn exchange(
+    signaling: &mut Signaling,
+    options: &WebRtcOptions,
+    pc: &Arc<RTCPeerConnection>,
+    pipe: Pipe,
+) -> Result<WebRtcConnection, DialError> {
+    let host = options.host.clone();
+    let connect_err = |e: webrtc::Error| DialError::Connect(host.clone(), e.to_string());
+    let closed = CancellationToken::new();
+    {
+        let closed = closed.clone();
+        pc.on_peer_connection_state_change(Box::new(move |s| {
+            if matches!(
+                s,
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected
+            ) {
+                closed.cancel();
+            }
+            Box::pin(async {})
+        }));
+    }
+    let (cand_tx, mut candidates) = mpsc::unbounded_channel();
+    pc.on_ice_candidate(Box::new(move |c| {
+        let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
+        Box::pin(async {})
+    }));
+    let offer = pc.create_offer(None).await.map_err(connect_err)?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await.map_err(connect_err)?;
+    if options.disable_trickle {
+        let _ = gathered.recv().await;
+    }
+    let local =
+        pc.local_description().await.ok_or_else(|| DialError::Connect(options.host.clone(), "no offer".into()))?;
+    let call =
+        pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: options.disable_trickle };
+    let mut answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
+
+    // The first message must be the answer.
+    let first = answers.message().await?.ok_or_else(|| {
+        DialError::Status(tonic::Status::unavailable("signaling ended the call before the machine answered"))
+    })?;
+    let uuid = first.uuid.clone();
+    let Some(pb::call_response::Stage::Init(init)) = first.stage else {
+        return Err(tonic::Status::internal("signaling sent a candidate before the answer").into());
+    };
+    let (kind, answer) = sdp::decode(&init.sdp).map_err(tonic::Status::from)?;
+    if kind != SdpKind::Answer {
+        return Err(tonic::Status::internal("the machine did not send an answer").into());
+    }
+    let answer =
+        RTCSessionDescription::answer(answer).map_err(|e| tonic::Status::internal(format!("bad answer: {e}")))?;
+    pc.set_remote_description(answer).await.map_err(|e| tonic::Status::internal(format!("bad answer: {e}")))?;
+
+    let send_update = |update: pb::call_update_request::Update| {
+        let mut signaling = signaling.clone();
+        let uuid = uuid.clone();
+        let host = options.host.clone();
+        async move {
+            let req = pb::CallUpdateRequest { uuid, update: Some(update) };
+            match with_host(req, &host) {
+                Ok(req) => {
+                    if let Err(e) = signaling.call_update(req).await {
+                        tracing::debug!("call update failed: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("call update not sent: {e}"),
+            }
+        }
+    };
+    let mut done_sent = options.disable_trickle;
+    if done_sent {
+        tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+    }
+    let mut answers_open = true;
+    let opened = pipe.opened.clone();
+    loop {
+        tokio::select! {
+            _ = opened.cancelled() => break,
+            _ = closed.cancelled() => {
+                return Err(DialError::Connect(options.host.clone(), "ICE failed before the data channel opened".into()));
+            }
+            c = candidates.recv(), if !done_sent => match c {
+                Some(Some(c)) => {
+                    tokio::spawn(send_update(pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c))));
+                }
+                Some(None) | None => {
+                    tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+                    done_sent = true;
+                }
+            },
+            m = answers.message(), if answers_open => match m {
+                Ok(Some(resp)) => {
+                    if resp.uuid != uuid {
+                        return Err(tonic::Status::internal("signaling mixed up two calls").into());
+                    }
+                    if let Some(pb::call_response::Stage::Update(u)) = resp.stage
+                        && !options.disable_trickle
+                        && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
+                        && let Err(e) = pc.add_ice_candidate(c).await
+                    {
+                        tracing::debug!("ignoring a bad remote candidate: {e}");
+                    }
+                }
+                Ok(None) => answers_open = false,
+                Err(status) => {
+                    let error = pb::call_update_request::Update::Error(RpcStatus {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        details: Vec::new(),
+                    });
+                    tokio::spawn(send_update(error));
+                    return Err(status.into());
+                }
+            },
+        }
+    }
+    if !done_sent {
+        tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+    }
+    // From here on, the connection's death closes the channel.
+    let channel = WebRtcChannel::new(pipe, options.limits);
+    {
+        let closed = closed.clone();
+        let channel_closed = channel.closed().clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = closed.cancelled() => channel_closed.cancel(),
+                _ = channel_closed.cancelled() => closed.cancel(),
+            }
+        });
+    }
+    Ok(WebRtcConnection { channel, pc: pc.clone(), closed })
+}
