@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::operations::{OperationGuard, Operations};
 use crate::resource::Resources;
-use crate::session::{PeerInfo, SessionError, SessionManager};
+use crate::session::{Caller, PeerInfo, SessionError, SessionManager};
 
 /// Facts about the current call, available to handlers as a request extension.
 #[derive(Clone, Debug)]
@@ -164,10 +164,16 @@ where
             Ok(v) => v,
             Err(status) => return Ok(status.into_http()),
         };
-        if let Some(name) = name.filter(|n| state.resources.contains(n)) {
-            state.sessions.associate(&name, session);
-        }
         req = Request::from_parts(parts, body);
+        if let Some(name) = name.filter(|n| state.resources.contains(n)) {
+            let caller = match (session, req.extensions().get::<ConnectionInfo>()) {
+                (Some(id), _) => Some(Caller::Session(id)),
+                // Sessionless over WebRTC: the connection's death stops it.
+                (None, Some(c)) if c.kind == TransportKind::WebRtc => Some(Caller::Connection(c.id)),
+                (None, _) => None,
+            };
+            state.sessions.associate_caller(&name, caller);
+        }
     }
 
     let guard: Option<OperationGuard> = (!untracked(&path)).then(|| {

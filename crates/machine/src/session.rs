@@ -113,11 +113,21 @@ struct Session {
     peer: PeerInfo,
 }
 
+/// Who last called a safety-monitored method on a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// A call bound to this session.
+    Session(Uuid),
+    /// A sessionless call over this peer connection (WebRTC): the resource is
+    /// stopped when the connection dies, since no session will.
+    Connection(u64),
+}
+
 #[derive(Default)]
 struct State {
     sessions: HashMap<Uuid, Session>,
     deadlines: BTreeSet<(Instant, Uuid)>,
-    last_caller: HashMap<String, Uuid>,
+    last_caller: HashMap<String, Caller>,
 }
 
 struct Inner {
@@ -257,10 +267,15 @@ impl SessionManager {
     /// Records the last caller of `resource`: a session, or `None` for a
     /// sessionless call (which disassociates the resource).
     pub fn associate(&self, resource: &str, session: Option<Uuid>) {
+        self.associate_caller(resource, session.map(Caller::Session));
+    }
+
+    /// Records any kind of last caller (`None`: nobody to stop it for).
+    pub fn associate_caller(&self, resource: &str, caller: Option<Caller>) {
         let mut st = self.inner.state.lock();
-        match session {
-            Some(id) => {
-                st.last_caller.insert(resource.to_owned(), id);
+        match caller {
+            Some(c) => {
+                st.last_caller.insert(resource.to_owned(), c);
             }
             None => {
                 st.last_caller.remove(resource);
@@ -270,7 +285,32 @@ impl SessionManager {
 
     /// The session that last called a monitored method on `resource`.
     pub fn last_caller(&self, resource: &str) -> Option<Uuid> {
+        match self.inner.state.lock().last_caller.get(resource) {
+            Some(Caller::Session(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The last caller of `resource`, of any kind.
+    pub fn last_caller_of(&self, resource: &str) -> Option<Caller> {
         self.inner.state.lock().last_caller.get(resource).copied()
+    }
+
+    /// A peer connection died: returns (and forgets) the resources whose
+    /// last caller was a sessionless call on it, sorted. The caller stops them.
+    pub fn connection_closed(&self, connection: u64) -> Vec<String> {
+        let mut st = self.inner.state.lock();
+        let mut out = Vec::new();
+        st.last_caller.retain(|resource, c| {
+            if *c == Caller::Connection(connection) {
+                out.push(resource.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out.sort();
+        out
     }
 
     /// Every live session (`GetSessions` is not filtered by owner).
@@ -308,12 +348,15 @@ impl SessionManager {
         }
         if !out.is_empty() {
             let ids: HashMap<Uuid, usize> = out.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
-            st.last_caller.retain(|resource, sid| match ids.get(sid) {
-                Some(&i) => {
-                    out[i].resources.push(resource.clone());
-                    false
-                }
-                None => true,
+            st.last_caller.retain(|resource, caller| match caller {
+                Caller::Session(sid) => match ids.get(sid) {
+                    Some(&i) => {
+                        out[i].resources.push(resource.clone());
+                        false
+                    }
+                    None => true,
+                },
+                Caller::Connection(_) => true,
             });
             for e in &mut out {
                 e.resources.sort();
@@ -441,6 +484,24 @@ mod tests {
         let e = rx.recv().await.unwrap();
         assert_eq!(e.id, b);
         assert_eq!(e.resources, vec!["motor1".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessionless_webrtc_callers_are_stopped_with_their_connection() {
+        let (m, mut rx) = SessionManager::with_channel(W);
+        let (s, _) = m.start("", "", peer()).unwrap();
+        m.associate_caller("motor1", Some(Caller::Connection(7)));
+        m.associate_caller("motor2", Some(Caller::Connection(8)));
+        m.associate_caller("base1", Some(Caller::Connection(7)));
+        // A later session call takes base1 over.
+        m.associate("base1", Some(s));
+        assert_eq!(m.connection_closed(7), vec!["motor1".to_string()]);
+        assert_eq!(m.connection_closed(7), Vec::<String>::new());
+        assert_eq!(m.last_caller_of("motor2"), Some(Caller::Connection(8)));
+        // Session expiry does not touch connection-owned resources.
+        let e = rx.recv().await.unwrap();
+        assert_eq!(e.resources, vec!["base1".to_string()]);
+        assert_eq!(m.last_caller_of("motor2"), Some(Caller::Connection(8)));
     }
 
     #[tokio::test(start_paused = true)]
