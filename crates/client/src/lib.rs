@@ -26,12 +26,16 @@ pub mod components;
 mod error;
 mod robot;
 mod session;
+mod transport;
 
+pub use components::convert;
 pub use error::Error;
 pub use robot::RobotClient;
 pub use session::SessionChannel;
 pub use tether_proto::viam::common::v1::ResourceName;
 pub use tether_rpc::dial::Credentials;
+pub use tether_rpc::webrtc::peer::IceServer;
+pub use transport::Transport;
 
 /// Result of client calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +55,67 @@ pub enum DialConf {
         /// Extra CA certificate (PEM) to trust for `https://` addresses.
         tls_ca_pem: Option<Vec<u8>>,
     },
+    /// gRPC over a WebRTC data channel, brokered by a signaling service (the
+    /// machine's own port serves one). Reaches machines behind NATs.
+    WebRtc(Box<WebRtcConf>),
+}
+
+/// Settings of a WebRTC dial.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WebRtcConf {
+    /// The machine's host name as signaling knows it.
+    pub host: String,
+    /// Signaling service address (`host:port` or URL).
+    pub signaling_address: String,
+    /// Our ICE servers (default: `stun:global.stun.twilio.com:3478`); the
+    /// signaler's are appended.
+    pub ice_servers: Vec<IceServer>,
+    /// Only use TURN relays.
+    pub relay_only: bool,
+    /// Never use TURN relays.
+    pub force_p2p: bool,
+    /// Keep only this TURN URL.
+    pub turn_uri_override: Option<String>,
+    /// Send a complete offer instead of trickling ICE candidates.
+    pub disable_trickle: bool,
+    /// Limit on the whole dial.
+    pub dial_timeout: Duration,
+    /// Credentials for the signaling service.
+    pub credentials: Option<Credentials>,
+    /// Extra CA certificate (PEM) for an `https://` signaling address.
+    pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl WebRtcConf {
+    /// Defaults for `host` via `signaling_address`.
+    pub fn new(host: impl Into<String>, signaling_address: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            signaling_address: signaling_address.into(),
+            ice_servers: vec![IceServer::url(tether_rpc::webrtc::peer::DEFAULT_STUN)],
+            relay_only: false,
+            force_p2p: false,
+            turn_uri_override: None,
+            disable_trickle: false,
+            dial_timeout: Duration::from_secs(10),
+            credentials: None,
+            tls_ca_pem: None,
+        }
+    }
+
+    pub(crate) fn options(&self) -> tether_rpc::webrtc::dial::WebRtcOptions {
+        let mut o = tether_rpc::webrtc::dial::WebRtcOptions::new(&self.signaling_address, &self.host);
+        o.credentials = self.credentials.clone();
+        o.ice_servers = self.ice_servers.clone();
+        o.relay_only = self.relay_only;
+        o.force_p2p = self.force_p2p;
+        o.turn_uri_override = self.turn_uri_override.clone();
+        o.disable_trickle = self.disable_trickle;
+        o.dial_timeout = self.dial_timeout;
+        o.tls_ca_pem = self.tls_ca_pem.clone();
+        o
+    }
 }
 
 impl DialConf {
@@ -64,10 +129,25 @@ impl DialConf {
         }
     }
 
+    /// A WebRTC dial of `host` through the signaling service at
+    /// `signaling_address`, with defaults.
+    pub fn webrtc(host: impl Into<String>, signaling_address: impl Into<String>) -> Self {
+        DialConf::WebRtc(Box::new(WebRtcConf::new(host, signaling_address)))
+    }
+
     /// Adds credentials.
     pub fn with_credentials(mut self, creds: Credentials) -> Self {
         match &mut self {
             DialConf::Direct { credentials, .. } => *credentials = Some(creds),
+            DialConf::WebRtc(c) => c.credentials = Some(creds),
+        }
+        self
+    }
+
+    /// Edits the WebRTC settings (no effect on a direct dial).
+    pub fn with_webrtc(mut self, f: impl FnOnce(&mut WebRtcConf)) -> Self {
+        if let DialConf::WebRtc(c) = &mut self {
+            f(c);
         }
         self
     }
@@ -77,6 +157,7 @@ impl DialConf {
     pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         match &mut self {
             DialConf::Direct { tls_ca_pem, .. } => *tls_ca_pem = Some(pem.into()),
+            DialConf::WebRtc(c) => c.tls_ca_pem = Some(pem.into()),
         }
         self
     }
@@ -85,6 +166,7 @@ impl DialConf {
     pub fn with_dial_timeout(mut self, timeout: Duration) -> Self {
         match &mut self {
             DialConf::Direct { dial_timeout, .. } => *dial_timeout = timeout,
+            DialConf::WebRtc(c) => c.dial_timeout = timeout,
         }
         self
     }

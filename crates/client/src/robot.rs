@@ -14,11 +14,16 @@ type RobotStub = pb::robot_service_client::RobotServiceClient<SessionChannel>;
 struct Inner {
     channel: SessionChannel,
     conf: DialConf,
+    webrtc: Option<tether_rpc::webrtc::dial::WebRtcConnection>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.channel.close();
+        if let Some(w) = self.webrtc.take() {
+            w.closed().cancel();
+            tokio::spawn(async move { w.close().await });
+        }
     }
 }
 
@@ -44,6 +49,7 @@ impl RobotClient {
     /// Dials the machine and (with credentials) authenticates.
     pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
         let headers = SharedHeaders::default();
+        let mut webrtc = None;
         let channel = match &conf {
             DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
                 let channel = tokio::time::timeout(*dial_timeout, async {
@@ -58,11 +64,16 @@ impl RobotClient {
                 })
                 .await
                 .map_err(|_| Error::Dial(dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
-                HeaderStamp::new(channel, headers)
+                crate::Transport::Direct(HeaderStamp::new(channel, headers))
+            }
+            DialConf::WebRtc(c) => {
+                let connection = tether_rpc::webrtc::dial::dial(&c.options()).await?;
+                webrtc = Some(connection.clone());
+                crate::Transport::WebRtc(connection.channel)
             }
         };
         let channel = SessionChannel::new(channel, options.disable_sessions);
-        Ok(Self { inner: Arc::new(Inner { channel, conf }) })
+        Ok(Self { inner: Arc::new(Inner { channel, conf, webrtc }) })
     }
 
     /// The transport for tonic-generated clients (sessions handled).
@@ -131,5 +142,13 @@ impl RobotClient {
     /// new session.
     pub async fn close(&self) {
         self.inner.channel.close();
+        if let Some(w) = &self.inner.webrtc {
+            w.close().await;
+        }
+    }
+
+    /// The WebRTC connection, when dialed over WebRTC.
+    pub fn webrtc(&self) -> Option<&tether_rpc::webrtc::dial::WebRtcConnection> {
+        self.inner.webrtc.as_ref()
     }
 }

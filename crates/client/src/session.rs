@@ -22,9 +22,7 @@ use tonic::body::Body;
 use tower::ServiceExt;
 use tower_service::Service;
 
-/// The transport every client stub runs over (here: a tonic channel that
-/// stamps credentials).
-pub(crate) type Transport = tether_rpc::dial::HeaderStamp<tonic::transport::Channel>;
+pub(crate) use crate::transport::Transport;
 
 #[derive(Debug, Default)]
 struct State {
@@ -210,15 +208,14 @@ impl Service<Request<Body>> for SessionChannel {
     type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let method = tether_proto::safety::method(req.uri().path());
         let monitored = !self.shared.disabled && method.is_some_and(|m| m.monitored);
         if !monitored {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map_err(Into::into) });
+            return self.inner.call(req);
         }
         let this = self.clone();
         let unary_request = method.is_some_and(|m| !m.client_streaming);

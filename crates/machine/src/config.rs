@@ -193,10 +193,10 @@ impl Config {
     /// Checks every field that can be checked without building components.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.window()?;
-        if let Some(addr) = &self.network.bind_address {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::new("network.bind_address", format!("{addr:?} is not an ip:port address")));
-            }
+        if let Some(addr) = &self.network.bind_address
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new("network.bind_address", format!("{addr:?} is not an ip:port address")));
         }
         match (&self.network.tls_cert_file, &self.network.tls_key_file) {
             (Some(_), None) => {

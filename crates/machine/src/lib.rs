@@ -169,7 +169,17 @@ impl Machine {
             .build_v1alpha()
             .expect("the compiled descriptor set is valid");
         let mut routes = tonic::service::Routes::new(limits!(RobotServiceServer::new(robot)))
+            .add_service(limits!(comp::arm::v1::arm_service_server::ArmServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::base::v1::base_service_server::BaseServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::button::v1::button_service_server::ButtonServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::camera::v1::camera_service_server::CameraServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::gantry::v1::gantry_service_server::GantryServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::generic::v1::generic_service_server::GenericServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::gripper::v1::gripper_service_server::GripperServiceServer::new(cs.clone())))
             .add_service(limits!(comp::motor::v1::motor_service_server::MotorServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::sensor::v1::sensor_service_server::SensorServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::servo::v1::servo_service_server::ServoServiceServer::new(cs.clone())))
+            .add_service(limits!(comp::switch::v1::switch_service_server::SwitchServiceServer::new(cs.clone())))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         if let Some(authority) = &self.authority {

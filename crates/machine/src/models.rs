@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::components::{FakeMotor, attr_f64};
+use crate::components::{
+    BaseProperties, FakeArm, FakeBase, FakeButton, FakeCamera, FakeGantry, FakeGeneric, FakeGripper, FakeMotor,
+    FakeSensor, FakeServo, FakeSwitch, attr_f64, attr_f64_list, attr_positive, attr_strings, attr_u32,
+};
 use crate::config::{Config, ConfigError};
 use crate::resource::{Component, Resources};
 
@@ -30,7 +33,94 @@ impl Models {
     /// The built-in fake model of every component kind.
     pub fn builtin() -> Self {
         let mut m = Self::empty();
+        m.register("arm", FAKE, |a| {
+            Ok(Component::Arm(Arc::new(FakeArm::new(attr_positive(a, "speed_degs_per_sec", 60.0)?))))
+        });
+        m.register("base", FAKE, |a| {
+            let turning_radius_mm = attr_f64(a, "turning_radius_mm", 0.0)?;
+            if turning_radius_mm < 0.0 {
+                return Err(format!("attribute \"turning_radius_mm\" must not be negative, got {turning_radius_mm}"));
+            }
+            let properties = BaseProperties {
+                width_meters: attr_positive(a, "width_mm", 600.0)? / 1000.0,
+                turning_radius_meters: turning_radius_mm / 1000.0,
+                wheel_circumference_meters: attr_positive(a, "wheel_circumference_mm", 300.0)? / 1000.0,
+            };
+            Ok(Component::Base(Arc::new(FakeBase::new(
+                properties,
+                attr_positive(a, "max_speed_mm_per_sec", 500.0)?,
+                attr_positive(a, "max_angular_degs_per_sec", 90.0)?,
+            ))))
+        });
+        m.register("button", FAKE, |_| Ok(Component::Button(Arc::new(FakeButton::new()))));
+        m.register("camera", FAKE, |a| {
+            let side = |key: &str, default: u32| -> Result<u32, String> {
+                let v = attr_u32(a, key, default)?;
+                if (1..=FakeCamera::MAX_SIDE).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(format!("attribute {key:?} must be from 1 to {}, got {v}", FakeCamera::MAX_SIDE))
+                }
+            };
+            let frame_rate = attr_positive(a, "frame_rate", 10.0)?;
+            if frame_rate > 1000.0 {
+                return Err(format!("attribute \"frame_rate\" must be at most 1000, got {frame_rate}"));
+            }
+            Ok(Component::Camera(Arc::new(FakeCamera::new(
+                side("width_px", 320)?,
+                side("height_px", 240)?,
+                frame_rate,
+            ))))
+        });
+        m.register("gantry", FAKE, |a| {
+            let lengths = attr_f64_list(a, "lengths_mm", &[1000.0; 3])?;
+            if lengths.is_empty() || lengths.len() > 32 {
+                return Err(format!("attribute \"lengths_mm\" must list 1 to 32 axis lengths, got {}", lengths.len()));
+            }
+            if let Some((i, l)) = lengths.iter().enumerate().find(|(_, l)| **l <= 0.0) {
+                return Err(format!("attribute \"lengths_mm\": element {i} must be greater than 0, got {l}"));
+            }
+            Ok(Component::Gantry(Arc::new(FakeGantry::new(lengths, attr_positive(a, "speed_mm_per_sec", 100.0)?))))
+        });
+        m.register("generic", FAKE, |_| Ok(Component::Generic(Arc::new(FakeGeneric::new()))));
+        m.register("gripper", FAKE, |a| {
+            let max_opening = attr_positive(a, "max_opening_mm", 100.0)?;
+            let travel_ms = attr_positive(a, "travel_time_ms", 300.0)?;
+            let object = attr_f64(a, "object_width_mm", 40.0_f64.min(max_opening))?;
+            if !(0.0..=max_opening).contains(&object) {
+                return Err(format!(
+                    "attribute \"object_width_mm\" must be within [0, max_opening_mm = {max_opening}], got {object}"
+                ));
+            }
+            Ok(Component::Gripper(Arc::new(FakeGripper::new(max_opening, travel_ms / 1000.0, object))))
+        });
         m.register("motor", FAKE, |a| Ok(Component::Motor(Arc::new(FakeMotor::new(attr_f64(a, "max_rpm", 100.0)?)))));
+        m.register("sensor", FAKE, |a| {
+            Ok(Component::Sensor(Arc::new(FakeSensor::new(attr_positive(a, "period_secs", 60.0)?))))
+        });
+        m.register("servo", FAKE, |a| {
+            let min = attr_u32(a, "min_angle_deg", 0)?;
+            let max = attr_u32(a, "max_angle_deg", 180)?;
+            if min > max {
+                return Err(format!("attribute \"min_angle_deg\" ({min}) must not exceed \"max_angle_deg\" ({max})"));
+            }
+            let start = attr_u32(a, "starting_position_deg", min)?;
+            if !(min..=max).contains(&start) {
+                return Err(format!("attribute \"starting_position_deg\" must be within [{min}, {max}], got {start}"));
+            }
+            let speed = attr_positive(a, "speed_degs_per_sec", 300.0)?;
+            Ok(Component::Servo(Arc::new(FakeServo::new(min, max, start, speed))))
+        });
+        m.register("switch", FAKE, |a| {
+            let labels = attr_strings(a, "labels")?;
+            let default_count = labels.as_ref().map_or(3, |l| u32::try_from(l.len()).unwrap_or(u32::MAX));
+            let count = attr_u32(a, "position_count", default_count)?;
+            let switch = match labels {
+                None if count == 3 => FakeSwitch::default(),
+                labels => FakeSwitch::new(count, labels)?,
+            };
+            Ok(Component::Switch(Arc::new(switch)))
+        });
         m
     }
 

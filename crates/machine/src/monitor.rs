@@ -193,10 +193,10 @@ where
         _ = cancel.cancelled() => Ok(Status::cancelled("operation cancelled").into_http()),
     };
     let Ok(mut response) = result;
-    if let Some(id) = operation {
-        if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-            response.headers_mut().insert(metadata::OPERATION_ID, v);
-        }
+    if let Some(id) = operation
+        && let Ok(v) = HeaderValue::from_str(&id.to_string())
+    {
+        response.headers_mut().insert(metadata::OPERATION_ID, v);
     }
     Ok(match guard {
         Some(guard) => response.map(|b| Body::new(Guarded { inner: b, _guard: guard })),

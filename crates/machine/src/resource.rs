@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tether_proto::viam::common::v1::ResourceName;
 use tonic::Status;
 
-use crate::components::{self, Extra, Motor};
+use crate::components::{
+    self, Arm, Base, Button, Camera, Extra, Gantry, Generic, Gripper, Motor, Sensor, Servo, Switch,
+};
 
 /// Generates [`Component`] and the typed lookups of [`Resources`] for every
 /// component kind.
@@ -51,17 +53,53 @@ macro_rules! kinds {
 }
 
 kinds! {
+    Arm => arm: Arm, "arm", "viam.component.arm.v1.ArmService";
+    Base => base: Base, "base", "viam.component.base.v1.BaseService";
+    Button => button: Button, "button", "viam.component.button.v1.ButtonService";
+    Camera => camera: Camera, "camera", "viam.component.camera.v1.CameraService";
+    Gantry => gantry: Gantry, "gantry", "viam.component.gantry.v1.GantryService";
+    Generic => generic: Generic, "generic", "viam.component.generic.v1.GenericService";
+    Gripper => gripper: Gripper, "gripper", "viam.component.gripper.v1.GripperService";
     Motor => motor: Motor, "motor", "viam.component.motor.v1.MotorService";
+    Sensor => sensor: Sensor, "sensor", "viam.component.sensor.v1.SensorService";
+    Servo => servo: Servo, "servo", "viam.component.servo.v1.ServoService";
+    Switch => switch: Switch, "switch", "viam.component.switch.v1.SwitchService";
 }
 
 impl Component {
     /// Stops an actuator (a safety stop passes no extra parameters).
-    /// `None` when the kind has nothing to stop.
+    /// `None` when the kind has nothing to stop (button, camera, generic,
+    /// sensor, switch).
     pub async fn stop(&self, extra: Extra) -> Option<components::Result<()>> {
-        #[allow(unreachable_patterns)]
         match self {
+            Component::Arm(c) => Some(c.stop(extra).await),
+            Component::Base(c) => Some(c.stop(extra).await),
+            Component::Gantry(c) => Some(c.stop(extra).await),
+            Component::Gripper(c) => Some(c.stop(extra).await),
             Component::Motor(c) => Some(c.stop(extra).await),
-            _ => None,
+            Component::Servo(c) => Some(c.stop(extra).await),
+            Component::Button(_)
+            | Component::Camera(_)
+            | Component::Generic(_)
+            | Component::Sensor(_)
+            | Component::Switch(_) => None,
+        }
+    }
+
+    /// Whether an actuator is moving; `None` for kinds that do not move.
+    pub async fn is_moving(&self) -> Option<components::Result<bool>> {
+        match self {
+            Component::Arm(c) => Some(c.is_moving().await),
+            Component::Base(c) => Some(c.is_moving().await),
+            Component::Gantry(c) => Some(c.is_moving().await),
+            Component::Gripper(c) => Some(c.is_moving().await),
+            Component::Motor(c) => Some(c.is_moving().await),
+            Component::Servo(c) => Some(c.is_moving().await),
+            Component::Button(_)
+            | Component::Camera(_)
+            | Component::Generic(_)
+            | Component::Sensor(_)
+            | Component::Switch(_) => None,
         }
     }
 }

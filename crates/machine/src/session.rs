@@ -201,10 +201,10 @@ impl SessionManager {
         let now = Instant::now();
         let resume = if resume.is_empty() { None } else { Some(parse_id(resume)?) };
         let mut st = self.inner.state.lock();
-        if let Some(id) = resume {
-            if let Some(window) = Self::touch(&mut st, id, owner, now, Some(peer.clone())) {
-                return Ok((id, window));
-            }
+        if let Some(id) = resume
+            && let Some(window) = Self::touch(&mut st, id, owner, now, Some(peer.clone()))
+        {
+            return Ok((id, window));
         }
         let mut id = Uuid::new_v4();
         while st.sessions.contains_key(&id) {

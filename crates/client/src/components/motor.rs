@@ -97,6 +97,14 @@ impl Motor {
         Ok(reply(self.client.clone().do_command(req).await)?.result.unwrap_or_default())
     }
 
+    /// [`do_command`](Self::do_command) with JSON in and out. The command
+    /// must be a JSON object (`INVALID_ARGUMENT` otherwise, without a call).
+    pub async fn do_command_json(&self, command: &serde_json::Value) -> Result<serde_json::Value> {
+        let command = super::convert::json_to_struct(command)
+            .ok_or_else(|| crate::Error::Status(tonic::Status::invalid_argument("a command must be a JSON object")))?;
+        Ok(super::convert::struct_to_json(&self.do_command(command).await?))
+    }
+
     /// Free-form status.
     pub async fn status(&self) -> Result<prost_types::Struct> {
         let req = common::GetStatusRequest { name: self.name.clone() };

@@ -1,7 +1,6 @@
 //! Motors (`rdk:component:motor`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -189,7 +188,8 @@ impl FakeMotor {
                 match st.mode {
                     Mode::Goal { rpm, target } if *self.inner.generation.borrow() == generation => {
                         let secs = (target - st.position).abs() / rpm.abs() * 60.0;
-                        st.at + Duration::from_secs_f64(secs)
+                        // Saturates rather than panicking on huge or infinite times.
+                        super::sim::deadline(st.at, secs)
                     }
                     _ => break,
                 }
@@ -288,6 +288,8 @@ impl Motor for FakeMotor {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]

@@ -8,8 +8,18 @@ use tonic::{Request, Response, Status};
 
 use crate::resource::Resources;
 
+pub mod arm;
+pub mod base;
+pub mod button;
+pub mod camera;
+pub mod gantry;
+pub mod generic;
+pub mod gripper;
 pub mod motor;
 pub mod robot;
+pub mod sensor;
+pub mod servo;
+pub mod switch;
 
 /// Result type of a tonic handler.
 pub type Reply<T> = Result<Response<T>, Status>;
@@ -43,7 +53,18 @@ pub(crate) fn geometries_response(geometries: Vec<common::Geometry>) -> Reply<co
     ok(common::GetGeometriesResponse { geometries })
 }
 
+pub(crate) fn kinematics_response(k: crate::components::Kinematics) -> Reply<common::GetKinematicsResponse> {
+    ok(common::GetKinematicsResponse {
+        format: k.format as i32,
+        kinematics_data: k.data,
+        meshes_by_urdf_filepath: k.meshes_by_urdf_filepath,
+    })
+}
+
 /// Unwraps a request message (kept for symmetry with the generated code).
 pub(crate) fn msg<T>(r: Request<T>) -> T {
     r.into_inner()
 }
+
+#[cfg(test)]
+mod tests;
