@@ -227,7 +227,7 @@ impl Service<Request<Body>> for SessionChannel {
             let (parts, body) = req.into_parts();
             if !unary_request {
                 let req = with_sid(&parts, body, sid.as_deref());
-                return this.inner.clone().oneshot(req).await.map_err(Into::into);
+                return this.inner.clone().oneshot(req).await;
             }
             // Buffer the (single) request message so the call can be retried.
             let bytes: Bytes = match body.collect().await {
@@ -249,7 +249,7 @@ impl Service<Request<Body>> for SessionChannel {
                 Err(status) => return Ok(status.into_http()),
             };
             let retry = with_sid(&parts, Body::new(http_body_util::Full::new(bytes)), sid.as_deref());
-            this.inner.clone().oneshot(retry).await.map_err(Into::into)
+            this.inner.clone().oneshot(retry).await
         })
     }
 }

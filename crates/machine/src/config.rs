@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_rpc::auth::ApiKey;
+use tether_rpc::webrtc::peer::IceServer;
 
 use crate::session::{DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW};
 
@@ -116,6 +117,39 @@ pub struct NetworkConfig {
     /// Session settings.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// Names the machine answers WebRTC calls for (besides every `ip:port`
+    /// it listens on); default: the system host name.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// External signaling services to answer through.
+    #[serde(default)]
+    pub signaling: Vec<String>,
+    /// STUN/TURN servers the machine gathers candidates with (default: a
+    /// public STUN server; `[]` for none).
+    #[serde(default)]
+    pub ice_servers: Option<Vec<IceServer>>,
+    /// STUN/TURN servers the embedded signaler gives callers.
+    #[serde(default)]
+    pub caller_ice_servers: Vec<IceServer>,
+    /// TURN servers with credentials derived from a shared secret (coturn's
+    /// `use-auth-secret`), given to callers.
+    #[serde(default)]
+    pub turn: Option<TurnConfig>,
+    /// Turn WebRTC (and the embedded signaler's answerers) off.
+    #[serde(default)]
+    pub disable_webrtc: bool,
+}
+
+/// `network.turn`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TurnConfig {
+    /// TURN URLs.
+    pub urls: Vec<String>,
+    /// The secret shared with the TURN server.
+    pub secret: String,
+    /// Lifetime of generated credentials (Go duration; default 24h).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// `network.sessions`.
@@ -207,6 +241,17 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(turn) = &self.network.turn {
+            if turn.urls.is_empty() || turn.secret.is_empty() {
+                return Err(ConfigError::new("network.turn", "urls and secret are required"));
+            }
+            if let Some(ttl) = &turn.ttl {
+                parse_go_duration(ttl).map_err(|e| ConfigError::new("network.turn.ttl", e))?;
+            }
+        }
+        if self.network.hosts.len() > 5 * 8 || self.network.hosts.iter().any(|h| h.is_empty()) {
+            return Err(ConfigError::new("network.hosts", "host names must be non-empty (at most 40)"));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.components.iter().enumerate() {
             if c.name.is_empty() {
@@ -262,6 +307,28 @@ impl Config {
     /// The validated heartbeat window.
     pub fn heartbeat_window(&self) -> Duration {
         self.window().unwrap_or(DEFAULT_WINDOW)
+    }
+
+    /// The WebRTC settings this config describes.
+    pub fn webrtc_settings(&self) -> crate::webrtc::WebRtcSettings {
+        let n = &self.network;
+        let mut s = crate::webrtc::WebRtcSettings { enabled: !n.disable_webrtc, ..Default::default() };
+        if !n.hosts.is_empty() {
+            s.hosts = n.hosts.clone();
+        }
+        s.signaling = n.signaling.clone();
+        if let Some(servers) = &n.ice_servers {
+            s.ice_servers = servers.clone();
+        }
+        s.caller_ice_servers = n.caller_ice_servers.clone();
+        s.turn = n.turn.as_ref().map(|t| {
+            let mut turn = tether_signaling::TurnRestConfig::new(t.urls.clone(), t.secret.clone());
+            if let Some(ttl) = t.ttl.as_deref().and_then(|d| parse_go_duration(d).ok()) {
+                turn = turn.ttl(ttl);
+            }
+            turn
+        });
+        s
     }
 
     /// API keys from every `api-key` handler (empty = auth off).

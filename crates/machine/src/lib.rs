@@ -31,6 +31,7 @@ pub mod operations;
 pub mod resource;
 pub mod services;
 pub mod session;
+pub mod webrtc;
 
 use config::{Config, ConfigError};
 use models::Models;
@@ -41,14 +42,17 @@ use services::ComponentService;
 use services::robot::RobotServer;
 use session::{Expired, SessionManager};
 
-/// A safety stop issued because a session lapsed.
+/// A safety stop issued because a session lapsed or a peer connection died.
 #[derive(Clone, Debug)]
 pub struct SafetyStop {
-    /// The lapsed session.
-    pub session: uuid::Uuid,
+    /// The lapsed session (for session expiry).
+    pub session: Option<uuid::Uuid>,
+    /// The dead peer connection (for sessionless WebRTC callers).
+    pub connection: Option<u64>,
     /// The resource that was stopped.
     pub resource: String,
-    /// How long after the session's deadline the stop completed.
+    /// How long after the session's deadline (or the connection's death
+    /// being noticed) the stop completed.
     pub delay: Duration,
 }
 
@@ -61,11 +65,18 @@ pub struct MachineOptions {
     pub api_keys: Vec<ApiKey>,
     /// Name used as the token audience.
     pub name: String,
+    /// WebRTC: the embedded signaler and the answerers.
+    pub webrtc: webrtc::WebRtcSettings,
 }
 
 impl Default for MachineOptions {
     fn default() -> Self {
-        Self { heartbeat_window: session::DEFAULT_WINDOW, api_keys: Vec::new(), name: "tether-machine".into() }
+        Self {
+            heartbeat_window: session::DEFAULT_WINDOW,
+            api_keys: Vec::new(),
+            name: "tether-machine".into(),
+            webrtc: webrtc::WebRtcSettings::default(),
+        }
     }
 }
 
@@ -78,6 +89,7 @@ pub struct Machine {
     authority: Option<Arc<Authority>>,
     stops: broadcast::Sender<SafetyStop>,
     started: SystemTime,
+    webrtc: Arc<webrtc::WebRtc>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -103,7 +115,8 @@ impl Machine {
                         if resources.stop(&name).await {
                             let delay = tokio::time::Instant::now().saturating_duration_since(e.deadline);
                             tracing::warn!(session = %e.id, resource = %name, ?delay, "safety stop: session lapsed");
-                            let _ = stops.send(SafetyStop { session: e.id, resource: name, delay });
+                            let _ =
+                                stops.send(SafetyStop { session: Some(e.id), connection: None, resource: name, delay });
                         }
                     });
                 }
@@ -112,15 +125,28 @@ impl Machine {
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
         let authority =
             (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
-        Self { resources, sessions, operations: Operations::default(), authority, stops, started: SystemTime::now() }
+        let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
+        Self {
+            resources,
+            sessions,
+            operations: Operations::default(),
+            authority,
+            stops,
+            started: SystemTime::now(),
+            webrtc,
+        }
     }
 
     /// Builds the components a config lists with `models`, and the machine.
     pub fn from_config(cfg: &Config, models: &Models) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let resources = models.build(cfg)?;
-        let options =
-            MachineOptions { heartbeat_window: cfg.heartbeat_window(), api_keys: cfg.api_keys(), ..Default::default() };
+        let options = MachineOptions {
+            heartbeat_window: cfg.heartbeat_window(),
+            api_keys: cfg.api_keys(),
+            webrtc: cfg.webrtc_settings(),
+            ..Default::default()
+        };
         Ok(Self::new(resources, options))
     }
 
@@ -181,7 +207,8 @@ impl Machine {
             .add_service(limits!(comp::servo::v1::servo_service_server::ServoServiceServer::new(cs.clone())))
             .add_service(limits!(comp::switch::v1::switch_service_server::SwitchServiceServer::new(cs.clone())))
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(reflection_v1alpha)
+            .add_service(limits!(self.webrtc.signaling.clone().into_service()));
         if let Some(authority) = &self.authority {
             routes = routes.add_service(AuthServer::new(authority.clone()).into_service());
         }
@@ -199,8 +226,43 @@ impl Machine {
         tether_rpc::server::grpc_web(self.grpc_service())
     }
 
-    /// Serves gRPC and gRPC-Web on `listener` until `shutdown`.
+    /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
+    /// enabled (the default) it also serves the embedded signaler on the same
+    /// port and answers WebRTC calls for the machine's names.
     pub async fn serve(&self, listener: TcpListener, options: ServeOptions, shutdown: CancellationToken) {
+        if let Ok(local) = listener.local_addr() {
+            self.start_webrtc(local, options.tls.is_some(), shutdown.clone());
+        }
         tether_rpc::server::serve(listener, self.http_service(), options, shutdown).await
+    }
+
+    /// The host names the embedded signaler answers for.
+    pub fn webrtc_hosts(&self) -> Vec<String> {
+        self.webrtc.allowed.hosts()
+    }
+
+    /// Starts the answerers (embedded signaler on `local`, plus external
+    /// signalers) unless WebRTC is disabled.
+    fn start_webrtc(&self, local: std::net::SocketAddr, tls: bool, shutdown: CancellationToken) {
+        let machine = self.clone();
+        let events: tether_rpc::webrtc::answerer::PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
+        let token = self.authority.as_ref().and_then(|a| a.mint("machine:answerer", "__internal").ok());
+        self.webrtc.start(local, tls, token, self.grpc_service(), events, shutdown);
+    }
+
+    fn on_peer_event(&self, event: tether_rpc::webrtc::answerer::PeerEvent) {
+        let tether_rpc::webrtc::answerer::PeerEvent::Closed(info) = event else { return };
+        let noticed = tokio::time::Instant::now();
+        for name in self.sessions.connection_closed(info.id) {
+            let resources = self.resources.clone();
+            let stops = self.stops.clone();
+            tokio::spawn(async move {
+                if resources.stop(&name).await {
+                    let delay = noticed.elapsed();
+                    tracing::warn!(connection = info.id, resource = %name, "safety stop: peer connection lost");
+                    let _ = stops.send(SafetyStop { session: None, connection: Some(info.id), resource: name, delay });
+                }
+            });
+        }
     }
 }

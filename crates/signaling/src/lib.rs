@@ -1,1 +1,48 @@
-//! Signaling (in progress).
+//! The WebRTC signaling service of tether (`proto.rpc.webrtc.v1.SignalingService`).
+//!
+//! Callers (browsers, SDKs) and answerers (machines) never talk to each other
+//! before WebRTC is up; this service relays the SDP offer/answer and the
+//! trickled ICE candidates between them:
+//!
+//! * [`SignalingServer`] implements the four RPCs (`Call`, `CallUpdate`,
+//!   `Answer`, `OptionalWebRTCConfig`) with the wire behaviour browsers and
+//!   the Viam SDKs rely on (stream ends right after the answerer's done,
+//!   heartbeats with empty uuid, OK for late `CallUpdate`s, …);
+//! * [`CallQueue`] is the seam that matches callers with answerers, with
+//!   [`MemoryQueue`] as the in-process implementation;
+//! * [`HostAllowList`] restricts a server to some hosts (a machine's embedded
+//!   signaler), [`Authorizer`] is the hook for per-entity host grants;
+//! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tether_signaling::{HostAllowList, MemoryQueue, SignalingServer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let hosts = HostAllowList::new(["robot-main.abc.viam.cloud"]);
+//! let signaling = SignalingServer::builder(Arc::new(MemoryQueue::new())).allowed_hosts(hosts).build();
+//! tonic::transport::Server::builder().add_service(signaling.into_service()).serve("0.0.0.0:8080".parse()?).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod auth;
+mod host;
+mod ice;
+mod memory;
+mod queue;
+mod server;
+
+pub use auth::{Authorizer, Role};
+pub use host::{HOST_NOT_PRECONFIGURED, HostAllowList, MAX_HOSTS, RPC_HOST};
+pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials};
+pub use memory::{DEFAULT_ONLINE_GRACE, MAX_EVENTS_PER_SIDE, MemoryQueue, MemoryQueueStats};
+pub use queue::{
+    AnswererEvent, AnswererExchange, AnswererResponder, AnswererSession, CallQueue, CallerEvent, CallerHandle, Offer,
+    OfferInit, QueueError,
+};
+pub use server::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OFFER_DEADLINE, HEARTBEATS_ALLOWED, HOST_OFFLINE, MAX_HEARTBEAT_INTERVAL,
+    MAX_OFFER_DEADLINE, SignalingConfig, SignalingServer, SignalingServerBuilder,
+};

@@ -26,6 +26,10 @@ impl Drop for TestMachine {
 }
 
 pub async fn start(cfg: Config) -> TestMachine {
+    // TETHER_LOG=debug shows what the machine does during a test.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let machine = Machine::from_config(&cfg, &Models::builtin()).expect("valid config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -33,6 +37,13 @@ pub async fn start(cfg: Config) -> TestMachine {
     let m = machine.clone();
     let token = shutdown.clone();
     tokio::spawn(async move { m.serve(listener, Default::default(), token).await });
+    // Serving starts on the spawned task; wait until it has registered its names.
+    for _ in 0..200 {
+        if !machine.webrtc_hosts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     TestMachine { addr, machine, shutdown }
 }
 

@@ -36,6 +36,8 @@ pub struct AnswererConfig {
     pub hosts: Vec<String>,
     /// Credentials for the signaling service, if it requires them.
     pub credentials: Option<Credentials>,
+    /// A ready access token for the signaling service (instead of credentials).
+    pub token: Option<String>,
     /// Peer connection settings.
     pub peer: PeerOptions,
     /// Number of concurrently waiting `Answer` streams.
@@ -54,6 +56,7 @@ impl AnswererConfig {
             signaling_address: signaling_address.into(),
             hosts,
             credentials: None,
+            token: None,
             peer: PeerOptions::default(),
             workers: 2,
             limits: Limits::default(),
@@ -96,7 +99,9 @@ async fn connect(config: &AnswererConfig) -> Result<Signaling, tonic::Status> {
         .await
         .map_err(|e| e.to_status())?;
     let headers = SharedHeaders::default();
-    if let Some(creds) = &config.credentials {
+    if let Some(token) = &config.token {
+        headers.set_bearer(token).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    } else if let Some(creds) = &config.credentials {
         let token = crate::dial::authenticate(channel.clone(), creds).await?;
         headers.set_bearer(&token).map_err(|e| tonic::Status::internal(e.to_string()))?;
     }

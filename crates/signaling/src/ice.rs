@@ -1,0 +1,142 @@
+//! ICE servers handed out by `OptionalWebRTCConfig`, including TURN servers
+//! with short-lived credentials derived from a shared secret (the "TURN REST
+//! API" scheme that coturn implements as `use-auth-secret`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use tether_proto::proto::rpc::webrtc::v1::IceServer;
+
+/// Default lifetime of TURN credentials (one day).
+pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Short-lived TURN credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnCredentials {
+    /// `<unix expiry timestamp>:<user>`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub credential: String,
+    /// When the credentials stop working.
+    pub expires: SystemTime,
+}
+
+/// Derives TURN REST credentials as coturn's `use-auth-secret` expects:
+/// username = `<unix expiry>:<user>`, credential =
+/// standard-base64(HMAC-SHA1(`secret`, username)).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tether_signaling::turn_rest_credentials;
+///
+/// let now = UNIX_EPOCH + Duration::from_secs(1_000);
+/// let creds = turn_rest_credentials(b"secret", "robot", Duration::from_secs(60), now);
+/// assert_eq!(creds.username, "1060:robot");
+/// assert_eq!(creds.credential.len(), 28); // 20 bytes of SHA-1, base64
+/// ```
+pub fn turn_rest_credentials(secret: &[u8], user: &str, ttl: Duration, now: SystemTime) -> TurnCredentials {
+    let expires = now + ttl;
+    let unix = expires.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let username = format!("{unix}:{user}");
+    // HMAC accepts keys of any length, so this cannot fail; stay panic-free anyway.
+    let credential = match Hmac::<Sha1>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(username.as_bytes());
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    };
+    TurnCredentials { username, credential, expires }
+}
+
+/// A TURN server (one or more URLs) using credentials derived from a shared
+/// secret.
+///
+/// ```
+/// use std::time::Duration;
+/// use tether_signaling::TurnRestConfig;
+///
+/// let turn = TurnRestConfig::new(["turn:turn.example.com:3478?transport=udp"], "s3cret")
+///     .ttl(Duration::from_secs(3600))
+///     .user("tether");
+/// let server = turn.ice_server("robot.local", std::time::SystemTime::now());
+/// assert!(server.username.ends_with(":tether"));
+/// ```
+#[derive(Clone)]
+pub struct TurnRestConfig {
+    /// TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`.
+    pub urls: Vec<String>,
+    /// The secret shared with the TURN server (`static-auth-secret`).
+    pub secret: String,
+    /// Lifetime of generated credentials ([`DEFAULT_TURN_TTL`] by default).
+    pub ttl: Duration,
+    /// The user part of the username; the request's first host if `None`.
+    pub user: Option<String>,
+}
+
+impl std::fmt::Debug for TurnRestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnRestConfig")
+            .field("urls", &self.urls)
+            .field("secret", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl TurnRestConfig {
+    /// TURN `urls` sharing `secret`, default TTL, user = the requested host.
+    pub fn new<I, S>(urls: I, secret: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TurnRestConfig {
+            urls: urls.into_iter().map(Into::into).collect(),
+            secret: secret.into(),
+            ttl: DEFAULT_TURN_TTL,
+            user: None,
+        }
+    }
+
+    /// Sets the credential lifetime.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets a fixed user part of the username.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The ICE server entry with fresh credentials; `host` is the user part
+    /// unless a fixed user is configured.
+    pub fn ice_server(&self, host: &str, now: SystemTime) -> IceServer {
+        let user = self.user.as_deref().unwrap_or(host);
+        let creds = turn_rest_credentials(self.secret.as_bytes(), user, self.ttl, now);
+        IceServer { urls: self.urls.clone(), username: creds.username, credential: creds.credential }
+    }
+}
+
+/// A static ICE server entry (STUN, or TURN with fixed credentials).
+///
+/// ```
+/// let stun = tether_signaling::ice_server(["stun:global.stun.twilio.com:3478"], "", "");
+/// assert_eq!(stun.urls.len(), 1);
+/// ```
+pub fn ice_server<I, S>(urls: I, username: impl Into<String>, credential: impl Into<String>) -> IceServer
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    IceServer {
+        urls: urls.into_iter().map(Into::into).collect(),
+        username: username.into(),
+        credential: credential.into(),
+    }
+}

@@ -1,0 +1,595 @@
+//! End-to-end tests of `tether call`: each test starts `tether machine` as a
+//! child process (killed on drop) and runs the built binary against it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+/// Longest any single `tether call` may take in these tests.
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// A running `tether machine`, killed when dropped.
+struct Machine {
+    child: Child,
+    addr: String,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+impl Machine {
+    /// The built-in fake machine (one fake of every kind).
+    fn fake() -> Self {
+        Self::spawn(None)
+    }
+
+    /// A machine running `config` (Viam JSON).
+    fn with_config(config: &str) -> Self {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
+        Self::spawn(Some(file))
+    }
+
+    fn spawn(config: Option<tempfile::NamedTempFile>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["machine", "--listen", "127.0.0.1:0"]);
+        if let Some(file) = &config {
+            cmd.arg("--config").arg(file.path());
+        }
+        let mut child = cmd
+            .env("TETHER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tether machine");
+        let stdout = child.stdout.take().expect("machine stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let machine = |addr| Machine { child, addr, _config: config };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => machine(addr),
+            Err(_) => {
+                let mut m = machine(String::new());
+                let status = m.child.try_wait();
+                panic!("tether machine did not report its address (exit: {status:?})");
+            }
+        }
+    }
+
+    /// Runs `tether call ADDR args…` to completion.
+    fn call(&self, args: &[&str]) -> Out {
+        let mut full = vec![self.addr.as_str()];
+        full.extend_from_slice(args);
+        call(&full)
+    }
+
+    /// Starts `tether call ADDR args…` without waiting (for `--hold`).
+    fn spawn_call(&self, args: &[&str]) -> Held {
+        let child = Command::new(BIN)
+            .arg("call")
+            .arg(&self.addr)
+            .args(args)
+            .env("TETHER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tether call");
+        Held::new(child)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The outcome of one `tether call`.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    fn success(&self) -> &str {
+        assert!(self.ok(), "tether call failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts success and parses stdout as one JSON value.
+    #[track_caller]
+    fn json(&self) -> serde_json::Value {
+        let out = self.success();
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"))
+    }
+
+    /// Asserts failure with exit code 1 and `error: CODE:` on stderr.
+    #[track_caller]
+    fn failure(&self, code: &str) {
+        assert_eq!(self.code, Some(1), "expected exit code 1: {self:?}");
+        assert!(self.stderr.starts_with(&format!("error: {code}: ")), "expected error: {code}: … on stderr: {self:?}");
+    }
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Runs `tether call args…` with a hard time limit.
+fn call(args: &[&str]) -> Out {
+    let mut child = Command::new(BIN)
+        .arg("call")
+        .args(args)
+        .env("TETHER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tether call");
+    let stdout = read_all(child.stdout.take().expect("stdout"));
+    let stderr = read_all(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + CALL_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tether call {args:?} did not finish within {CALL_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Out { code: status.code(), stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
+/// A `tether call … --hold` in the background, killed on drop.
+struct Held {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Held {
+    fn new(mut child: Child) -> Self {
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for the `holding session …` line and returns what follows it.
+    fn holding(&mut self) -> String {
+        let deadline = Instant::now() + CALL_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("holding session ") {
+                        return rest.to_owned();
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait();
+                    let mut err = String::new();
+                    if let Some(e) = self.child.stderr.as_mut()
+                        && matches!(status, Ok(Some(_)))
+                    {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("no `holding session` line (exit: {status:?}, stderr: {err})");
+                }
+            }
+        }
+    }
+
+    /// SIGKILL, as if the client machine lost power.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const MOTOR_ONLY: &str = r#"{
+  "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+  "network": {"sessions": {"heartbeat_window": "500ms"}}
+}"#;
+
+// ---------------------------------------------------------------------------
+// Machine-level commands
+// ---------------------------------------------------------------------------
+
+#[test]
+fn resources_lists_motor() {
+    let m = Machine::fake();
+    let out = m.call(&["resources"]);
+    let lines: Vec<&str> = out.success().lines().collect();
+    assert!(lines.contains(&"rdk:component:motor/motor1"), "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("rdk:component:")), "{lines:?}");
+
+    let j = m.call(&["resources", "--json"]).json();
+    let names: Vec<&str> =
+        j["resources"].as_array().expect("resources array").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"motor1"), "{j}");
+}
+
+#[test]
+fn machine_commands() {
+    let m = Machine::fake();
+    let status = m.call(&["status"]);
+    let text = status.success();
+    assert!(text.starts_with("state: running"), "{text}");
+    assert!(text.contains("rdk:component:motor/motor1"), "{text}");
+    let j = m.call(&["status", "--json"]).json();
+    assert_eq!(j["state"], "running", "{j}");
+
+    let v = m.call(&["version", "--json"]).json();
+    assert!(v["platform"].is_string() && v["version"].is_string(), "{v}");
+    assert!(m.call(&["version"]).success().contains("platform: "));
+
+    assert!(m.call(&["sessions", "--json"]).json()["sessions"].is_array());
+    assert!(m.call(&["operations", "--json"]).json()["operations"].is_array());
+    assert_eq!(m.call(&["stop-all", "--json"]).json(), serde_json::json!({"ok": true}));
+    assert!(m.call(&["stop-all"]).ok());
+    // Machine commands take no stray arguments.
+    m.call(&["resources", "extra"]).failure("InvalidArgument");
+}
+
+// ---------------------------------------------------------------------------
+// Motor, output formats, errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn set_power_then_is_powered_shows_on() {
+    let m = Machine::fake();
+    // Without a session the motor keeps running after the call exits.
+    let out = m.call(&["motor1", "set-power", "0.5", "--disable-sessions"]);
+    assert!(out.success().contains("0.5"), "{out:?}");
+    let out = m.call(&["motor1", "is-powered"]);
+    assert!(out.success().starts_with("on"), "{out:?}");
+    let j = m.call(&["motor1", "is-powered", "--json"]).json();
+    assert_eq!(j["is_on"], true, "{j}");
+    assert_eq!(j["power_pct"].as_f64(), Some(0.5), "{j}");
+    assert!(m.call(&["motor1", "is-moving"]).success().starts_with("moving"));
+
+    m.call(&["motor1", "stop"]).success();
+    assert_eq!(m.call(&["motor1", "is-powered"]).success().trim(), "off");
+    assert_eq!(m.call(&["motor1", "is-moving", "--json"]).json(), serde_json::json!({"is_moving": false}));
+}
+
+#[test]
+fn motor_actions() {
+    let m = Machine::fake();
+    m.call(&["motor1", "go-to", "600", "1"]).success();
+    let pos = m.call(&["motor1", "position", "--json"]).json();
+    let p = pos["position"].as_f64().expect("position number");
+    assert!((p - 1.0).abs() < 0.05, "{pos}");
+    m.call(&["motor1", "go-for", "600", "-0.5"]).success();
+    let p = m.call(&["motor1", "position", "--json"]).json()["position"].as_f64().expect("number");
+    assert!((p - 0.5).abs() < 0.05, "{p}");
+    m.call(&["motor1", "reset-zero"]).success();
+    let p = m.call(&["motor1", "position", "--json"]).json()["position"].as_f64().expect("number");
+    assert!(p.abs() < 0.05, "{p}");
+    assert!(m.call(&["motor1", "properties", "--json"]).json()["position_reporting"].is_boolean());
+    m.call(&["motor1", "set-rpm", "-30", "--disable-sessions"]).success();
+    assert!(m.call(&["motor1", "is-moving"]).success().starts_with("moving"));
+    m.call(&["motor1", "stop"]).success();
+    assert!(m.call(&["motor1", "status", "--json"]).json()["status"].is_object());
+    assert!(m.call(&["motor1", "geometries", "--json"]).json()["geometries"].is_array());
+}
+
+#[test]
+fn json_output_is_one_object() {
+    let m = Machine::fake();
+    for args in [
+        &["motor1", "set-power", "0.25", "--disable-sessions", "--json"][..],
+        &["motor1", "position", "--json"],
+        &["--json", "motor1", "is-powered"],
+        &["motor1", "stop", "--json"],
+    ] {
+        let j = m.call(args).json();
+        assert!(j.is_object(), "{args:?}: {j}");
+    }
+}
+
+#[test]
+fn unknown_component_is_not_found() {
+    let m = Machine::fake();
+    let out = m.call(&["nosuch", "is-powered"]);
+    assert_ne!(out.code, Some(0));
+    out.failure("NotFound");
+    assert!(out.stderr.contains("nosuch"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn status_codes_reach_the_user() {
+    let m = Machine::fake();
+    // Rejected by the machine.
+    let out = m.call(&["motor1", "set-power", "5"]);
+    out.failure("InvalidArgument");
+    assert!(out.stderr.contains("power"), "{out:?}");
+    // Rejected locally.
+    m.call(&["motor1", "set-power", "lots"]).failure("InvalidArgument");
+    m.call(&["motor1", "set-power"]).failure("InvalidArgument");
+    m.call(&["motor1", "stop", "now"]).failure("InvalidArgument");
+    let out = m.call(&["motor1", "fly"]);
+    out.failure("InvalidArgument");
+    assert!(out.stderr.contains("set-power"), "actions are listed: {out:?}");
+    m.call(&["motor1"]).failure("InvalidArgument");
+    m.call(&["motor1", "is-powered", "--no-such-flag"]).failure("InvalidArgument");
+}
+
+#[test]
+fn unreachable_machine_is_unavailable() {
+    // Port 1 on loopback: connection refused.
+    let out = call(&["127.0.0.1:1", "resources", "--timeout", "5"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with("error: Unavailable: ") || out.stderr.starts_with("error: DeadlineExceeded: "),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn timeout_gives_deadline_exceeded() {
+    let m = Machine::fake();
+    // 1 rpm for 100 revolutions takes far longer than the limit.
+    let started = Instant::now();
+    let out = m.call(&["motor1", "go-for", "1", "100", "--timeout", "0.5"]);
+    out.failure("DeadlineExceeded");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    m.call(&["motor1", "stop"]).success();
+    m.call(&["motor1", "is-powered", "--timeout", "0"]).failure("InvalidArgument");
+}
+
+// ---------------------------------------------------------------------------
+// --hold and sessions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn hold_keeps_the_session_until_killed() {
+    let m = Machine::with_config(MOTOR_ONLY);
+    let mut held = m.spawn_call(&["motor1", "set-power", "0.5", "--hold"]);
+    let id = held.holding();
+    assert!(!id.is_empty() && !id.starts_with("none"), "{id}");
+
+    // Well past the 500 ms window the motor still runs: heartbeats flow.
+    std::thread::sleep(Duration::from_millis(1500));
+    let sessions = m.call(&["sessions", "--json"]).json();
+    let ids: Vec<&str> =
+        sessions["sessions"].as_array().into_iter().flatten().filter_map(|s| s["id"].as_str()).collect();
+    assert!(ids.contains(&id.as_str()), "{sessions}");
+    assert!(m.call(&["motor1", "is-powered"]).success().starts_with("on"));
+
+    // Kill -9: no goodbye. The machine stops the motor within the window.
+    held.kill();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || m.call(&["motor1", "is-powered"]).success().trim() == "off"),
+        "motor still powered after the session lapsed"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    assert!(eventually(Duration::from_secs(5), || {
+        let s = m.call(&["sessions", "--json"]).json();
+        !s.to_string().contains(&id)
+    }));
+}
+
+#[test]
+fn hold_without_sessions_leaves_the_motor_running() {
+    let m = Machine::with_config(MOTOR_ONLY);
+    let mut held = m.spawn_call(&["motor1", "set-power", "0.5", "--disable-sessions", "--hold"]);
+    let rest = held.holding();
+    assert!(rest.starts_with("none"), "{rest}");
+    held.kill();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(m.call(&["motor1", "is-powered"]).success().starts_with("on"));
+    assert_eq!(m.call(&["sessions", "--json"]).json()["sessions"], serde_json::json!([]));
+    m.call(&["motor1", "stop"]).success();
+}
+
+#[test]
+fn a_session_ends_with_the_process() {
+    let m = Machine::with_config(MOTOR_ONLY);
+    // With a session (the default) and no --hold, the machine stops the motor
+    // once the process has gone and the window has passed.
+    m.call(&["motor1", "set-power", "0.5"]).success();
+    assert!(eventually(Duration::from_secs(5), || m.call(&["motor1", "is-powered"]).success().trim() == "off"));
+}
+
+// ---------------------------------------------------------------------------
+// Credentials
+// ---------------------------------------------------------------------------
+
+#[test]
+fn api_key_credentials() {
+    let m = Machine::with_config(
+        r#"{
+  "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+  "auth": {"handlers": [{"type": "api-key", "config": {"keys": [{"id": "cli-key", "key": "cli-secret"}]}}]}
+}"#,
+    );
+    m.call(&["resources"]).failure("Unauthenticated");
+    m.call(&["resources", "--api-key-id", "cli-key", "--api-key", "wrong"]).failure("Unauthenticated");
+    let out = m.call(&["--api-key-id", "cli-key", "--api-key", "cli-secret", "resources"]);
+    assert!(out.success().contains("rdk:component:motor/motor1"), "{out:?}");
+    // Options may also follow the action's arguments.
+    let out = m.call(&["motor1", "is-powered", "--api-key-id", "cli-key", "--api-key=cli-secret", "--json"]);
+    assert_eq!(out.json()["is_on"], false);
+    m.call(&["resources", "--api-key-id", "cli-key"]).failure("InvalidArgument");
+}
+
+// ---------------------------------------------------------------------------
+// Other component kinds (the built-in fakes)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn arm_joints() {
+    let m = Machine::fake();
+    m.call(&["arm1", "move-joints", "10,20,30,0,0,0"]).success();
+    let j = m.call(&["arm1", "joints", "--json"]).json();
+    assert_eq!(j["positions"], serde_json::json!([10, 20, 30, 0, 0, 0]), "{j}");
+    assert_eq!(m.call(&["arm1", "joints"]).success().trim(), "10, 20, 30, 0, 0, 0");
+    // Negative numbers are arguments, not options.
+    m.call(&["arm1", "move-joints", "-10,20,30,0,0,0", "--json"]).json();
+    assert_eq!(m.call(&["arm1", "joints"]).success().trim(), "-10, 20, 30, 0, 0, 0");
+    m.call(&["arm1", "move-through", "1,2,3,4,5,6", "6,5,4,3,2,1"]).success();
+    assert_eq!(m.call(&["arm1", "joints"]).success().trim(), "6, 5, 4, 3, 2, 1");
+    let pose = m.call(&["arm1", "pose", "--json"]).json();
+    assert!(pose["pose"]["x"].is_number(), "{pose}");
+    assert_eq!(m.call(&["arm1", "is-moving"]).success().trim(), "not moving");
+    m.call(&["arm1", "stop"]).success();
+    m.call(&["arm1", "move-joints", "1,x"]).failure("InvalidArgument");
+}
+
+#[test]
+fn base_velocity() {
+    let m = Machine::fake();
+    m.call(&["base1", "set-velocity", "100", "-30", "--disable-sessions"]).success();
+    assert_eq!(m.call(&["base1", "is-moving"]).success().trim(), "moving");
+    m.call(&["base1", "stop"]).success();
+    assert_eq!(m.call(&["base1", "is-moving"]).success().trim(), "not moving");
+    m.call(&["base1", "move-straight", "10", "100"]).success();
+    m.call(&["base1", "spin", "10", "90"]).success();
+    let props = m.call(&["base1", "properties", "--json"]).json();
+    assert!(props["width_meters"].is_number(), "{props}");
+}
+
+#[test]
+fn servo_move() {
+    let m = Machine::fake();
+    m.call(&["servo1", "move", "90"]).success();
+    assert_eq!(m.call(&["servo1", "position", "--json"]).json(), serde_json::json!({"position_deg": 90}));
+    m.call(&["servo1", "move", "-5"]).failure("InvalidArgument");
+}
+
+#[test]
+fn gripper_open_grab() {
+    let m = Machine::fake();
+    m.call(&["gripper1", "open"]).success();
+    let j = m.call(&["gripper1", "grab", "--json"]).json();
+    assert!(j["success"].is_boolean(), "{j}");
+    assert!(m.call(&["gripper1", "is-holding", "--json"]).json()["is_holding_something"].is_boolean());
+}
+
+#[test]
+fn gantry_move() {
+    let m = Machine::fake();
+    m.call(&["gantry1", "move", "1,2,3"]).success();
+    let j = m.call(&["gantry1", "position", "--json"]).json();
+    assert_eq!(j["positions_mm"], serde_json::json!([1, 2, 3]), "{j}");
+    assert!(m.call(&["gantry1", "position"]).success().starts_with("1, 2, 3"));
+    assert!(m.call(&["gantry1", "lengths", "--json"]).json()["lengths_mm"].is_array());
+}
+
+#[test]
+fn button_and_switch() {
+    let m = Machine::fake();
+    m.call(&["button1", "push"]).success();
+    // Buttons have no geometries.
+    m.call(&["button1", "geometries"]).failure("InvalidArgument");
+    m.call(&["switch1", "set-position", "1"]).success();
+    assert_eq!(m.call(&["switch1", "position"]).success().trim(), "1");
+    let j = m.call(&["switch1", "positions", "--json"]).json();
+    assert!(j["number_of_positions"].as_u64().is_some_and(|n| n >= 2), "{j}");
+}
+
+#[test]
+fn sensor_readings() {
+    let m = Machine::fake();
+    let j = m.call(&["sensor1", "readings", "--json"]).json();
+    let readings = j["readings"].as_object().expect("readings object");
+    assert!(!readings.is_empty(), "{j}");
+    let text = m.call(&["sensor1", "readings"]);
+    let first = readings.keys().next().map(String::as_str).unwrap_or_default();
+    assert!(text.success().contains(&format!("{first}:")), "{text:?}");
+}
+
+#[test]
+fn camera_image_to_file() {
+    let m = Machine::fake();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("frame.jpg");
+    let path_s = path.to_str().expect("utf-8 path");
+    let out = m.call(&["camera1", "image", "--out", path_s]);
+    assert!(out.success().contains("frame.jpg"), "{out:?}");
+    let bytes = std::fs::read(&path).expect("image written");
+    assert!(bytes.starts_with(&[0xFF, 0xD8]), "not a JPEG");
+
+    let j = m.call(&["camera1", "image", "--json"]).json();
+    assert_eq!(j["mime_type"], "image/jpeg", "{j}");
+    assert!(j["bytes"].as_u64().is_some_and(|n| n > 0), "{j}");
+
+    let imgs = dir.path().join("all");
+    let j = m.call(&["camera1", "images", "--out", imgs.to_str().expect("utf-8"), "--json"]).json();
+    assert!(!j["images"].as_array().expect("images").is_empty(), "{j}");
+    assert!(std::fs::read_dir(&imgs).expect("images dir").count() > 0);
+    assert!(m.call(&["camera1", "properties", "--json"]).json().is_object());
+}
+
+#[test]
+fn generic_do_command() {
+    let m = Machine::with_config(
+        r#"{"components": [{"name": "generic1", "api": "rdk:component:generic", "model": "rdk:builtin:fake"}]}"#,
+    );
+    let j = m.call(&["generic1", "do-command", r#"{"a":1}"#, "--json"]).json();
+    assert!(j["result"].is_object(), "{j}");
+    let text = m.call(&["generic1", "do-command", r#"{"a": 1}"#]);
+    assert!(text.success().trim_start().starts_with('{'), "{text:?}");
+    m.call(&["generic1", "do-command", "[1]"]).failure("InvalidArgument");
+    m.call(&["generic1", "status"]).success();
+}
