@@ -96,6 +96,62 @@ pub struct CallArgs {
     /// MIME type to ask a camera for (default image/jpeg, or pointcloud/pcd).
     #[arg(long, value_name = "MIME")]
     pub mime: Option<String>,
+    /// Connect over WebRTC, using ADDRESS as the signaling service and the
+    /// machine's host name (unless --host or --signaling say otherwise).
+    #[arg(long)]
+    pub webrtc: bool,
+    /// Signaling service for a WebRTC dial (implies --webrtc); ADDRESS is
+    /// then the machine's host name unless --host is given.
+    #[arg(long, value_name = "URL")]
+    pub signaling: Option<String>,
+    /// The machine's host name for WebRTC signaling.
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// WebRTC: STUN/TURN server URL to use (repeatable; replaces the default
+    /// public STUN server). Use `turn:user:pass@host:port` for credentials.
+    #[arg(long = "ice-server", value_name = "URL")]
+    pub ice_servers: Vec<String>,
+    /// WebRTC: use no STUN server of our own (only what signaling offers).
+    #[arg(long)]
+    pub no_stun: bool,
+    /// WebRTC: only relay (TURN) candidates.
+    #[arg(long)]
+    pub relay_only: bool,
+}
+
+/// Parses `turn:user:pass@host:port?…` (credentials optional).
+fn ice_server(url: &str) -> tether_client::IceServer {
+    if let Some((scheme, rest)) = url.split_once(':')
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, pass)) = creds.split_once(':')
+    {
+        return tether_client::IceServer {
+            urls: vec![format!("{scheme}:{host}")],
+            username: user.to_owned(),
+            credential: pass.to_owned(),
+        };
+    }
+    tether_client::IceServer::url(url)
+}
+
+/// The dial configuration the arguments describe.
+fn dial_conf(args: &CallArgs) -> DialConf {
+    if !args.webrtc && args.signaling.is_none() {
+        return DialConf::direct(args.address.clone());
+    }
+    let (signaling, host) = match &args.signaling {
+        Some(s) => (s.clone(), args.host.clone().unwrap_or_else(|| args.address.clone())),
+        None => (args.address.clone(), args.host.clone().unwrap_or_else(|| args.address.clone())),
+    };
+    DialConf::webrtc(host, signaling).with_webrtc(|c| {
+        if args.no_stun {
+            c.ice_servers.clear();
+        }
+        if !args.ice_servers.is_empty() {
+            c.ice_servers = args.ice_servers.iter().map(|u| ice_server(u)).collect();
+        }
+        c.relay_only = args.relay_only;
+    })
 }
 
 /// Why a call failed: a gRPC code (as the machine sent it, or the closest
@@ -214,9 +270,15 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             None => Err(Failure::invalid(format!("--{name} needs a value ({what})"))),
         };
         match name {
-            "json" | "hold" | "disable-sessions" if inline.is_some() => {
+            "json" | "hold" | "disable-sessions" | "webrtc" | "no-stun" | "relay-only" if inline.is_some() => {
                 return Err(Failure::invalid(format!("--{name} takes no value")));
             }
+            "webrtc" => args.webrtc = true,
+            "no-stun" => args.no_stun = true,
+            "relay-only" => args.relay_only = true,
+            "signaling" => args.signaling = Some(value("URL")?),
+            "host" => args.host = Some(value("NAME")?),
+            "ice-server" => args.ice_servers.push(value("URL")?),
             "json" => args.json = true,
             "hold" => args.hold = true,
             "disable-sessions" => args.disable_sessions = true,
@@ -257,7 +319,7 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
     if args.json && args.out.as_deref() == Some(std::path::Path::new("-")) {
         return Err(Failure::invalid("--out - writes raw data to stdout and cannot be combined with --json"));
     }
-    let mut conf = DialConf::direct(args.address.clone());
+    let mut conf = dial_conf(args);
     if let Some(t) = timeout {
         conf = conf.with_dial_timeout(t);
     }

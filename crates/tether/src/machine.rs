@@ -10,11 +10,26 @@ use tether_machine::models::Models;
 use tether_rpc::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(listen: Option<String>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let cfg = match &config {
+pub struct MachineArgs {
+    pub listen: Option<String>,
+    pub config: Option<PathBuf>,
+    pub hosts: Vec<String>,
+    pub signaling: Vec<String>,
+    pub no_webrtc: bool,
+}
+
+pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
+    let MachineArgs { listen, config, hosts, signaling, no_webrtc } = args;
+    let mut cfg = match &config {
         Some(path) => Config::from_file(path)?,
         None => Config::fake(),
     };
+    if !hosts.is_empty() {
+        cfg.network.hosts = hosts;
+    }
+    cfg.network.signaling.extend(signaling);
+    cfg.network.disable_webrtc |= no_webrtc;
+    cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
     let addr = listen.or_else(|| cfg.network.bind_address.clone()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
     let tls = match (&cfg.network.tls_cert_file, &cfg.network.tls_key_file) {

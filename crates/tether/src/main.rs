@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod call;
 mod machine;
+mod signaling;
 
 #[derive(Parser, Debug)]
 #[command(name = "tether", version, about = "A Viam-compatible robot connectivity stack")]
@@ -25,7 +26,20 @@ enum Command {
         /// Machine config (Viam JSON shape).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A name this machine answers WebRTC calls for (repeatable; default:
+        /// the system host name). Every ip:port it listens on is one too.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// An external signaling service to answer WebRTC calls through
+        /// (repeatable); the embedded one on the machine's port always runs.
+        #[arg(long = "signaling", value_name = "URL")]
+        signaling: Vec<String>,
+        /// Do not answer WebRTC calls.
+        #[arg(long)]
+        no_webrtc: bool,
     },
+    /// Run a standalone signaling service.
+    Signaling(signaling::SignalingArgs),
     /// Call a machine: list resources, drive components, read sensors.
     Call(call::CallArgs),
 }
@@ -48,7 +62,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Machine { listen, config } => machine::run(listen, config).await,
+            Command::Machine { listen, config, hosts, signaling, no_webrtc } => {
+                machine::run(machine::MachineArgs { listen, config, hosts, signaling, no_webrtc }).await
+            }
+            Command::Signaling(args) => signaling::run(args).await,
             Command::Call(args) => call::run(args).await,
         }
     });

@@ -1,0 +1,70 @@
+//! `tether signaling`: a standalone signaling service.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tether_rpc::server::ServeOptions;
+use tether_signaling::{MemoryQueue, SignalingServer, TurnRestConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct SignalingArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub listen: String,
+    /// STUN/TURN URL handed to callers (repeatable); `turn:user:pass@host:port` for credentials.
+    #[arg(long = "ice-server", value_name = "URL")]
+    pub ice_servers: Vec<String>,
+    /// TURN URL whose credentials are derived from --turn-secret (repeatable).
+    #[arg(long = "turn", value_name = "URL")]
+    pub turn: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`).
+    #[arg(long, value_name = "SECRET")]
+    pub turn_secret: Option<String>,
+}
+
+fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
+    let mut s = tether_proto::proto::rpc::webrtc::v1::IceServer { urls: vec![url.to_owned()], ..Default::default() };
+    if let Some((scheme, rest)) = url.split_once(':')
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, pass)) = creds.split_once(':')
+    {
+        s.urls = vec![format!("{scheme}:{host}")];
+        s.username = user.to_owned();
+        s.credential = pass.to_owned();
+    }
+    s
+}
+
+pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
+    let mut builder = SignalingServer::builder(Arc::new(MemoryQueue::new()))
+        .ice_servers(args.ice_servers.iter().map(|u| ice_server(u)));
+    match (&args.turn_secret, args.turn.is_empty()) {
+        (Some(secret), false) => builder = builder.turn(TurnRestConfig::new(args.turn.clone(), secret.clone())),
+        (None, false) => anyhow::bail!("--turn needs --turn-secret"),
+        _ => {}
+    }
+    let signaling = builder.build();
+    let routes = tonic::service::Routes::new(
+        signaling
+            .into_service()
+            .max_decoding_message_size(tether_rpc::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(tether_rpc::MAX_MESSAGE_SIZE),
+    );
+    let svc = tether_rpc::server::grpc_web(tower::util::BoxCloneSyncService::new(routes));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "signaling service (gRPC and gRPC-Web)");
+    println!("listening on {local}");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signal.cancel();
+    });
+    tether_rpc::server::serve(listener, svc, ServeOptions::default(), shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
