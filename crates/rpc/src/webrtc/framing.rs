@@ -45,7 +45,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tonic::Code;
+pub use tonic::Code;
 
 /// Metadata as ordered `(key, value)` pairs (keys lower-case).
 pub type Metadata = Vec<(String, String)>;
