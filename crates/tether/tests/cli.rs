@@ -593,3 +593,55 @@ fn generic_do_command() {
     m.call(&["generic1", "do-command", "[1]"]).failure("InvalidArgument");
     m.call(&["generic1", "status"]).success();
 }
+
+// ---------------------------------------------------------------------------
+// WebRTC through the machine's embedded signaler
+// ---------------------------------------------------------------------------
+
+const WEBRTC_MOTOR: &str = r#"{
+  "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+  "network": {"sessions": {"heartbeat_window": "500ms"}, "hosts": ["cli-bot"], "ice_servers": []}
+}"#;
+
+const WEBRTC: &[&str] = &["--webrtc", "--host", "cli-bot", "--no-stun"];
+
+fn with_webrtc<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    v.extend_from_slice(WEBRTC);
+    v
+}
+
+#[test]
+fn webrtc_calls_work_and_a_killed_client_stops_its_motor() {
+    let m = Machine::with_config(WEBRTC_MOTOR);
+    let out = m.call(&with_webrtc(&["resources"]));
+    assert!(out.success().contains("rdk:component:motor/motor1"));
+    let err = m.call(&with_webrtc(&["motor1", "set-power", "7"]));
+    assert!(err.stderr.contains("InvalidArgument"), "{err:?}");
+
+    let mut held = m.spawn_call(&with_webrtc(&["motor1", "set-power", "0.5", "--hold"]));
+    let id = held.holding();
+    assert!(!id.starts_with("none"), "{id}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(m.call(&["motor1", "is-powered"]).success().starts_with("on"), "heartbeats over WebRTC keep it alive");
+    held.kill();
+    let killed = Instant::now();
+    assert!(eventually(Duration::from_secs(5), || m.call(&["motor1", "is-powered"]).success().trim() == "off"));
+    eprintln!("webrtc client with a session SIGKILLed: motor stopped after {:?}", killed.elapsed());
+}
+
+#[test]
+fn webrtc_sessionless_client_killed_is_stopped_by_connection_loss() {
+    let m = Machine::with_config(WEBRTC_MOTOR);
+    let mut held = m.spawn_call(&with_webrtc(&["motor1", "set-power", "0.5", "--disable-sessions", "--hold"]));
+    assert!(held.holding().starts_with("none"));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(m.call(&["motor1", "is-powered"]).success().starts_with("on"), "no session, nothing lapses");
+    held.kill();
+    let killed = Instant::now();
+    // No session to lapse: only the dead peer connection (ICE consent lost)
+    // tells the machine. That takes a few seconds.
+    assert!(eventually(Duration::from_secs(10), || m.call(&["motor1", "is-powered"]).success().trim() == "off"));
+    let took = killed.elapsed();
+    eprintln!("sessionless webrtc client SIGKILLed: motor stopped after {took:?}");
+}
