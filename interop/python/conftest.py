@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
-from tether_harness import ClientProcess, Machine
+from tether_harness import WEBRTC_MACHINE_LOG, ClientProcess, Machine, NetNS
 
 _TIMINGS: list[tuple[str, str, float]] = []
 
@@ -52,13 +52,54 @@ def fake_machine(start_machine) -> Machine:
     return start_machine()
 
 
+@pytest.fixture(scope="session")
+def netns() -> Iterator[NetNS]:
+    """One private network namespace (`ttpy-<pid>-…`) for the whole test session, deleted at the
+    end — also when tests failed or were interrupted (stale ones of killed runs are removed on
+    creation)."""
+    ns = NetNS(prefix="ttpy-", subnet=1)
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture
+def start_netns_machine(netns, tmp_path, request) -> Iterator[Callable[..., Machine]]:
+    """start_netns_machine(config, hosts=()) -> Machine listening on a free port of the namespace's
+    198.18.1.1, run with `ip netns exec` and a debug log (printed when a test fails)."""
+    machines: list[Machine] = []
+
+    def start(config: Optional[dict[str, Any]] = None, hosts: tuple[str, ...] = ()) -> Machine:
+        m = Machine(
+            tmp_path / f"nsmachine{len(machines)}",
+            config,
+            listen=f"{netns.ip}:0",
+            netns=netns,
+            hosts=hosts,
+            env={"TETHER_LOG": WEBRTC_MACHINE_LOG},
+        )
+        machines.append(m)
+        return m
+
+    yield start
+    for m in machines:
+        m.stop()
+    if _failed(request):
+        for i, m in enumerate(machines):
+            log = m.log()
+            if len(log) > 200_000:
+                log = "[… earlier lines cut …]\n" + log[-200_000:]
+            print(f"--- netns machine{i} ({m.address}) log ---\n{log}")
+
+
 @pytest.fixture
 def start_client(request) -> Iterator[Callable[..., ClientProcess]]:
-    """start_client(script, *args) -> ClientProcess; killed at teardown."""
+    """start_client(script, *args, netns=None) -> ClientProcess; killed at teardown."""
     clients: list[ClientProcess] = []
 
-    def start(script: str, *args: str) -> ClientProcess:
-        c = ClientProcess(script, *args)
+    def start(script: str, *args: str, netns: Optional[NetNS] = None) -> ClientProcess:
+        c = ClientProcess(script, *args, netns=netns)
         clients.append(c)
         return c
 

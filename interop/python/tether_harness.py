@@ -7,6 +7,7 @@ conftest.py, also when a test fails.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import queue
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 from viam.robot.client import RobotClient
 from viam.rpc.dial import DialOptions
@@ -27,6 +29,7 @@ CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
 STARTUP_TIMEOUT_S = 30.0
 
 _LISTENING = re.compile(r"listening on (\S+)")
+T = TypeVar("T")
 
 
 def tether_bin() -> Path:
@@ -114,12 +117,26 @@ def _stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: floa
 class Machine:
     """A running `tether machine` subprocess."""
 
-    def __init__(self, workdir: Path, config: Optional[dict[str, Any]] = None):
+    def __init__(
+        self,
+        workdir: Path,
+        config: Optional[dict[str, Any]] = None,
+        *,
+        listen: str = "127.0.0.1:0",
+        netns: Optional["NetNS"] = None,
+        hosts: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+    ):
+        """A machine on `listen` (port 0 = a free one), inside `netns` when given (`ip netns exec`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         binary = tether_bin()
         if not binary.is_file():
             raise FileNotFoundError(f"tether binary not found at {binary}: run `cargo build -p tether` or set TETHER_BIN")
-        args = [str(binary), "machine", "--listen", "127.0.0.1:0"]
+        args = [str(binary), "machine", "--listen", listen]
+        for host in hosts:
+            args += ["--host", host]
+        if netns is not None:
+            args = netns.exec_prefix() + args
         if config is not None:
             config_path = workdir / "machine.json"
             config_path.write_text(json.dumps(config, indent=2))
@@ -132,7 +149,7 @@ class Machine:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            env={**os.environ, "NO_COLOR": "1"},
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
             preexec_fn=_die_with_parent,
         )
         self._stdout = _LineReader(self.proc.stdout)
@@ -163,11 +180,14 @@ class Machine:
 
 
 class ClientProcess:
-    """A Python helper client from interop/python/clients run as its own process."""
+    """A Python helper client from interop/python/clients run as its own process (inside `netns` if given)."""
 
-    def __init__(self, script: str, *args: str):
+    def __init__(self, script: str, *args: str, netns: Optional["NetNS"] = None):
+        argv = [sys.executable, "-u", str(CLIENTS_DIR / script), *args]
+        if netns is not None:
+            argv = netns.exec_prefix() + argv
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(CLIENTS_DIR / script), *args],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -212,3 +232,141 @@ async def connect(address: str, **kwargs: Any) -> RobotClient:
 async def connect_observer(address: str) -> RobotClient:
     """A client that only watches: never starts a session and runs no background reconnect task."""
     return await connect(address, disable_sessions=True, check_connection_interval=0, attempt_reconnect_interval=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Private network namespaces for the WebRTC tests.
+#
+# The SDK's native WebRTC library runs an mDNS query on every interface and asks a public STUN
+# server for candidates, so WebRTC tests run machine and SDK clients in a namespace of their own:
+# lo up, a veth pair whose both ends stay inside (198.18.N.1/24 and 198.18.N.2/24) and a default
+# route into it (WebRTC stacks gather no candidates without one). Packets for any other address
+# go nowhere: forwarding is off in a fresh namespace.
+# ---------------------------------------------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+# TETHER_LOG for machines in WebRTC tests: debug for tether and the WebRTC stack, without the
+# per-frame HTTP/2 and SCTP chatter.
+WEBRTC_MACHINE_LOG = "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info"
+NETNS_DIR = Path("/run/netns")
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(args)}` failed ({res.returncode}): {res.stderr.strip()}")
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def remove_stale_netns(prefix: str) -> list[str]:
+    """Deletes `<prefix><pid>-…` namespaces whose creating process is gone (left by a killed run)."""
+    removed = []
+    try:
+        names = [p.name for p in NETNS_DIR.iterdir()]
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            removed.append(name)
+    return removed
+
+
+class NetNS:
+    """A private network namespace `<prefix><pid>-<random>` with 198.18.<subnet>.1 and .2 inside."""
+
+    def __init__(self, prefix: str = "ttpy-", subnet: int = 1):
+        if os.geteuid() != 0:
+            raise PermissionError("WebRTC interop tests need root for `ip netns` (network namespaces)")
+        remove_stale_netns(prefix)
+        self.name = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.ip = f"198.18.{subnet}.1"
+        self.peer_ip = f"198.18.{subnet}.2"
+        _ip("netns", "add", self.name)
+        try:
+            _ip("-n", self.name, "link", "set", "lo", "up")
+            _ip("-n", self.name, "link", "add", "tt0", "type", "veth", "peer", "name", "tt1")
+            _ip("-n", self.name, "addr", "add", f"{self.ip}/24", "dev", "tt0")
+            _ip("-n", self.name, "addr", "add", f"{self.peer_ip}/24", "dev", "tt1")
+            _ip("-n", self.name, "link", "set", "tt0", "up")
+            _ip("-n", self.name, "link", "set", "tt1", "up")
+            _ip("-n", self.name, "route", "add", "default", "via", self.peer_ip, "dev", "tt0")
+        except Exception:
+            self.delete()
+            raise
+
+    def exec_prefix(self) -> list[str]:
+        """argv prefix that runs a command inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def pids(self) -> list[int]:
+        res = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        return [int(p) for p in res.stdout.split()]
+
+    def delete(self) -> None:
+        """Kills whatever still runs inside (only processes this run started live there) and deletes it."""
+        for pid in self.pids():
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def run(self, coro_fn: Callable[[], Awaitable[T]], timeout: float = 90.0) -> T:
+        """Runs `asyncio.run(coro_fn())` on a fresh thread that has joined the namespace.
+
+        setns(CLONE_NEWNET) changes only the calling thread; every thread it starts (asyncio's
+        executor, the SDK's native WebRTC runtime and its heartbeat thread) and every socket it
+        opens inherit the namespace, so an in-process SDK client behaves as one started with
+        `ip netns exec`.
+        """
+        import asyncio
+
+        result: list[Any] = []
+        error: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                fd = os.open(NETNS_DIR / self.name, os.O_RDONLY)
+                try:
+                    _setns(fd)
+                finally:
+                    os.close(fd)
+                result.append(asyncio.run(coro_fn()))
+            except BaseException as e:  # re-raised on the caller's thread
+                error.append(e)
+
+        thread = threading.Thread(target=target, name=f"netns-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"coroutine in namespace {self.name} still running after {timeout}s")
+        if error:
+            raise error[0]
+        return result[0]
+
+
+def webrtc_options(**kwargs: Any) -> RobotClient.Options:
+    """SDK options for WebRTC (the default) without TLS; signaling goes to the dialed address."""
+    return RobotClient.Options(dial_options=DialOptions(insecure=True), **kwargs)
+
+
+def webrtc_config(heartbeat_window: str = "1s") -> dict[str, Any]:
+    """motor1 + sensor1, no ICE servers (there is no STUN here), the given session window."""
+    return {
+        "components": [
+            {"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"},
+            {"name": "sensor1", "api": "rdk:component:sensor", "model": "rdk:builtin:fake"},
+        ],
+        "network": {"ice_servers": [], "sessions": {"heartbeat_window": heartbeat_window}},
+    }

@@ -236,6 +236,16 @@ impl Machine {
         tether_rpc::server::serve(listener, self.http_service(), options, shutdown).await
     }
 
+    /// `(offers being answered, WebRTC peers being served)` right now.
+    pub fn webrtc_stats(&self) -> (usize, usize) {
+        self.webrtc.stats.snapshot()
+    }
+
+    /// The embedded signaling service (e.g. to inspect its queue).
+    pub fn signaling(&self) -> &tether_signaling::SignalingServer {
+        &self.webrtc.signaling
+    }
+
     /// The host names the embedded signaler answers for.
     pub fn webrtc_hosts(&self) -> Vec<String> {
         self.webrtc.allowed.hosts()

@@ -79,6 +79,7 @@ pub struct WebRtc {
     pub(crate) settings: WebRtcSettings,
     pub(crate) allowed: HostAllowList,
     pub(crate) signaling: SignalingServer,
+    pub(crate) stats: Arc<answerer::AnswererStats>,
 }
 
 impl std::fmt::Debug for WebRtc {
@@ -96,7 +97,7 @@ impl WebRtc {
         if let Some(turn) = &settings.turn {
             builder = builder.turn(turn.clone());
         }
-        Self { signaling: builder.build(), allowed, settings }
+        Self { signaling: builder.build(), allowed, settings, stats: Arc::default() }
     }
 
     /// Starts the answerers for a listener on `local`.
@@ -128,6 +129,7 @@ impl WebRtc {
             config.token = token.clone();
             config.peer = peer.clone();
             config.entity = entity.clone();
+            config.stats = self.stats.clone();
             answerer::spawn(config, svc.clone(), events.clone(), shutdown.clone());
         }
         for url in &self.settings.signaling {

@@ -28,6 +28,7 @@ Machine commands (TARGET):
   operations                running operations
   cancel-operation ID       cancel a running operation
   stop-all                  stop every actuator
+  connection                transport; for WebRTC the selected ICE candidate pair
 
 Component actions (TARGET is a component name, kind found via ResourceNames):
   motor    set-power P | go-for RPM REVS | go-to RPM POS | set-rpm RPM | reset-zero [OFFSET]
@@ -62,7 +63,7 @@ pub struct CallArgs {
     /// Machine address: host:port, http://host:port or https://host:port.
     pub address: String,
     /// A machine command (resources, status, version, sessions, operations,
-    /// cancel-operation, stop-all) or a component name.
+    /// cancel-operation, stop-all, connection) or a component name.
     pub target: String,
     /// The component action and its arguments, e.g. `set-power 0.5`.
     /// Arguments may be negative (`-0.5`, `-10,20,30`); the options below
@@ -405,7 +406,7 @@ async fn hold(robot: &RobotClient, sessions_disabled: bool) -> Result<(), Failur
 
 /// The machine-level commands, by name.
 const ROBOT_COMMANDS: &[&str] =
-    &["resources", "status", "version", "sessions", "operations", "cancel-operation", "stop-all"];
+    &["resources", "status", "version", "sessions", "operations", "cancel-operation", "stop-all", "connection"];
 
 async fn execute(robot: &RobotClient, args: &CallArgs) -> Result<Output, Failure> {
     let target = args.target.as_str();
@@ -473,6 +474,29 @@ fn find_resource<'a>(resources: &'a [ResourceName], target: &str) -> Result<&'a 
     Err(Failure::new(tonic::Code::NotFound, format!("no resource named {target:?} on the machine ({known})")))
 }
 
+/// The transport and, over WebRTC, the selected ICE candidate pair.
+async fn connection(robot: &RobotClient) -> Output {
+    let Some(webrtc) = robot.webrtc() else {
+        return Output::new("transport: direct", serde_json::json!({"transport": "direct"}));
+    };
+    let Some(pair) = webrtc.selected_pair().await else {
+        return Output::new(
+            "transport: webrtc\nselected pair: none",
+            serde_json::json!({"transport": "webrtc", "selected_pair": false}),
+        );
+    };
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let (local, remote) = (addr(pair.local), addr(pair.remote));
+    Output::new(
+        format!("transport: webrtc\nlocal: {} {local}\nremote: {} {remote}", pair.local_type, pair.remote_type),
+        serde_json::json!({
+            "transport": "webrtc", "selected_pair": true,
+            "local_type": pair.local_type, "local": pair.local.map(|a| a.to_string()),
+            "remote_type": pair.remote_type, "remote": pair.remote.map(|a| a.to_string()),
+        }),
+    )
+}
+
 async fn robot_command(robot: &RobotClient, command: &str, params: &mut Params<'_>) -> Result<Output, Failure> {
     let output = match command {
         "resources" => {
@@ -521,6 +545,10 @@ async fn robot_command(robot: &RobotClient, command: &str, params: &mut Params<'
             params.finish()?;
             robot.stop_all().await?;
             Output::done("stopped all actuators")
+        }
+        "connection" => {
+            params.finish()?;
+            connection(robot).await
         }
         other => return Err(Failure::invalid(format!("unknown machine command {other:?}"))),
     };

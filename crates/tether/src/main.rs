@@ -45,13 +45,12 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| {
-            // The WebRTC stack is chatty at info; keep its warnings and errors.
-            tracing_subscriber::EnvFilter::new(
-                "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error,webrtc_mdns=warn,webrtc_dtls=warn,webrtc_srtp=error",
-            )
-        });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| {
+        // The WebRTC stack is chatty at info; keep its warnings and errors.
+        tracing_subscriber::EnvFilter::new(
+            "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error,webrtc_mdns=warn,webrtc_dtls=warn,webrtc_srtp=error",
+        )
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

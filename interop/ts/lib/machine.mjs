@@ -30,10 +30,12 @@ export function motorConfig(heartbeatWindow) {
 /**
  * Starts a machine (the built-in fake machine when config is undefined) listening on a free port
  * of 127.0.0.1. Resolves to {address, port, log(), stop()}; stop() must be called (use t.after).
+ * Options: listen (default '127.0.0.1:0'), hosts (--host names), env (extra environment).
  */
-export async function startMachine(config) {
+export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [], env = {} } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'tether-interop-'));
-  const args = ['machine', '--listen', '127.0.0.1:0'];
+  const args = ['machine', '--listen', listen];
+  for (const host of hosts) args.push('--host', host);
   if (config !== undefined) {
     const file = path.join(dir, 'machine.json');
     writeFileSync(file, JSON.stringify(config));
@@ -41,7 +43,7 @@ export async function startMachine(config) {
   }
   const child = spawn(tetherBin(), args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
+    env: { ...process.env, NO_COLOR: '1', ...env },
   });
   // Never outlive the test process, even if it exits before t.after() hooks run.
   const killOnExit = () => child.kill('SIGKILL');

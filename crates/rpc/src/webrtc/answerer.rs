@@ -47,6 +47,41 @@ pub struct AnswererConfig {
     /// Identity given to calls over WebRTC when the signaling exchange does
     /// not name the caller.
     pub entity: Option<String>,
+    /// Counters shared by every answerer of a machine.
+    pub stats: Arc<AnswererStats>,
+}
+
+/// Live counts of an answerer's work (for leak checks and status).
+#[derive(Debug, Default)]
+pub struct AnswererStats {
+    /// Offers being answered (signaling exchange and ICE in progress).
+    pub exchanges: std::sync::atomic::AtomicUsize,
+    /// Connected peers being served.
+    pub peers: std::sync::atomic::AtomicUsize,
+}
+
+impl AnswererStats {
+    /// `(exchanges, peers)` now.
+    pub fn snapshot(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Acquire;
+        (self.exchanges.load(Acquire), self.peers.load(Acquire))
+    }
+}
+
+/// Increments a counter for as long as it lives.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(c)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl AnswererConfig {
@@ -61,6 +96,7 @@ impl AnswererConfig {
             workers: 2,
             limits: Limits::default(),
             entity: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -228,16 +264,23 @@ impl Exchange {
     }
 
     async fn run(mut self) {
+        let config = self.config.clone();
+        let exchanging = Gauge::new(&config.stats.exchanges);
         let deadline = self.deadline();
         let uuid = self.uuid.clone();
         let tx = self.tx.clone();
-        if let Err(status) = self.answer(deadline).await {
+        if let Err(status) = self.answer(deadline, exchanging).await {
             tracing::debug!(%uuid, "answering failed: {status}");
             let _ = tx.send(error_response(&uuid, status.code(), status.message())).await;
+            drop(tx);
+            // Dropping the response stream would reset the RPC before the
+            // error is delivered: let the signaler end it.
+            let drain = async { while let Ok(Some(_)) = self.inbound.message().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
         }
     }
 
-    async fn answer(&mut self, deadline: tokio::time::Instant) -> Result<(), tonic::Status> {
+    async fn answer(&mut self, deadline: tokio::time::Instant, exchanging: Gauge<'_>) -> Result<(), tonic::Status> {
         let (kind, offer) = sdp::decode(&self.init.sdp)?;
         if kind != SdpKind::Offer {
             return Err(tonic::Status::invalid_argument("expected an offer"));
@@ -351,6 +394,9 @@ impl Exchange {
             id: next_connection_id(),
         };
         tracing::info!(remote = ?info.remote, pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)), "webrtc peer connected");
+        drop(exchanging);
+        let config = self.config.clone();
+        let _serving = Gauge::new(&config.stats.peers);
         (self.events)(PeerEvent::Opened(info.clone()));
         let closed = pipe.closed.clone();
         let stop = CancellationToken::new();

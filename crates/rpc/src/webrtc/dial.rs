@@ -76,6 +76,7 @@ pub struct WebRtcConnection {
     pub channel: WebRtcChannel,
     /// The peer connection (for stats and closing).
     pub pc: Arc<RTCPeerConnection>,
+    data: Arc<webrtc::data_channel::RTCDataChannel>,
     closed: CancellationToken,
 }
 
@@ -96,6 +97,12 @@ impl WebRtcConnection {
     pub async fn close(&self) {
         self.closed.cancel();
         let _ = self.pc.close().await;
+    }
+
+    /// The raw `data` channel. Anything sent on it bypasses the framing: for
+    /// diagnostics and robustness tests only.
+    pub fn raw_data_channel(&self) -> &Arc<webrtc::data_channel::RTCDataChannel> {
+        &self.data
     }
 
     /// The selected candidate pair.
@@ -177,7 +184,7 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
 
     let peer = new_peer(&peer_options).await.map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
     let pc = peer.pc.clone();
-    let result = exchange(&mut signaling, options, &peer.pc, Pipe::attach(peer.data.clone())).await;
+    let result = exchange(&mut signaling, options, &peer.pc, peer.data.clone()).await;
     match result {
         Ok(connection) => Ok(connection),
         Err(e) => {
@@ -187,12 +194,21 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
     }
 }
 
+/// Runs `then` once every task in `pending` has finished.
+async fn after(pending: Vec<tokio::task::JoinHandle<()>>, then: impl Future<Output = ()>) {
+    for task in pending {
+        let _ = task.await;
+    }
+    then.await;
+}
+
 async fn exchange(
     signaling: &mut Signaling,
     options: &WebRtcOptions,
     pc: &Arc<RTCPeerConnection>,
-    pipe: Pipe,
+    data: Arc<webrtc::data_channel::RTCDataChannel>,
 ) -> Result<WebRtcConnection, DialError> {
+    let pipe = Pipe::attach(data.clone());
     let host = options.host.clone();
     let connect_err = |e: webrtc::Error| DialError::Connect(host.clone(), e.to_string());
     let closed = CancellationToken::new();
@@ -257,9 +273,13 @@ async fn exchange(
             }
         }
     };
+    // Candidates go out concurrently, but `done` only once every candidate
+    // update has been answered: the signaler relays nothing after `done`.
+    let done = || pb::call_update_request::Update::Done(true);
+    let mut pending: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut done_sent = options.disable_trickle;
     if done_sent {
-        tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+        tokio::spawn(send_update(done()));
     }
     let mut answers_open = true;
     let opened = pipe.opened.clone();
@@ -271,10 +291,11 @@ async fn exchange(
             }
             c = candidates.recv(), if !done_sent => match c {
                 Some(Some(c)) => {
-                    tokio::spawn(send_update(pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c))));
+                    let update = pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c));
+                    pending.push(tokio::spawn(send_update(update)));
                 }
                 Some(None) | None => {
-                    tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+                    tokio::spawn(after(std::mem::take(&mut pending), send_update(done())));
                     done_sent = true;
                 }
             },
@@ -305,7 +326,7 @@ async fn exchange(
         }
     }
     if !done_sent {
-        tokio::spawn(send_update(pb::call_update_request::Update::Done(true)));
+        tokio::spawn(after(pending, send_update(done())));
     }
     // From here on, the connection's death closes the channel.
     let channel = WebRtcChannel::new(pipe, options.limits);
@@ -319,5 +340,5 @@ async fn exchange(
             }
         });
     }
-    Ok(WebRtcConnection { channel, pc: pc.clone(), closed })
+    Ok(WebRtcConnection { channel, pc: pc.clone(), data, closed })
 }

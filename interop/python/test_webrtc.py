@@ -1,0 +1,171 @@
+"""The real Viam Python SDK against a tether machine over WebRTC.
+
+viam-sdk dials WebRTC through its native library (rust-utils, webrtc-rs): the dialed address is
+also the signaling server, `rpc-host` is exactly what was dialed, and the answerer is the machine
+itself (its embedded signaling service answers for every ip:port it listens on). Addresses with
+`localhost`/`.local` never try WebRTC, so these tests dial a literal IP — 198.18.1.1 inside a
+private network namespace (fixture `netns`): the library runs mDNS on every interface and asks
+public STUN servers for candidates, and the machine is configured with no ICE servers.
+
+The SDK silently falls back to direct gRPC when WebRTC fails, so every test proves the transport:
+the machine logs `webrtc peer connected` for the dial, and GetSessions reports the client's session
+with PEER_CONNECTION_TYPE_WEBRTC.
+
+Machines run with `ip netns exec`; in-process SDK clients run on a thread that joined the namespace
+(NetNS.run), client processes with `ip netns exec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import pytest
+from viam.components.motor import Motor
+from viam.components.sensor import Sensor
+from viam.proto.robot import GetSessionsRequest, PeerConnectionType
+from viam.robot.client import RobotClient
+
+from tether_harness import connect_observer, webrtc_config, webrtc_options
+
+WINDOW_S = 1.0
+WINDOW = "1s"
+# After SIGKILL the machine must stop the motor within the window plus this margin.
+STOP_MARGIN_S = 2.5
+POLL_S = 0.01
+PEER_CONNECTED = re.compile(r"webrtc peer connected remote=Some\((\S+?)\) pair=(.*)")
+READY = r"READY session=(\S*) powered=(\S+) power=(\S+) window=(\S+) transport=(\S+)"
+WEBRTC = PeerConnectionType.PEER_CONNECTION_TYPE_WEBRTC
+
+
+def _wait_for_log(machine, pattern: re.Pattern[str], timeout: float = 5.0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = pattern.search(machine.log())
+        if m or time.monotonic() > deadline:
+            assert m, f"machine log has no /{pattern.pattern}/ within {timeout}s"
+            return m
+        time.sleep(0.05)
+
+
+async def _sessions(robot: RobotClient) -> list:
+    # RobotClient has no get_sessions(): call RobotService.GetSessions through the SDK's own stub.
+    resp = await robot._client.GetSessions(GetSessionsRequest(), timeout=5)
+    return list(resp.sessions)
+
+
+async def _connect_webrtc(address: str, timing=None) -> RobotClient:
+    t0 = time.monotonic()
+    robot = await RobotClient.at_address(address, webrtc_options())
+    if timing is not None:
+        timing("WebRTC connect (signaling + ICE + data channel + first RPCs)", time.monotonic() - t0)
+    return robot
+
+
+def test_webrtc_connect_list_resources(netns, start_netns_machine, timing):
+    machine = start_netns_machine(webrtc_config(WINDOW))
+    assert machine.address.startswith(netns.ip + ":"), machine.address
+
+    async def run():
+        robot = await _connect_webrtc(machine.address, timing)
+        try:
+            got = {(n.subtype, n.name) for n in robot.resource_names if n.namespace == "rdk" and n.type == "component"}
+            assert {("motor", "motor1"), ("sensor", "sensor1")} <= got, f"machine listed {sorted(got)}"
+            await robot.refresh()
+            assert {(n.subtype, n.name) for n in robot.resource_names} >= {("motor", "motor1"), ("sensor", "sensor1")}
+        finally:
+            t0 = time.monotonic()
+            await robot.close()
+            timing("close", time.monotonic() - t0)
+
+    netns.run(run)
+    # Not a silent fallback to direct gRPC: the machine answered a WebRTC call from this client.
+    m = _wait_for_log(machine, PEER_CONNECTED)
+    print(f"machine: webrtc peer connected remote={m.group(1)} pair={m.group(2)}")
+
+
+def test_webrtc_motor_sensor_and_session_transport(netns, start_netns_machine):
+    machine = start_netns_machine(webrtc_config(WINDOW))
+
+    async def run():
+        robot = await _connect_webrtc(machine.address)
+        try:
+            motor = Motor.from_robot(robot, "motor1")
+            assert await motor.is_powered() == (False, 0.0)
+
+            await motor.set_power(0.5)  # monitored: the SDK starts a session first
+            powered, pct = await motor.is_powered()
+            assert powered is True and pct == pytest.approx(0.5)
+
+            # The machine sees this client's session on a WebRTC peer connection.
+            session_id = robot._sessions_client._current_id
+            assert session_id and uuid.UUID(session_id).version == 4, f"no SDK session id: {session_id!r}"
+            by_id = {s.id: s for s in await _sessions(robot)}
+            assert session_id in by_id, f"own session {session_id} not in GetSessions {list(by_id)}"
+            info = by_id[session_id].peer_connection_info
+            assert info.type == WEBRTC, f"session transport {PeerConnectionType.Name(info.type)}, want WEBRTC"
+            assert info.remote_address, "WebRTC session without the peer's address"
+
+            await motor.set_power(-0.25)
+            powered, pct = await motor.is_powered()
+            assert powered is True and pct == pytest.approx(-0.25)
+            await motor.stop()
+            assert await motor.is_powered() == (False, 0.0)
+            assert await motor.is_moving() is False
+
+            sensor = Sensor.from_robot(robot, "sensor1")
+            readings = await sensor.get_readings()
+            assert isinstance(readings, dict) and readings, f"sensor1 readings {readings!r}"
+            for key, value in readings.items():
+                assert isinstance(key, str) and key and value is not None
+        finally:
+            await robot.close()
+
+    netns.run(run)
+    _wait_for_log(machine, PEER_CONNECTED)
+
+
+def test_webrtc_killed_client_motor_stops(netns, start_netns_machine, start_client, timing):
+    machine = start_netns_machine(webrtc_config(WINDOW))
+    holder = start_client("hold_motor.py", "--webrtc", machine.address, "motor1", "0.5", netns=netns)
+    ready = holder.wait_for(READY, timeout=45)
+    assert ready.group(2) == "True", ready.group(0)
+    assert float(ready.group(4)) == WINDOW_S, ready.group(0)
+    assert ready.group(5) == "PEER_CONNECTION_TYPE_WEBRTC", f"holder's session is not on WebRTC: {ready.group(0)}"
+    _wait_for_log(machine, PEER_CONNECTED)
+    deadline_s = WINDOW_S + STOP_MARGIN_S
+
+    async def run() -> float:
+        observer = await connect_observer(machine.address)  # direct gRPC, sessions disabled
+        try:
+            motor = Motor.from_robot(observer, "motor1")
+            # Held for more than a window: heartbeats flow over the WebRTC data channel.
+            await asyncio.sleep(1.5 * WINDOW_S)
+            powered, pct = await motor.is_powered()
+            assert powered is True and pct == pytest.approx(0.5), f"motor not held before the kill: {(powered, pct)}"
+            assert holder.proc.poll() is None, f"holder exited early:\n{holder.output()}"
+            sessions = await _sessions(observer)
+            assert [s.peer_connection_info.type for s in sessions] == [WEBRTC], sessions
+
+            t_kill = time.monotonic()
+            holder.kill()  # SIGKILL (the pid is the python process: `ip netns exec` execs in place)
+            while True:
+                if (await motor.is_powered())[0] is False:
+                    break
+                if time.monotonic() - t_kill > deadline_s:
+                    break
+                await asyncio.sleep(POLL_S)
+            delay = time.monotonic() - t_kill
+            print(f"motor stopped {delay * 1000:.0f} ms after SIGKILL of the WebRTC client (window {WINDOW})")
+            assert delay <= deadline_s, f"motor still powered {delay:.2f}s after the WebRTC client was killed"
+            assert await motor.is_powered() == (False, 0.0)
+            return delay
+        finally:
+            await observer.close()
+
+    delay = netns.run(run)
+    timing(f"motor stop after SIGKILL of a WebRTC client (window {WINDOW})", delay)
+    stops = [line for line in machine.log().splitlines() if "safety stop" in line or "session expired" in line]
+    print("machine:\n" + "\n".join(stops))

@@ -1,0 +1,221 @@
+// The real @viamrobotics/sdk (0.61.1) in a real browser (Debian's Chromium, headless, driven by
+// playwright-core) dialing a tether machine over WebRTC.
+//
+// Run with `npm run test:webrtc`: scripts/run-in-netns.mjs runs this file inside a fresh private
+// network namespace (198.18.2.1, a default route, nothing reaches outside) where the machine, the
+// static server for the page and Chromium all live — Chromium gathers no ICE candidates without a
+// default route, and the machine is configured with no ICE servers.
+//
+// The page dials with createRobotClient({host, signalingAddress, iceServers: []}): signaling is
+// gRPC-Web from the page's origin (another port) with credentials: 'include', so the machine's
+// CORS answers must echo the origin. The host name has no "local" in it, so the SDK cannot fall
+// back to a direct gRPC-Web connection: a successful dial is a WebRTC one, and the tests assert it
+// (ICE connected in the page, `webrtc peer connected` in the machine log).
+//
+// The SDK never starts a session, so only connection-scoped safety can stop a motor when the
+// browser vanishes: a sessionless monitored call over WebRTC makes the peer connection the
+// motor's last caller, and the machine stops the motor when that connection goes away (ICE
+// disconnects after a SIGKILL; a clean close tears the connection down at once).
+//
+// Everything runs twice: Chromium's default (host candidates hidden behind <uuid>.local mDNS
+// names) and with --disable-features=WebRtcHideLocalIpsWithMdns (raw IP host candidates).
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+
+import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
+import { isPowered } from '../lib/grpcweb.mjs';
+import { startMachine } from '../lib/machine.mjs';
+
+const NS_IP = process.env.TETHER_NETNS_IP;
+const HOST = 'tether-webrtc-test'; // no "local": no direct gRPC-Web fallback in the SDK
+const MACHINE_LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
+const CONFIG = {
+  components: [
+    { name: 'motor1', api: 'rdk:component:motor', model: 'rdk:builtin:fake' },
+    { name: 'sensor1', api: 'rdk:component:sensor', model: 'rdk:builtin:fake' },
+  ],
+  network: { ice_servers: [], sessions: { heartbeat_window: '1s' } },
+};
+// Generous bounds for the stop after the browser is gone (measured values are printed).
+const KILL_STOP_BOUND_MS = 10_000;
+const CLOSE_STOP_BOUND_MS = 3_000;
+const POLL_MS = 20;
+const PEER_CONNECTED = /webrtc peer connected remote=Some\((\S+?)\) pair=(.*)/;
+
+const MODES = [
+  { name: 'default Chromium (mDNS host candidates)', flags: [], mdns: true },
+  {
+    name: '--disable-features=WebRtcHideLocalIpsWithMdns (raw IP host candidates)',
+    flags: ['--disable-features=WebRtcHideLocalIpsWithMdns'],
+    mdns: false,
+  },
+];
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+if (!NS_IP) {
+  throw new Error('run these tests with `npm run test:webrtc` (they need the private network namespace of scripts/run-in-netns.mjs)');
+}
+
+let pageDir;
+let staticServer;
+
+before(async () => {
+  pageDir = await bundledPageDir();
+  staticServer = await startStaticServer(pageDir, NS_IP);
+});
+
+after(async () => {
+  await staticServer?.close();
+  if (pageDir) rmSync(pageDir, { recursive: true, force: true });
+});
+
+/** Machine + Chromium page, WebRTC-connected; everything is torn down after the test. */
+async function setup(t, mode) {
+  const machine = await startMachine(CONFIG, { listen: `${NS_IP}:0`, hosts: [HOST], env: { TETHER_LOG: MACHINE_LOG } });
+  t.after(() => machine.stop());
+  const browser = await launchPage(staticServer.origin, mode.flags);
+  t.after(() => browser.close());
+  let failed = true;
+  t.after(() => {
+    if (failed) {
+      t.diagnostic(`--- page console ---\n${browser.consoleLines.join('\n')}`);
+      t.diagnostic(`--- machine log (tail) ---\n${machine.log().slice(-60_000)}`);
+    }
+  });
+  const conf = {
+    host: HOST,
+    signalingAddress: `http://${machine.address}`,
+    iceServers: [],
+    noReconnect: true,
+    dialTimeout: 10_000,
+  };
+  const info = await browser.page.evaluate((c) => window.tether.connect(c), conf);
+  const ok = () => {
+    failed = false;
+  };
+  return { machine, browser, page: browser.page, info, ok };
+}
+
+async function waitForLog(machine, re, timeoutMs = 5000) {
+  const t0 = Date.now();
+  for (;;) {
+    const m = re.exec(machine.log());
+    if (m) return m;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`machine log has no ${re} within ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+/** Asserts the dial really is WebRTC and that the host candidates match the mode. */
+async function assertWebRTC(t, machine, info, mode) {
+  assert.equal(info.hasPeerConnection, true, 'SDK has no peer connection');
+  assert.equal(info.isConnected, true, `SDK not connected: ${JSON.stringify(info)}`);
+  assert.equal(info.iceConnectionState, 'connected');
+  const m = await waitForLog(machine, PEER_CONNECTED);
+  const hostCands = info.localCandidates.filter((c) => / typ host/.test(c));
+  const mdnsCands = hostCands.filter((c) => /\s[0-9a-f-]{36}\.local\s/.test(c));
+  t.diagnostic(
+    `connect ${info.connectMs.toFixed(0)} ms; page pair ${JSON.stringify(info.selectedPair)}; ` +
+      `machine: remote=${m[1]} pair=${m[2]}; ${hostCands.length} host candidates, ${mdnsCands.length} mDNS`,
+  );
+  assert.ok(hostCands.length > 0, `Chromium gathered no host candidates: ${JSON.stringify(info.localCandidates)}`);
+  if (mode.mdns) {
+    assert.equal(mdnsCands.length, hostCands.length, `expected only mDNS host candidates: ${hostCands}`);
+  } else {
+    assert.equal(mdnsCands.length, 0, `expected raw IP host candidates: ${hostCands}`);
+  }
+}
+
+async function waitStopped(machine, t0, boundMs) {
+  for (;;) {
+    let on;
+    try {
+      [on] = await isPowered(machine.address, 'motor1');
+    } catch (err) {
+      on = undefined; // a slow answer must not end the wait
+    }
+    const ms = performance.now() - t0;
+    if (on === false) return ms;
+    if (ms > boundMs) return ms;
+    await sleep(POLL_MS);
+  }
+}
+
+for (const mode of MODES) {
+  describe(mode.name, () => {
+    test('WebRTC dial, resourceNames, motor setPower/isPowered/stop, sensor getReadings', async (t) => {
+      const { machine, page, info, ok } = await setup(t, mode);
+      await assertWebRTC(t, machine, info, mode);
+
+      const names = await page.evaluate(() => window.tether.resourceNames());
+      const got = names.filter((n) => n.namespace === 'rdk' && n.type === 'component').map((n) => `${n.subtype}/${n.name}`);
+      assert.ok(got.includes('motor/motor1') && got.includes('sensor/sensor1'), `resources ${got}`);
+
+      assert.deepEqual(await page.evaluate(() => window.tether.isPowered('motor1')), [false, 0]);
+      await page.evaluate(() => window.tether.setPower('motor1', 0.5));
+      const [on, pct] = await page.evaluate(() => window.tether.isPowered('motor1'));
+      assert.equal(on, true);
+      assert.ok(Math.abs(pct - 0.5) < 1e-9, `power ${pct}`);
+      // Seen the same way by a separate gRPC-Web client.
+      assert.deepEqual(await isPowered(machine.address, 'motor1'), [true, 0.5]);
+      await page.evaluate(() => window.tether.setPower('motor1', -0.25));
+      const [on2, pct2] = await page.evaluate(() => window.tether.isPowered('motor1'));
+      assert.equal(on2, true);
+      assert.ok(Math.abs(pct2 + 0.25) < 1e-9, `power ${pct2}`);
+      await page.evaluate(() => window.tether.stop('motor1'));
+      assert.deepEqual(await page.evaluate(() => window.tether.isPowered('motor1')), [false, 0]);
+      assert.equal(await page.evaluate(() => window.tether.isMoving('motor1')), false);
+
+      const readings = await page.evaluate(() => window.tether.getReadings('sensor1'));
+      assert.equal(typeof readings, 'object');
+      const keys = Object.keys(readings ?? {});
+      assert.ok(keys.length > 0, 'sensor1 returned no readings');
+      for (const k of keys) assert.notEqual(readings[k], undefined, `reading ${k}`);
+
+      // 0.61.1 starts no session: the motor is guarded by the connection alone.
+      assert.deepEqual(await page.evaluate(() => window.tether.getSessions()), []);
+      await page.evaluate(() => window.tether.disconnect());
+      ok();
+    });
+
+    test('SIGKILL of the browser process tree after setPower: the machine stops the motor', async (t) => {
+      const { machine, browser, page, info, ok } = await setup(t, mode);
+      await assertWebRTC(t, machine, info, mode);
+      await page.evaluate(() => window.tether.setPower('motor1', 0.5));
+      assert.deepEqual(await isPowered(machine.address, 'motor1'), [true, 0.5]);
+      // Still powered a while later: the live connection keeps it (no session to lapse).
+      await sleep(1500);
+      assert.deepEqual(await isPowered(machine.address, 'motor1'), [true, 0.5], 'motor stopped while the browser was alive');
+
+      const t0 = performance.now();
+      const killed = await browser.killTree();
+      const ms = await waitStopped(machine, t0, KILL_STOP_BOUND_MS);
+      const gone = /webrtc peer disconnected/.test(machine.log());
+      console.log(
+        `# [${mode.mdns ? 'mdns' : 'raw-ip'}] motor stopped ${ms.toFixed(0)} ms after SIGKILL of ${killed.length} chromium processes` +
+          ` (machine saw the peer disconnect: ${gone})`,
+      );
+      t.diagnostic(`motor stopped ${ms.toFixed(0)} ms after SIGKILL of ${killed.length} chromium processes`);
+      assert.ok(ms <= KILL_STOP_BOUND_MS, `motor still powered ${ms.toFixed(0)} ms after the browser was killed`);
+      assert.deepEqual(await isPowered(machine.address, 'motor1'), [false, 0]);
+      ok();
+    });
+
+    test('clean page close after setPower: the machine stops the motor quickly', async (t) => {
+      const { machine, page, info, ok } = await setup(t, mode);
+      await assertWebRTC(t, machine, info, mode);
+      await page.evaluate(() => window.tether.setPower('motor1', 0.5));
+      assert.deepEqual(await isPowered(machine.address, 'motor1'), [true, 0.5]);
+
+      const t0 = performance.now();
+      await page.close();
+      const ms = await waitStopped(machine, t0, CLOSE_STOP_BOUND_MS);
+      console.log(`# [${mode.mdns ? 'mdns' : 'raw-ip'}] motor stopped ${ms.toFixed(0)} ms after page.close()`);
+      t.diagnostic(`motor stopped ${ms.toFixed(0)} ms after page.close()`);
+      assert.ok(ms <= CLOSE_STOP_BOUND_MS, `motor still powered ${ms.toFixed(0)} ms after the page was closed`);
+      ok();
+    });
+  });
+}
