@@ -24,18 +24,20 @@ use std::time::Duration;
 
 pub mod components;
 mod error;
+mod events;
 mod robot;
 mod session;
 mod transport;
 
 pub use components::convert;
 pub use error::Error;
+pub use events::{ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOptions};
 pub use robot::RobotClient;
 pub use session::SessionChannel;
 pub use tether_proto::viam::common::v1::ResourceName;
 pub use tether_rpc::dial::Credentials;
 pub use tether_rpc::webrtc::peer::IceServer;
-pub use transport::Transport;
+pub use transport::{Link, Transport, WaitForReady};
 
 /// Result of client calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -172,11 +174,15 @@ impl DialConf {
     }
 }
 
-/// Client behaviour.
+/// Client behaviour, for either dial configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Never start sessions. The machine then cannot stop this client's
     /// actuators when it disappears: only use this when something else
     /// guarantees safety.
     pub disable_sessions: bool,
+    /// What to do when the connection drops.
+    pub reconnect: ReconnectOptions,
+    /// How fast a silently dead link is noticed.
+    pub liveness: Liveness,
 }

@@ -1,37 +1,63 @@
 //! [`RobotClient`]: the connection to one machine.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use parking_lot::Mutex;
+use tether_proto::proto::rpc::v1::auth_service_client::AuthServiceClient;
+use tether_proto::proto::rpc::v1::{AuthenticateRequest, Credentials as PbCredentials};
 use tether_proto::viam::common::v1::ResourceName;
 use tether_proto::viam::robot::v1 as pb;
-use tether_rpc::dial::{self, HeaderStamp, SharedHeaders};
+use tether_rpc::dial::{DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
+use tether_rpc::webrtc::dial::WebRtcConnection;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
+use crate::events::{ConnectionEvent, ConnectionState, Method};
 use crate::session::SessionChannel;
+use crate::transport::{Link, Transport};
 use crate::{DialConf, Error, Options, Result};
 
 type RobotStub = pb::robot_service_client::RobotServiceClient<SessionChannel>;
 
+/// A live connection and what tells us it died.
+struct Connection {
+    transport: Transport,
+    closed: CancellationToken,
+    webrtc: Option<WebRtcConnection>,
+    method: Method,
+}
+
 struct Inner {
     channel: SessionChannel,
+    link: Link,
     conf: DialConf,
-    webrtc: Option<tether_rpc::webrtc::dial::WebRtcConnection>,
+    events: broadcast::Sender<ConnectionEvent>,
+    webrtc: Mutex<Option<WebRtcConnection>>,
+    /// Cancelled by `close()`: stops the supervisor and the session.
+    closing: CancellationToken,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.closing.cancel();
         self.channel.close();
-        if let Some(w) = self.webrtc.take() {
+        if let Some(w) = self.webrtc.lock().take() {
             w.closed().cancel();
             tokio::spawn(async move { w.close().await });
         }
     }
 }
 
-/// A connection to a machine. Cheap to clone; clones share the connection
-/// and the session. Dropping the last clone stops heartbeating.
+/// A connection to a machine that survives network drops: it notices a dead
+/// link (HTTP/2 PINGs, or ICE/data-channel state), fails calls in flight with
+/// UNAVAILABLE, redials with every original option and backoff, and resumes
+/// the session. Cheap to clone; clones share the connection and the session.
+/// Dropping the last clone (or [`RobotClient::close`]) ends it.
 #[derive(Clone)]
 pub struct RobotClient {
     inner: Arc<Inner>,
+    wait: bool,
 }
 
 impl std::fmt::Debug for RobotClient {
@@ -45,40 +71,142 @@ pub(crate) fn reply<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>
     r.map(tonic::Response::into_inner).map_err(Error::from)
 }
 
-impl RobotClient {
-    /// Dials the machine and (with credentials) authenticates.
-    pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
-        let headers = SharedHeaders::default();
-        let mut webrtc = None;
-        let channel = match &conf {
-            DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
-                let channel = tokio::time::timeout(*dial_timeout, async {
-                    let channel = dial::connect_channel_with(address, *dial_timeout, tls_ca_pem.as_deref()).await?;
-                    if let Some(creds) = credentials {
-                        let token = dial::authenticate(channel.clone(), creds).await?;
-                        headers
-                            .set_bearer(&token)
-                            .map_err(|e| tonic::Status::internal(format!("unusable access token: {e}")))?;
-                    }
-                    Ok::<_, Error>(channel)
-                })
+fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
+    tracing::info!(event = event.name(), details = ?event, "connection event");
+    let _ = events.send(event);
+}
+
+/// Dials once with every option of `conf`.
+async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders) -> Result<Connection> {
+    match conf {
+        DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
+            let direct = DirectOptions {
+                connect_timeout: *dial_timeout,
+                keepalive_interval: options.liveness.interval,
+                keepalive_timeout: options.liveness.timeout,
+                tls_ca_pem: tls_ca_pem.clone(),
+            };
+            let work = async {
+                let conn = DirectConnection::connect(address, &direct).await?;
+                if let Some(creds) = credentials {
+                    headers.remove(tether_rpc::metadata::AUTHORIZATION);
+                    let mut auth = AuthServiceClient::new(conn.clone());
+                    let token = auth
+                        .authenticate(AuthenticateRequest {
+                            entity: creds.entity.clone(),
+                            credentials: Some(PbCredentials {
+                                r#type: creds.r#type.clone(),
+                                payload: creds.payload.clone(),
+                            }),
+                        })
+                        .await?
+                        .into_inner()
+                        .access_token;
+                    headers
+                        .set_bearer(&token)
+                        .map_err(|e| tonic::Status::internal(format!("unusable access token: {e}")))?;
+                }
+                Ok::<_, Error>(conn)
+            };
+            let conn = tokio::time::timeout(*dial_timeout, work)
                 .await
-                .map_err(|_| Error::Dial(dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
-                crate::Transport::Direct(HeaderStamp::new(channel, headers))
-            }
-            DialConf::WebRtc(c) => {
-                let connection = tether_rpc::webrtc::dial::dial(&c.options()).await?;
-                webrtc = Some(connection.clone());
-                crate::Transport::WebRtc(connection.channel)
+                .map_err(|_| Error::Dial(tether_rpc::dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
+            Ok(Connection {
+                closed: conn.closed().clone(),
+                transport: Transport::Direct(HeaderStamp::new(conn, headers.clone())),
+                webrtc: None,
+                method: Method::Direct,
+            })
+        }
+        DialConf::WebRtc(c) => {
+            let mut o = c.options();
+            o.peer.keepalive = options.liveness.interval;
+            o.peer.disconnected_timeout = options.liveness.timeout;
+            o.peer.failed_timeout = options.liveness.timeout + Duration::from_secs(2);
+            let connection = tether_rpc::webrtc::dial::dial(&o).await?;
+            Ok(Connection {
+                transport: Transport::WebRtc(connection.channel.clone()),
+                closed: connection.closed().clone(),
+                webrtc: Some(connection),
+                method: Method::Webrtc,
+            })
+        }
+    }
+}
+
+impl RobotClient {
+    /// Dials the machine (one attempt; see [`Options::reconnect`] for what
+    /// happens after a drop) and, with credentials, authenticates.
+    pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
+        let (events, _) = broadcast::channel(256);
+        emit(&events, ConnectionEvent::Connecting);
+        let method = match &conf {
+            DialConf::Direct { .. } => Method::Direct,
+            DialConf::WebRtc(_) => Method::Webrtc,
+        };
+        emit(&events, ConnectionEvent::Dialing { method, attempt: 1 });
+        let headers = SharedHeaders::default();
+        let connection = match dial(&conf, &options, &headers).await {
+            Ok(c) => c,
+            Err(e) => {
+                emit(&events, ConnectionEvent::Disconnected { error: Some(e.to_string()) });
+                return Err(e);
             }
         };
-        let channel = SessionChannel::new(channel, options.disable_sessions);
-        Ok(Self { inner: Arc::new(Inner { channel, conf, webrtc }) })
+        let link = Link::new(connection.transport.clone());
+        let channel = SessionChannel::new(link.clone(), options.disable_sessions);
+        let inner = Arc::new(Inner {
+            channel,
+            link,
+            conf,
+            events,
+            webrtc: Mutex::new(connection.webrtc.clone()),
+            closing: CancellationToken::new(),
+        });
+        let robot = Self { inner: inner.clone(), wait: false };
+        let (candidate_pair, rtt_ms) = robot.measure(&connection).await;
+        let method = connection.method;
+        emit(&inner.events, ConnectionEvent::Connected { method, candidate_pair, rtt_ms, reconnected: false });
+        tokio::spawn(supervise(Arc::downgrade(&inner), connection.closed, options, headers));
+        Ok(robot)
+    }
+
+    /// The candidate pair and a small call's round trip on a fresh connection.
+    async fn measure(&self, connection: &Connection) -> (Option<String>, Option<f64>) {
+        let pair = match &connection.webrtc {
+            Some(w) => w.selected_pair().await.map(|p| format!("{}/{}", p.local_type, p.remote_type)),
+            None => None,
+        };
+        let started = std::time::Instant::now();
+        let rtt = self.version().await.ok().map(|_| started.elapsed().as_secs_f64() * 1e3);
+        (pair, rtt)
+    }
+
+    /// Connection events (a new subscriber sees the events from now on).
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The connection state, as a `watch` channel.
+    pub fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.inner.link.state()
+    }
+
+    /// True while connected.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.link.state().borrow() == ConnectionState::Connected
+    }
+
+    /// A handle whose calls (and the component clients made from it) wait
+    /// for the connection while reconnecting, instead of failing fast with
+    /// UNAVAILABLE. Bound them with a deadline.
+    pub fn wait_for_ready(&self) -> Self {
+        Self { inner: self.inner.clone(), wait: true }
     }
 
     /// The transport for tonic-generated clients (sessions handled).
     pub fn channel(&self) -> SessionChannel {
-        self.inner.channel.clone()
+        self.inner.channel.waiting(self.wait)
     }
 
     fn robot(&self) -> RobotStub {
@@ -141,14 +269,114 @@ impl RobotClient {
     /// releases the session state. Calls still work afterwards but start no
     /// new session.
     pub async fn close(&self) {
+        if !self.inner.closing.is_cancelled() {
+            emit(&self.inner.events, ConnectionEvent::Disconnecting);
+        }
+        self.inner.closing.cancel();
         self.inner.channel.close();
-        if let Some(w) = &self.inner.webrtc {
+        let webrtc = self.inner.webrtc.lock().take();
+        if let Some(w) = webrtc {
             w.close().await;
         }
     }
 
-    /// The WebRTC connection, when dialed over WebRTC.
-    pub fn webrtc(&self) -> Option<&tether_rpc::webrtc::dial::WebRtcConnection> {
-        self.inner.webrtc.as_ref()
+    /// The current WebRTC connection, when connected over WebRTC.
+    pub fn webrtc(&self) -> Option<WebRtcConnection> {
+        self.inner.webrtc.lock().clone()
+    }
+}
+
+/// Watches the connection; on a drop, reconnects per the options.
+async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Options, headers: SharedHeaders) {
+    loop {
+        let closing = match weak.upgrade() {
+            Some(inner) => inner.closing.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = closed.cancelled() => {}
+            _ = closing.cancelled() => {
+                if let Some(inner) = weak.upgrade() {
+                    inner.link.set(None, ConnectionState::Disconnected);
+                    emit(&inner.events, ConnectionEvent::Disconnected { error: None });
+                }
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        // The connection is gone: calls in flight have failed (UNAVAILABLE);
+        // new ones fail fast (or wait) until we are back.
+        inner.link.set(None, ConnectionState::Reconnecting);
+        *inner.webrtc.lock() = None;
+        let had_session = inner.channel.session_id();
+        inner.channel.reset();
+        if options.reconnect.no_reconnect {
+            inner.link.set(None, ConnectionState::Disconnected);
+            emit(&inner.events, ConnectionEvent::Disconnected { error: Some("connection lost".into()) });
+            return;
+        }
+        emit(&inner.events, ConnectionEvent::Reconnecting { error: Some("connection lost".into()) });
+        let method = match &inner.conf {
+            DialConf::Direct { .. } => Method::Direct,
+            DialConf::WebRtc(_) => Method::Webrtc,
+        };
+        let conf = inner.conf.clone();
+        let events = inner.events.clone();
+        drop(inner);
+        let mut last_error = String::new();
+        let mut connection = None;
+        let attempts = options.reconnect.max_attempts.max(1);
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                let delay = options.reconnect.delay(attempt);
+                emit(&events, ConnectionEvent::RetryScheduled { attempt, delay_ms: delay.as_millis() as u64 });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = closing.cancelled() => break,
+                }
+            }
+            emit(&events, ConnectionEvent::Dialing { method, attempt });
+            let dialed = tokio::select! {
+                d = dial(&conf, &options, &headers) => d,
+                _ = closing.cancelled() => break,
+            };
+            match dialed {
+                Ok(c) => {
+                    connection = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, "reconnect attempt failed: {e}");
+                    last_error = e.to_string();
+                }
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let Some(connection) = connection else {
+            inner.link.set(None, ConnectionState::Disconnected);
+            if closing.is_cancelled() {
+                emit(&inner.events, ConnectionEvent::Disconnected { error: None });
+            } else {
+                emit(&inner.events, ConnectionEvent::ReconnectionFailed { error: last_error, attempts });
+            }
+            return;
+        };
+        inner.link.set(Some(connection.transport.clone()), ConnectionState::Connected);
+        *inner.webrtc.lock() = connection.webrtc.clone();
+        let robot = RobotClient { inner: inner.clone(), wait: false };
+        let (candidate_pair, rtt_ms) = robot.measure(&connection).await;
+        let method = connection.method;
+        emit(&inner.events, ConnectionEvent::Connected { method, candidate_pair, rtt_ms, reconnected: true });
+        // Resume the session that was active before the drop.
+        if let Some(old) = had_session {
+            match inner.channel.ensure_session().await {
+                Ok(Some(new)) if new == old => emit(&inner.events, ConnectionEvent::SessionResumed { id: new }),
+                Ok(Some(new)) => emit(&inner.events, ConnectionEvent::SessionLapsed { old, new }),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("could not resume the session after reconnecting: {e}"),
+            }
+        }
+        closed = connection.closed;
+        drop(robot);
     }
 }

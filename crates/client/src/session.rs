@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tower::ServiceExt;
 use tower_service::Service;
 
-pub(crate) use crate::transport::Transport;
+pub(crate) use crate::transport::Link as Transport;
 
 #[derive(Debug, Default)]
 struct State {
@@ -56,6 +56,7 @@ struct Shared {
 pub struct SessionChannel {
     inner: Transport,
     shared: Arc<Shared>,
+    wait: bool,
 }
 
 impl SessionChannel {
@@ -66,7 +67,19 @@ impl SessionChannel {
             starting: tokio::sync::Mutex::new(()),
             closed: CancellationToken::new(),
         });
-        Self { inner, shared }
+        Self { inner, shared, wait: false }
+    }
+
+    /// A clone whose calls wait for the connection while the client
+    /// reconnects (instead of failing fast with UNAVAILABLE).
+    pub fn waiting(&self, wait: bool) -> Self {
+        Self { wait, ..self.clone() }
+    }
+
+    /// The session id kept for `resume` (the active one, or the last one).
+    pub fn last_session_id(&self) -> Option<String> {
+        let st = self.shared.state.lock();
+        st.active.as_ref().map(|a| a.id.clone()).or_else(|| st.last.clone())
     }
 
     /// The current session id, if a session is active.
@@ -211,7 +224,10 @@ impl Service<Request<Body>> for SessionChannel {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if self.wait {
+            req.extensions_mut().insert(crate::transport::WaitForReady);
+        }
         let method = tether_proto::safety::method(req.uri().path());
         let monitored = !self.shared.disabled && method.is_some_and(|m| m.monitored);
         if !monitored {

@@ -58,7 +58,10 @@ async fn calls_sessions_and_stops_over_webrtc() {
 async fn a_sessionless_webrtc_caller_is_stopped_when_its_connection_dies() {
     let m = start(webrtc_config("2s", "")).await;
     let mut stops = m.machine.safety_stops();
-    let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options { disable_sessions: true }).await.unwrap();
+    let robot =
+        RobotClient::connect(dial(m.addr, "test-machine"), Options { disable_sessions: true, ..Default::default() })
+            .await
+            .unwrap();
     Motor::from_robot(&robot, "motor1").set_power(0.7).await.unwrap();
     assert_eq!(robot.session_id(), None);
     let closed_at = tokio::time::Instant::now();

@@ -178,3 +178,179 @@ where
         self.inner.call(req)
     }
 }
+
+/// Settings of a direct HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct DirectOptions {
+    /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PING interval (also while idle).
+    pub keepalive_interval: Duration,
+    /// A PING unanswered this long declares the connection dead.
+    pub keepalive_timeout: Duration,
+    /// Extra CA certificate (PEM) for `https://` addresses.
+    pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
+            tls_ca_pem: None,
+        }
+    }
+}
+
+/// One HTTP/2 connection to a machine, as a `tower::Service` for tonic
+/// stubs. Unlike a tonic `Channel` it never reconnects by itself: when the
+/// connection ends (the machine shut down, or PINGs went unanswered)
+/// [`DirectConnection::closed`] fires and every call fails with UNAVAILABLE,
+/// so the owner can decide what to do.
+#[derive(Clone, Debug)]
+pub struct DirectConnection {
+    sender: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    closed: tokio_util::sync::CancellationToken,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::unavailable(format!("{what}: {e}"))
+}
+
+impl DirectConnection {
+    /// Connects to `addr` (`host:port`, `http://…` or `https://…`).
+    pub async fn connect(addr: &str, options: &DirectOptions) -> Result<Self, DialError> {
+        let uri: http::Uri = normalize_address(addr)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| DialError::Address(addr.to_owned(), e.to_string()))?;
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority =
+            uri.authority().cloned().ok_or_else(|| DialError::Address(addr.to_owned(), "no host".into()))?;
+        let port = authority.port_u16().unwrap_or(if scheme == http::uri::Scheme::HTTPS { 443 } else { 80 });
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let target = uri.to_string();
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| DialError::Connect(target.clone(), e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(options.keepalive_interval)
+                .keep_alive_timeout(options.keepalive_timeout)
+                .keep_alive_while_idle(true)
+                .max_frame_size(1 << 20)
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(8 << 20);
+            let closed = tokio_util::sync::CancellationToken::new();
+            let sender = if scheme == http::uri::Scheme::HTTPS {
+                let tls =
+                    tls_connector(options.tls_ca_pem.as_deref()).map_err(|e| DialError::Connect(target.clone(), e))?;
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| DialError::Address(addr.to_owned(), e.to_string()))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| DialError::Connect(target.clone(), format!("tls: {e}")))?;
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| DialError::Connect(target.clone(), source_chain(&e)))?;
+                spawn_conn(conn, closed.clone());
+                sender
+            } else {
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| DialError::Connect(target.clone(), source_chain(&e)))?;
+                spawn_conn(conn, closed.clone());
+                sender
+            };
+            Ok(Self { sender, scheme: scheme.clone(), authority: authority.clone(), closed })
+        };
+        match tokio::time::timeout(options.connect_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout(target.clone(), options.connect_timeout)),
+        }
+    }
+
+    /// Cancelled when the connection has ended.
+    pub fn closed(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closed
+    }
+}
+
+fn spawn_conn<F, E>(conn: F, closed: tokio_util::sync::CancellationToken)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("direct connection ended: {e}");
+        }
+        closed.cancel();
+    });
+}
+
+fn tls_connector(ca_pem: Option<&[u8]>) -> Result<tokio_rustls::TlsConnector, String> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = ca_pem {
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("bad CA certificate: {e}"))?;
+            roots.add(cert).map_err(|e| format!("bad CA certificate: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+impl Service<Request<tonic::body::Body>> for DirectConnection {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = crate::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, crate::BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<tonic::body::Body>) -> Self::Future {
+        let mut sender = self.sender.clone();
+        let closed = self.closed.clone();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            if closed.is_cancelled() {
+                return Ok(unavailable("connection closed", "the machine went away").into_http());
+            }
+            match sender.ready().await {
+                Ok(()) => {}
+                Err(e) => return Ok(unavailable("connection closed", e).into_http()),
+            }
+            match sender.send_request(req).await {
+                Ok(resp) => Ok(resp
+                    .map(|b| tonic::body::Body::new(b.map_err(|e| unavailable("connection lost during the call", e))))),
+                Err(e) => Ok(unavailable("connection lost", e).into_http()),
+            }
+        })
+    }
+}

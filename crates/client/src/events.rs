@@ -1,0 +1,204 @@
+//! Connection events and reconnection settings.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How the client reaches the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// gRPC over HTTP/2.
+    Direct,
+    /// gRPC over a WebRTC data channel.
+    Webrtc,
+}
+
+/// Something that happened to the connection. Subscribe with
+/// [`RobotClient::events`](crate::RobotClient::events); every event is also
+/// logged with `tracing`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ConnectionEvent {
+    /// The first dial is starting.
+    Connecting,
+    /// A dial attempt is starting.
+    Dialing {
+        /// Transport being dialed.
+        method: Method,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// The connection is up (first time or again).
+    Connected {
+        /// Transport in use.
+        method: Method,
+        /// Selected ICE candidate pair types, `local/remote` (WebRTC only),
+        /// e.g. `host/host`, `srflx/prflx`, `relay/host`.
+        candidate_pair: Option<String>,
+        /// Round trip of one small call right after connecting.
+        rtt_ms: Option<f64>,
+        /// True after a reconnection.
+        reconnected: bool,
+    },
+    /// The session that existed before a reconnection is still alive on the
+    /// machine: nothing was stopped.
+    SessionResumed {
+        /// The session id (unchanged).
+        id: String,
+    },
+    /// The old session lapsed during the outage (the machine stopped what it
+    /// controlled); a new one replaces it.
+    SessionLapsed {
+        /// The lapsed session.
+        old: String,
+        /// The new session.
+        new: String,
+    },
+    /// The connection dropped; reconnection starts.
+    Reconnecting {
+        /// Why it dropped.
+        error: Option<String>,
+    },
+    /// The next reconnection attempt is scheduled.
+    RetryScheduled {
+        /// The attempt that will run after the delay.
+        attempt: u32,
+        /// The delay, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Reconnection gave up.
+    ReconnectionFailed {
+        /// The last error.
+        error: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The client is closing.
+    Disconnecting,
+    /// The client is disconnected for good (closed, or `no_reconnect`).
+    Disconnected {
+        /// Why, if not a clean close.
+        error: Option<String>,
+    },
+}
+
+impl ConnectionEvent {
+    /// The event's name (`connected`, `reconnecting`, …), as in its JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConnectionEvent::Connecting => "connecting",
+            ConnectionEvent::Dialing { .. } => "dialing",
+            ConnectionEvent::Connected { .. } => "connected",
+            ConnectionEvent::SessionResumed { .. } => "session_resumed",
+            ConnectionEvent::SessionLapsed { .. } => "session_lapsed",
+            ConnectionEvent::Reconnecting { .. } => "reconnecting",
+            ConnectionEvent::RetryScheduled { .. } => "retry_scheduled",
+            ConnectionEvent::ReconnectionFailed { .. } => "reconnection_failed",
+            ConnectionEvent::Disconnecting => "disconnecting",
+            ConnectionEvent::Disconnected { .. } => "disconnected",
+        }
+    }
+}
+
+/// The connection's state, as a `watch` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Connected; calls go through.
+    Connected,
+    /// Lost; reconnecting. Calls fail fast with UNAVAILABLE unless they opted
+    /// to wait.
+    Reconnecting,
+    /// Gone for good (closed, `no_reconnect`, or reconnection failed).
+    Disconnected,
+}
+
+/// Reconnection policy.
+///
+/// After a drop the first attempt runs at once; before attempt *k* ≥ 2 the
+/// client waits `min(100 ms × 2^(k−2), max_wait)` with *equal jitter* (a
+/// uniformly random time between half and all of that): 100, 200, 400, 800 ms, …
+/// Equal jitter keeps the schedule exponential and bounded (at least half the
+/// nominal delay, never more than it) while spreading the clients of a
+/// restarted machine apart, so they don't all redial in the same instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconnectOptions {
+    /// Never reconnect: a drop ends the client (one `disconnected` event).
+    pub no_reconnect: bool,
+    /// Attempts per outage (default 10).
+    pub max_attempts: u32,
+    /// Cap on each delay (default: none).
+    pub max_wait: Option<Duration>,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        Self { no_reconnect: false, max_attempts: 10, max_wait: None }
+    }
+}
+
+impl ReconnectOptions {
+    /// The nominal (un-jittered) delay before `attempt` (1-based).
+    pub fn nominal_delay(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let d = Duration::from_millis(100).saturating_mul(1u32 << (attempt - 2).min(20));
+        match self.max_wait {
+            Some(cap) => d.min(cap),
+            None => d,
+        }
+    }
+
+    /// The jittered delay before `attempt`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let d = self.nominal_delay(attempt);
+        d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
+    }
+}
+
+/// How fast a silently dead link is noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// Keepalive interval: HTTP/2 PINGs (direct) or ICE binding requests (WebRTC).
+    pub interval: Duration,
+    /// No answer for this long: the connection is dead.
+    pub timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self { interval: Duration::from_millis(500), timeout: Duration::from_secs(3) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_doubles_from_100ms_and_is_capped() {
+        let o = ReconnectOptions::default();
+        let nominal: Vec<u64> = (1..=6).map(|a| o.nominal_delay(a).as_millis() as u64).collect();
+        assert_eq!(nominal, [0, 100, 200, 400, 800, 1600]);
+        let capped = ReconnectOptions { max_wait: Some(Duration::from_millis(300)), ..o };
+        assert_eq!(capped.nominal_delay(5), Duration::from_millis(300));
+        for a in 2..12 {
+            let d = o.delay(a);
+            let n = o.nominal_delay(a);
+            assert!(d >= n / 2 && d <= n, "attempt {a}: {d:?} vs {n:?}");
+        }
+        assert_eq!(o.nominal_delay(40), o.nominal_delay(22));
+    }
+
+    #[test]
+    fn events_serialize_with_an_event_field() {
+        let e = ConnectionEvent::Dialing { method: Method::Webrtc, attempt: 2 };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"event": "dialing", "method": "webrtc", "attempt": 2})
+        );
+        assert_eq!(e.name(), "dialing");
+    }
+}
