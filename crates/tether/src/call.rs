@@ -327,7 +327,7 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
     if let (Some(id), Some(key)) = (&args.api_key_id, &args.api_key) {
         conf = conf.with_credentials(Credentials::api_key(id.clone(), key.clone()));
     }
-    let options = Options { disable_sessions: args.disable_sessions };
+    let options = Options { disable_sessions: args.disable_sessions, ..Default::default() };
 
     let work = async {
         let robot = RobotClient::connect(conf, options).await?;
