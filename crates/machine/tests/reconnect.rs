@@ -289,3 +289,71 @@ async fn machine_restart_is_survived_over_webrtc() {
     assert_eq!(motor.is_powered().await.unwrap(), (false, 0.0));
     motor.set_power(0.1).await.unwrap();
 }
+
+/// A standalone signaling service that can be stopped and started again on
+/// the same address.
+async fn signaling_on(addr: SocketAddr) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let server = tether_signaling::SignalingServer::new(Arc::new(tether_signaling::MemoryQueue::new()));
+    let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(server.into_service()));
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
+    (addr, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_restart_is_survived_by_machine_and_client() {
+    let (sig, sig_stop) = signaling_on("127.0.0.1:0".parse().unwrap()).await;
+    let cfg = config(&format!(
+        r#"{{"components":[{{"name":"motor1","api":"rdk:component:motor","model":"fake"}}],
+            "network":{{"hosts":["sig-bot"],"ice_servers":[],"signaling":["http://{sig}"]}}}}"#
+    ));
+    let m = start(cfg).await;
+    let conf = DialConf::webrtc("sig-bot", sig.to_string()).with_webrtc(|c| c.ice_servers.clear());
+    let options = Options {
+        reconnect: ReconnectOptions {
+            max_wait: Some(Duration::from_millis(300)),
+            max_attempts: 60,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let connect = || async {
+        for _ in 0..100 {
+            match RobotClient::connect(conf.clone(), options.clone()).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("could not dial through signaling");
+    };
+    let robot = connect().await;
+    let mut events = robot.events();
+    Motor::from_robot(&robot, "motor1").set_power(0.2).await.unwrap();
+
+    // Signaling goes away: the established connection does not need it.
+    sig_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(Motor::from_robot(&robot, "motor1").is_powered().await.unwrap(), (true, 0.2));
+
+    // Signaling comes back on the same address; the machine re-registers
+    // with backoff and a new client can dial.
+    let (_, _sig_stop2) = signaling_on(sig).await;
+    let second = connect().await;
+    assert_eq!(second.resource_names().await.unwrap().len(), 1);
+
+    // The first client's connection dies (the machine drops its peers when
+    // told to by the test); it redials through the restarted signaler.
+    robot.webrtc().unwrap().close().await;
+    let (e, _) = wait_for(&mut events, "connected", Duration::from_secs(15)).await;
+    assert!(matches!(e, ConnectionEvent::Connected { reconnected: true, .. }), "{e:?}");
+    let (e, _) = wait_for(&mut events, "session_resumed", Duration::from_secs(5)).await;
+    assert!(matches!(e, ConnectionEvent::SessionResumed { .. }));
+    assert_eq!(m.machine.resources().len(), 1);
+}

@@ -122,6 +122,7 @@ pub fn next_connection_id() -> u64 {
 pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOptions, shutdown: CancellationToken) {
     let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -139,7 +140,9 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
         let svc = svc.clone();
         let tls = options.tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let svc = svc.map_request(move |req: Request<hyper::body::Incoming>| {
                 let mut req = req.map(tonic::body::Body::new);
                 req.extensions_mut().insert(info.clone());
@@ -171,6 +174,9 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
             }
         });
     }
-    // Give open connections a moment to finish in-flight calls.
+    // Give open connections a moment to finish in-flight calls, then close
+    // whatever is left (long-lived streams such as signaling's Answer would
+    // otherwise outlive the server).
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    connections.abort_all();
 }

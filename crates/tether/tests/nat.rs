@@ -1,0 +1,829 @@
+//! NAT traversal, for real: network namespaces, nftables masquerade and a
+//! real coturn, with the built `tether` binary in every role.
+//!
+//! ```text
+//!            public 203.0.113.0/24 (bridge; coturn and `tether signaling` on .1)
+//!               |                                   |
+//!     router A: wan .10, masquerade       router B: wan .20, masquerade
+//!               |                                   |
+//!     machine 10.1.0.2/24                 client 10.2.0.2/24
+//! ```
+//!
+//! The routers behave like home routers: masquerade on the way out, and
+//! nothing new comes in from the wan side (dropped in `input` and `forward`,
+//! as in OpenWrt's wan zone). The public network has a default route to an
+//! "upstream" that silently drops what it gets, as the internet does with
+//! private addresses. (Without a route, coturn's relayed send to the
+//! machine's private host candidate fails with ENETUNREACH, and coturn 4.6.1
+//! then closes the whole allocation: relay-only calls fail.)
+//!
+//! These tests need root, `ip` (iproute2), `nft` (nftables) and `turnserver`
+//! (coturn). They are `#[ignore]`d so that a plain `cargo test` works
+//! anywhere; scripts/test-all.sh installs the tools and runs them with
+//!
+//! ```text
+//! cargo test -p tether --test nat -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! A missing tool or a non-root run fails with a message saying what to
+//! install; nothing is skipped. Set `TETHER_NAT_LOG` (e.g.
+//! `debug,webrtc_ice=info`) to pass a log filter to every tether process;
+//! the logs of a failed test are printed with the failure.
+//!
+//! Every namespace is named `ttnat-<pid>-<n>-<role>` and torn down when the
+//! test ends, pass or fail; namespaces left by a run that was killed are
+//! removed by the next run.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+/// coturn and the signaling service.
+const PUBLIC: &str = "203.0.113.1";
+const ROUTER_A_WAN: &str = "203.0.113.10";
+const ROUTER_B_WAN: &str = "203.0.113.20";
+/// A next hop on the public network that nobody answers for.
+const UPSTREAM: &str = "203.0.113.254";
+const MACHINE_IP: &str = "10.1.0.2";
+const CLIENT_IP: &str = "10.2.0.2";
+const STUN: &str = "stun:203.0.113.1:3478";
+const TURN_UDP: &str = "turn:203.0.113.1:3478?transport=udp";
+const TURN_SECRET: &str = "nat-test-shared-secret";
+/// The machine's session heartbeat window in these tests.
+const WINDOW: Duration = Duration::from_secs(1);
+
+const PREFIX: &str = "ttnat-";
+/// Longest any one `tether call` may take.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// One test at a time: the measured delays stay meaningful on a small machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+/// Absolute paths of the tools, checked once per test.
+struct Tools {
+    ip: PathBuf,
+    nft: PathBuf,
+    turnserver: PathBuf,
+}
+
+fn find_tool(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "the NAT tests need `{name}` (Debian package {package}), which is not installed: \
+         apt-get install coturn nftables iproute2 (scripts/test-all.sh does this)"
+    );
+}
+
+fn tools() -> Tools {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if uid.as_deref().ok() != Some("0") {
+        panic!("the NAT tests must run as root: they create network namespaces, veths and nftables rules");
+    }
+    Tools {
+        ip: find_tool("ip", "iproute2"),
+        nft: find_tool("nft", "nftables"),
+        turnserver: find_tool("turnserver", "coturn"),
+    }
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+#[track_caller]
+fn run(program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    if !out.status.success() {
+        panic!(
+            "{} {} failed ({}): {}{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn process_alive(pid: &str) -> bool {
+    match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
+        // `pid (comm) state …`; comm may contain anything, the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs every process in namespace `ns` (all of them started by these tests).
+fn kill_all_in(ip: &Path, ns: &str) {
+    let Ok(out) = Command::new(ip).args(["netns", "pids", ns]).output() else { return };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Removes namespaces left behind by test runs that no longer exist.
+fn sweep_stale(ip: &Path) {
+    let list = run(ip, &["netns", "list"]);
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next() else { continue };
+        if pid.chars().all(|c| c.is_ascii_digit()) && !process_alive(pid) {
+            kill_all_in(ip, ns);
+            let _ = Command::new(ip).args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A background process in a namespace, output in files, SIGKILLed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until stdout (or, with `in_stderr`, stderr) contains `text`.
+    #[track_caller]
+    fn wait_for(&mut self, text: &str, in_stderr: bool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = if in_stderr { self.stderr() } else { self.stdout() };
+            if seen.contains(text) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {text:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("{} did not print {text:?} within {limit:?}\nstderr:\n{}", self.name, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How `tether call` ended.
+#[derive(Debug)]
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Out {
+    #[track_caller]
+    fn json(&self) -> serde_json::Value {
+        assert!(self.ok, "tether call failed after {:?}: {}{}", self.took, self.stdout, self.stderr);
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}; stderr: {}", self.stdout, self.stderr))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The topology
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Ns {
+    Public,
+    RouterA,
+    RouterB,
+    Machine,
+    Client,
+}
+
+impl Ns {
+    const ALL: [Ns; 5] = [Ns::Public, Ns::RouterA, Ns::RouterB, Ns::Machine, Ns::Client];
+
+    fn role(self) -> &'static str {
+        match self {
+            Ns::Public => "pub",
+            Ns::RouterA => "ra",
+            Ns::RouterB => "rb",
+            Ns::Machine => "m",
+            Ns::Client => "c",
+        }
+    }
+}
+
+/// How coturn authenticates.
+enum TurnAuth {
+    /// `--use-auth-secret`: TURN REST credentials derived from [`TURN_SECRET`].
+    SharedSecret,
+    /// `--lt-cred-mech` with one static user.
+    StaticUser { user: &'static str, password: &'static str },
+}
+
+/// A `tether signaling` on the public network.
+struct Signaling {
+    url: String,
+}
+
+struct Net {
+    tools: Tools,
+    prefix: String,
+    dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+}
+
+/// The home-router ruleset: masquerade out of `wan`, nothing new in from it.
+///
+/// The `ct state new drop` rules matter for hole punching. Without them, the
+/// peer's first check reaching the router's wan address (before our own went
+/// out) is accepted by `input` and leaves an unreplied conntrack entry for
+/// that address pair; our outbound check then clashes with it, masquerade
+/// picks another source port, and the NAT behaves as a symmetric one: srflx
+/// pairs never work and only TURN would. A dropped packet never gets its
+/// conntrack entry confirmed, so there is no clash.
+const ROUTER_RULES: &str = r#"
+table ip nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" masquerade
+    }
+}
+table ip filter {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan" ct state new drop
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        iifname "wan" ct state new drop
+    }
+}
+"#;
+
+impl Net {
+    /// Creates the five namespaces and wires them up.
+    fn new() -> Self {
+        let tools = tools();
+        sweep_stale(&tools.ip);
+        let prefix = format!("{PREFIX}{}-{}", std::process::id(), NEXT_NET.fetch_add(1, Ordering::Relaxed));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let net = Net { tools, prefix, dir, procs: Vec::new() };
+        for ns in Ns::ALL {
+            net.ip(&["netns", "add", &net.ns(ns)]);
+            net.ip_in(ns, &["link", "set", "lo", "up"]);
+        }
+        let public = net.ns(Ns::Public);
+
+        // The public network: a bridge with coturn's and signaling's address.
+        net.ip_in(Ns::Public, &["link", "add", "br0", "type", "bridge"]);
+        net.ip_in(Ns::Public, &["addr", "add", &format!("{PUBLIC}/24"), "dev", "br0"]);
+        net.ip_in(Ns::Public, &["link", "set", "br0", "up"]);
+        net.ip_in(
+            Ns::Public,
+            &["neigh", "add", UPSTREAM, "lladdr", "02:00:00:00:00:fe", "dev", "br0", "nud", "permanent"],
+        );
+        net.ip_in(Ns::Public, &["route", "add", "default", "via", UPSTREAM, "dev", "br0"]);
+
+        // Routers: wan on the bridge, lan to their private host.
+        for (router, port, wan, lan_net, host, host_ip) in [
+            (Ns::RouterA, "pa", ROUTER_A_WAN, "10.1.0", Ns::Machine, MACHINE_IP),
+            (Ns::RouterB, "pb", ROUTER_B_WAN, "10.2.0", Ns::Client, CLIENT_IP),
+        ] {
+            net.ip_in(router, &["link", "add", "wan", "type", "veth", "peer", "name", port, "netns", &public]);
+            net.ip_in(Ns::Public, &["link", "set", port, "master", "br0"]);
+            net.ip_in(Ns::Public, &["link", "set", port, "up"]);
+            net.ip_in(router, &["addr", "add", &format!("{wan}/24"), "dev", "wan"]);
+            net.ip_in(router, &["link", "set", "wan", "up"]);
+            net.ip_in(host, &["link", "add", "eth0", "type", "veth", "peer", "name", "lan", "netns", &net.ns(router)]);
+            net.ip_in(router, &["addr", "add", &format!("{lan_net}.1/24"), "dev", "lan"]);
+            net.ip_in(router, &["link", "set", "lan", "up"]);
+            net.ip_in(host, &["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
+            net.ip_in(host, &["link", "set", "eth0", "up"]);
+            net.ip_in(host, &["route", "add", "default", "via", &format!("{lan_net}.1")]);
+            net.exec(router, Path::new("sh"), &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+            net.nft(router, ROUTER_RULES);
+        }
+        net
+    }
+
+    fn ns(&self, ns: Ns) -> String {
+        format!("{}-{}", self.prefix, ns.role())
+    }
+
+    #[track_caller]
+    fn ip(&self, args: &[&str]) -> String {
+        run(&self.tools.ip, args)
+    }
+
+    #[track_caller]
+    fn ip_in(&self, ns: Ns, args: &[&str]) -> String {
+        let name = self.ns(ns);
+        let mut full = vec!["-n", name.as_str()];
+        full.extend_from_slice(args);
+        run(&self.tools.ip, &full)
+    }
+
+    /// Runs `program args` inside `ns` to completion.
+    #[track_caller]
+    fn exec(&self, ns: Ns, program: &Path, args: &[&str]) -> String {
+        let name = self.ns(ns);
+        let program = program.to_string_lossy();
+        let mut full = vec!["netns", "exec", name.as_str(), program.as_ref()];
+        full.extend_from_slice(args);
+        run(&self.tools.ip, &full)
+    }
+
+    /// Loads an nftables ruleset in `ns`.
+    #[track_caller]
+    fn nft(&self, ns: Ns, rules: &str) {
+        let file = self.dir.path().join(format!("rules-{}.nft", NEXT_FILE.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&file, rules).expect("write nft rules");
+        let nft = self.tools.nft.clone();
+        self.exec(ns, &nft, &["-f", &file.to_string_lossy()]);
+    }
+
+    fn command(&self, ns: Ns, program: &Path) -> Command {
+        let mut cmd = Command::new(&self.tools.ip);
+        cmd.args(["netns", "exec", &self.ns(ns)]).arg(program).stdin(Stdio::null());
+        cmd
+    }
+
+    fn tether(&self, ns: Ns) -> Command {
+        let mut cmd = self.command(ns, Path::new(BIN));
+        match std::env::var("TETHER_NAT_LOG") {
+            Ok(filter) => cmd.env("TETHER_LOG", filter),
+            Err(_) => cmd.env_remove("TETHER_LOG"),
+        };
+        cmd
+    }
+
+    /// Starts `cmd` in the background with its output in files named `name.*`.
+    fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
+        let stdout = self.dir.path().join(format!("{name}.out"));
+        let stderr = self.dir.path().join(format!("{name}.err"));
+        let child = cmd
+            .stdout(File::create(&stdout).expect("log file"))
+            .stderr(File::create(&stderr).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), child, stdout, stderr }
+    }
+
+    /// Starts coturn on the public address (STUN and TURN over UDP/TCP, no TLS).
+    fn coturn(&mut self, auth: TurnAuth) {
+        let mut cmd = self.command(Ns::Public, &self.tools.turnserver.clone());
+        let dir = self.dir.path();
+        cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-tls", "--no-dtls"])
+            .arg(format!("--listening-ip={PUBLIC}"))
+            .arg(format!("--relay-ip={PUBLIC}"))
+            .args(["--listening-port=3478", "--min-port=49152", "--max-port=49999", "--realm=tether.test"])
+            .arg(format!("--pidfile={}", dir.join("turnserver.pid").display()))
+            .arg(format!("--db={}", dir.join("turndb").display()));
+        match auth {
+            TurnAuth::SharedSecret => {
+                cmd.arg("--use-auth-secret").arg(format!("--static-auth-secret={TURN_SECRET}"));
+            }
+            TurnAuth::StaticUser { user, password } => {
+                cmd.arg("--lt-cred-mech").arg(format!("--user={user}:{password}"));
+            }
+        }
+        let mut proc = self.spawn("coturn", cmd);
+        proc.wait_for(&format!("UDP listener opened on: {PUBLIC}:3478"), false, Duration::from_secs(10));
+        self.procs.push(proc);
+    }
+
+    /// The coturn log so far.
+    fn coturn_log(&self) -> String {
+        self.procs.iter().find(|p| p.name == "coturn").map(Proc::stdout).unwrap_or_default()
+    }
+
+    /// Starts `tether signaling` on the public address.
+    fn signaling(&mut self, port: u16, extra: &[&str]) -> Signaling {
+        let mut cmd = self.tether(Ns::Public);
+        cmd.args(["signaling", "--listen", &format!("{PUBLIC}:{port}")]).args(extra);
+        let mut proc = self.spawn(&format!("signaling-{port}"), cmd);
+        proc.wait_for("listening on", false, Duration::from_secs(20));
+        self.procs.push(proc);
+        Signaling { url: format!("http://{PUBLIC}:{port}") }
+    }
+
+    /// Starts the machine (one fake motor) behind router A, answering through
+    /// `signaling`, gathering with coturn as its STUN server.
+    fn machine(&mut self, signaling: &[&Signaling]) {
+        let config = serde_json::json!({
+            "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+            "network": {
+                "ice_servers": [{"urls": [STUN]}],
+                "hosts": ["bot"],
+                "sessions": {"heartbeat_window": format!("{}ms", WINDOW.as_millis())},
+            },
+        });
+        let path = self.dir.path().join("machine.json");
+        std::fs::write(&path, config.to_string()).expect("write machine config");
+        let mut cmd = self.tether(Ns::Machine);
+        cmd.args(["machine", "--listen", "0.0.0.0:8080", "--config"]).arg(&path);
+        for s in signaling {
+            cmd.args(["--signaling", &s.url]);
+        }
+        let mut proc = self.spawn("machine", cmd);
+        proc.wait_for("listening on", false, Duration::from_secs(20));
+        self.procs.push(proc);
+    }
+
+    /// The machine's log so far.
+    fn machine_log(&self) -> String {
+        self.procs.iter().find(|p| p.name == "machine").map(Proc::stderr).unwrap_or_default()
+    }
+
+    /// `tether call` from the client's namespace over WebRTC via `signaling`:
+    /// `tether call bot ARGS… --signaling URL --host bot`.
+    fn client_cmd(&self, signaling: &Signaling, args: &[&str]) -> Command {
+        let mut cmd = self.tether(Ns::Client);
+        cmd.args(["call", "bot"]).args(args).args(["--signaling", &signaling.url, "--host", "bot"]);
+        cmd
+    }
+
+    fn client(&self, signaling: &Signaling, args: &[&str]) -> Out {
+        self.finish(self.client_cmd(signaling, args), args)
+    }
+
+    /// `tether call 127.0.0.1:8080 ARGS…` inside the machine's namespace
+    /// (direct gRPC, no NAT, no session).
+    fn local(&self, args: &[&str]) -> Out {
+        let mut cmd = self.tether(Ns::Machine);
+        cmd.args(["call", "127.0.0.1:8080"]).args(args).arg("--disable-sessions");
+        self.finish(cmd, args)
+    }
+
+    /// Runs a `tether call` to completion (output in files: a debug log
+    /// may be large).
+    fn finish(&self, cmd: Command, what: &[&str]) -> Out {
+        let start = Instant::now();
+        let mut proc = self.spawn(&format!("call-{}", NEXT_FILE.fetch_add(1, Ordering::Relaxed)), cmd);
+        let status = loop {
+            match proc.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > CALL_LIMIT => {
+                    panic!("tether call {what:?} did not finish within {CALL_LIMIT:?}\nstderr:\n{}", proc.stderr());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("waiting for tether call: {e}"),
+            }
+        };
+        Out { ok: status.success(), stdout: proc.stdout(), stderr: proc.stderr(), took: start.elapsed() }
+    }
+
+    /// Starts `tether call bot motor1 set-power 0.5 --hold EXTRA…` from the
+    /// client and waits until it holds.
+    fn hold_motor(&mut self, signaling: &Signaling, extra: &[&str]) -> Proc {
+        let mut args = vec!["motor1", "set-power", "0.5", "--hold", "--ice-server", STUN];
+        args.extend_from_slice(extra);
+        let cmd = self.client_cmd(signaling, &args);
+        let mut held = self.spawn("held-client", cmd);
+        held.wait_for("holding session", false, CALL_LIMIT);
+        held
+    }
+
+    /// Whether the motor runs, asked directly on the machine.
+    fn motor_on(&self) -> bool {
+        let v = self.local(&["motor1", "is-powered", "--json"]).json();
+        v["is_on"].as_bool().unwrap_or_else(|| panic!("is-powered without is_on: {v}"))
+    }
+
+    /// Polls the motor until it stops; the time from `since`.
+    #[track_caller]
+    fn wait_motor_stopped(&self, since: Instant, limit: Duration) -> Duration {
+        loop {
+            if !self.motor_on() {
+                return since.elapsed();
+            }
+            if since.elapsed() > limit {
+                panic!(
+                    "the motor still runs {limit:?} after the client went away\nmachine log:\n{}",
+                    tail(&self.machine_log(), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The reason the machine logged for its latest safety stop.
+    fn last_safety_stop(&self) -> String {
+        let log = self.machine_log();
+        let line = log.lines().rev().find(|l| l.contains("safety stop:")).unwrap_or("(none logged)");
+        let line = strip_ansi(line);
+        match line.split_once("safety stop: ") {
+            Some((_, reason)) => reason.to_owned(),
+            None => line,
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.procs {
+                eprintln!("----- {} stdout (tail) -----\n{}", p.name, tail(&p.stdout(), 40));
+                eprintln!("----- {} stderr (tail) -----\n{}", p.name, tail(&p.stderr(), 40));
+            }
+        }
+        for p in &mut self.procs {
+            p.kill();
+        }
+        for ns in Ns::ALL {
+            let name = self.ns(ns);
+            kill_all_in(&self.tools.ip, &name);
+            let _ = Command::new(&self.tools.ip).args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| strip_ansi(l)).collect::<Vec<_>>().join("\n")
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The selected pair from `connection --json`, checked to be WebRTC.
+struct Pair {
+    local_type: String,
+    local: String,
+    remote_type: String,
+    remote: String,
+}
+
+impl Pair {
+    #[track_caller]
+    fn of(out: &Out) -> Self {
+        let v = out.json();
+        assert_eq!(v["transport"], "webrtc", "not a WebRTC connection: {v}");
+        let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k} in {v}")).to_owned();
+        Pair { local_type: s("local_type"), local: s("local"), remote_type: s("remote_type"), remote: s("remote") }
+    }
+
+    fn local_ip(&self) -> &str {
+        self.local.rsplit_once(':').map_or(&self.local, |(ip, _)| ip)
+    }
+
+    fn remote_ip(&self) -> &str {
+        self.remote.rsplit_once(':').map_or(&self.remote, |(ip, _)| ip)
+    }
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "local {} {} <-> remote {} {}", self.local_type, self.local, self.remote_type, self.remote)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+/// Both sides behind NAT, STUN only: hole punching with server-reflexive
+/// candidates (one side may see the other's as peer-reflexive).
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn stun_connects_two_nated_peers() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &[]);
+    net.machine(&[&sig]);
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] stun: connect + call {}; {pair}", secs(out.took));
+    for t in [&pair.local_type, &pair.remote_type] {
+        assert!(t == "srflx" || t == "prflx", "expected reflexive candidates on both sides: {pair}");
+    }
+    assert_eq!(pair.local_ip(), ROUTER_B_WAN, "the client's address should be its NAT's: {pair}");
+    assert_eq!(pair.remote_ip(), ROUTER_A_WAN, "the machine's address should be its NAT's: {pair}");
+
+    let resources = net.client(&sig, &["resources", "--json", "--ice-server", STUN]).json();
+    assert!(resources.to_string().contains("\"motor1\""), "{resources}");
+    let powered = net.client(&sig, &["motor1", "is-powered", "--json", "--ice-server", STUN]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
+}
+
+/// Relay-only with TURN REST credentials that the signaling service derives
+/// from coturn's shared secret; a wrong secret gets nowhere.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn relay_only_with_turn_rest_credentials() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    let wrong = net.signaling(8082, &["--turn", TURN_UDP, "--turn-secret", "not-the-secret"]);
+    net.machine(&[&sig, &wrong]);
+
+    let out = net.client(&sig, &["connection", "--json", "--no-stun", "--relay-only"]);
+    let pair = Pair::of(&out);
+    println!("[nat] relay-only (TURN REST): connect + call {}; {pair}", secs(out.took));
+    assert_eq!(pair.local_type, "relay", "{pair}");
+    assert_eq!(pair.local_ip(), PUBLIC, "the relayed address is coturn's: {pair}");
+    let powered = net.client(&sig, &["motor1", "is-powered", "--json", "--no-stun", "--relay-only"]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
+    let log = net.coturn_log();
+    let allocations = log.lines().filter(|l| l.contains("ALLOCATE processed, success")).count();
+    assert!(allocations >= 2, "coturn logged {allocations} successful allocations:\n{}", tail(&log, 30));
+
+    let out = net.client(&wrong, &["connection", "--json", "--no-stun", "--relay-only", "--timeout", "3"]);
+    assert!(!out.ok, "relay-only with credentials from a wrong secret connected: {}", out.stdout);
+    let log = net.coturn_log();
+    // The first 401 of every allocation is the nonce challenge (`user <>`);
+    // one naming the user is a refusal.
+    let refused = log.lines().any(|l| l.contains(":bot>: incoming packet") && l.contains("error 401"));
+    assert!(refused, "coturn did not refuse the wrong credentials:\n{}", tail(&log, 30));
+    println!(
+        "[nat] relay-only with a wrong TURN secret: refused by coturn (401), call failed after {}",
+        secs(out.took)
+    );
+}
+
+/// Relay-only with a static long-term-credential user given on the command line.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn relay_only_with_static_turn_user() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::StaticUser { user: "tether", password: "turn-pass" });
+    let sig = net.signaling(8081, &[]);
+    net.machine(&[&sig]);
+
+    let turn = "turn:tether:turn-pass@203.0.113.1:3478?transport=udp";
+    let out = net.client(&sig, &["connection", "--json", "--relay-only", "--ice-server", turn]);
+    let pair = Pair::of(&out);
+    println!("[nat] relay-only (static TURN user): connect + call {}; {pair}", secs(out.took));
+    assert_eq!(pair.local_type, "relay", "{pair}");
+    let powered = net.client(&sig, &["motor1", "is-powered", "--json", "--relay-only", "--ice-server", turn]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
+    assert!(net.coturn_log().contains("user <tether>: incoming packet ALLOCATE processed, success"));
+}
+
+/// Router A lets UDP through only to and from coturn: STUN alone cannot
+/// connect, and with TURN from the signaling service (not relay-only) ICE
+/// ends up on the relay.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn turn_is_the_only_way_when_udp_is_blocked() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let with_turn = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    let stun_only = net.signaling(8082, &[]);
+    net.machine(&[&with_turn, &stun_only]);
+    net.nft(
+        Ns::RouterA,
+        &format!(
+            "table ip udpblock {{
+                chain forward {{
+                    type filter hook forward priority filter - 10; policy accept;
+                    meta l4proto udp ip saddr != {PUBLIC} ip daddr != {PUBLIC} drop
+                }}
+            }}"
+        ),
+    );
+
+    let out = net.client(&with_turn, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] UDP blocked except to coturn, TURN offered: connect + call {}; {pair}", secs(out.took));
+    assert!(pair.local_type == "relay" || pair.remote_type == "relay", "expected a relayed pair: {pair}");
+    let powered = net.client(&with_turn, &["motor1", "is-powered", "--json", "--ice-server", STUN]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
+
+    let out = net.client(&stun_only, &["connection", "--json", "--ice-server", STUN, "--timeout", "5"]);
+    assert!(!out.ok, "connected without TURN although UDP between the NATs is blocked: {}", out.stdout);
+    println!("[nat] UDP blocked, STUN only: no connection (failed after {})", secs(out.took));
+}
+
+/// A client holding a motor through two NATs is SIGKILLed: with a session
+/// the machine stops the motor when the heartbeat window lapses; without
+/// one, when the peer connection dies (ICE disconnect).
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn killed_client_stops_the_motor() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &[]);
+    net.machine(&[&sig]);
+
+    let mut held = net.hold_motor(&sig, &[]);
+    assert!(net.motor_on(), "set-power 0.5 did not start the motor");
+    held.kill();
+    let killed = Instant::now();
+    let delay = net.wait_motor_stopped(killed, WINDOW + Duration::from_secs(10));
+    let reason = net.last_safety_stop();
+    println!("[nat] session client SIGKILLed: motor stopped after {} (window {}): {reason}", secs(delay), secs(WINDOW));
+    assert!(delay <= WINDOW + Duration::from_millis(1500), "stop took {delay:?}, window {WINDOW:?}");
+
+    let mut held = net.hold_motor(&sig, &["--disable-sessions"]);
+    assert!(net.motor_on(), "set-power 0.5 did not start the motor");
+    held.kill();
+    let killed = Instant::now();
+    let delay = net.wait_motor_stopped(killed, Duration::from_secs(20));
+    let reason = net.last_safety_stop();
+    println!("[nat] sessionless WebRTC client SIGKILLed: motor stopped after {}: {reason}", secs(delay));
+    assert!(reason.contains("peer connection lost"), "expected the connection-scoped stop, got: {reason}");
+    assert!(delay <= Duration::from_secs(8), "connection-scoped stop took {delay:?}");
+}
+
+/// The client's link goes down while it holds the motor: no heartbeats get
+/// through, and the machine stops the motor when the session lapses.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn link_cut_stops_the_motor() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &[]);
+    net.machine(&[&sig]);
+
+    let held = net.hold_motor(&sig, &[]);
+    assert!(net.motor_on(), "set-power 0.5 did not start the motor");
+    net.ip_in(Ns::Client, &["link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    let delay = net.wait_motor_stopped(cut, WINDOW + Duration::from_secs(10));
+    let reason = net.last_safety_stop();
+    println!("[nat] client link down: motor stopped after {} (window {}): {reason}", secs(delay), secs(WINDOW));
+    assert!(reason.contains("session lapsed"), "expected the session to lapse first, got: {reason}");
+    assert!(delay <= WINDOW + Duration::from_millis(1500), "stop took {delay:?}, window {WINDOW:?}");
+
+    // Longer than the window, and the motor stays stopped.
+    std::thread::sleep(WINDOW);
+    net.ip_in(Ns::Client, &["link", "set", "eth0", "up"]);
+    assert!(!net.motor_on(), "the motor runs again after the link came back");
+    drop(held);
+}
