@@ -79,6 +79,19 @@ async fn main() {
     let size = 1 << 20;
     let dt = bulk(&direct, size, rounds).await;
     let wt = bulk(&webrtc, size, rounds).await;
+    // Safety stop latency: a client goes silent; how long after its
+    // session's deadline is the motor stopped?
+    let mut stops = machine.safety_stops();
+    let mut delays = Vec::new();
+    for _ in 0..if quick { 5 } else { 30 } {
+        let c = RobotClient::connect(DialConf::direct(addr.to_string()), Options::default()).await.unwrap();
+        Motor::from_robot(&c, "motor1").set_power(0.5).await.unwrap();
+        c.close().await;
+        let stop = tokio::time::timeout(Duration::from_secs(5), stops.recv()).await.unwrap().unwrap();
+        delays.push(stop.delay);
+    }
+    delays.sort();
+
     println!("| measurement | direct HTTP/2 | WebRTC |");
     println!("|---|---|---|");
     println!(
@@ -94,5 +107,11 @@ async fn main() {
         w99.as_secs_f64() * 1e6
     );
     println!("| 1 MiB DoCommand echo throughput | {dt:.1} MB/s | {wt:.1} MB/s |");
+    println!(
+        "| safety stop after the session deadline, p50 / max ({} lapses, 2 s window) | {:.2} / {:.2} ms | |",
+        delays.len(),
+        percentile(&delays, 0.5).as_secs_f64() * 1e3,
+        delays[delays.len() - 1].as_secs_f64() * 1e3
+    );
     shutdown.cancel();
 }
