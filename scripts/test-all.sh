@@ -51,6 +51,17 @@ command -v cc >/dev/null || need+=(build-essential)          # C compiler for ri
 command -v "$PYTHON" >/dev/null || need+=(python3)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# NAT traversal tests (crates/tether/tests/nat.rs): network namespaces, nftables, coturn. Each test
+# starts its own turnserver inside a namespace; a system coturn service, if apt starts one, is unused.
+have_sbin() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+have_sbin ip || need+=(iproute2)
+have_sbin nft || need+=(nftables)
+command -v turnserver >/dev/null || need+=(coturn)
+# WebRTC interop: a real browser for the TypeScript SDK (driven by playwright-core, never a
+# downloaded browser) and `ip netns` for the private namespaces both WebRTC suites run in.
+CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
+[[ -x "$CHROMIUM_BIN" ]] || need+=(chromium)
+command -v ip >/dev/null || [[ -x /usr/sbin/ip || -x /sbin/ip ]] || [[ " ${need[*]} " == *" iproute2 "* ]] || need+=(iproute2)
 apt_install "${need[@]}"
 
 command -v cargo >/dev/null || die "cargo not found: this project needs the machine's rustup toolchain (>= 1.85)"
@@ -92,7 +103,8 @@ ts_stamp="$TS_DIR/node_modules/.tether-package-lock.sha256"
 ts_want="$(sha256sum "$TS_DIR/package-lock.json" | cut -d' ' -f1) node-$(node --version)"
 if [[ ! -d "$TS_DIR/node_modules" ]] || [[ "$(cat "$ts_stamp" 2>/dev/null)" != "$ts_want" ]]; then
   log "npm ci in interop/ts"
-  (cd "$TS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  # playwright-core has no browser download step; the variable keeps it that way.
+  (cd "$TS_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
   echo "$ts_want" >"$ts_stamp"
 else
   log "interop/ts node_modules up to date"
@@ -125,10 +137,33 @@ step() { # step NAME CMD...
 
 ts_suite() { (cd "$TS_DIR" && npm test); }
 
+# The WebRTC suites create private network namespaces (`ip netns`): they need root, so a non-root
+# run uses sudo for them (the tests start everything they need as that user).
+py_webrtc_suite() {
+  "${SUDO[@]}" env TETHER_BIN="$TETHER_BIN" "$VENV/bin/python" -m pytest "$ROOT/interop/python/test_webrtc.py" -v
+}
+ts_webrtc_suite() {
+  (cd "$TS_DIR" && "${SUDO[@]}" env TETHER_BIN="$TETHER_BIN" CHROMIUM_BIN="$CHROMIUM_BIN" PATH="$PATH" npm run test:webrtc)
+}
+
+# The NAT tests are #[ignore]d in plain `cargo test` and need root: as root run them with cargo,
+# otherwise build them as this user and run the test binary with sudo.
+nat_suite() {
+  local args=(--ignored --nocapture --test-threads=1) bin
+  if [[ ${#SUDO[@]} -eq 0 ]]; then
+    cargo test -p tether --test nat -- "${args[@]}"
+  else
+    bin="$(cargo test -p tether --test nat --no-run 2>&1 | sed -n 's/.*Executable tests\/nat\.rs (\(.*\))$/\1/p' | tail -1)"
+    [[ -n "$bin" ]] || { echo "cannot find the nat test binary" >&2; return 1; }
+    "${SUDO[@]}" "$bin" "${args[@]}"
+  fi
+}
+
 step "cargo fmt" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "cargo build" cargo build --workspace --all-targets || BUILD_OK=0
 step "cargo test" cargo test --workspace || true
+step "nat traversal (netns + nftables + coturn)" nat_suite || true
 
 if [[ $BUILD_OK -ne 1 ]]; then
   why="cargo build failed"
@@ -138,11 +173,16 @@ else
   why=""
 fi
 if [[ -z "$why" ]]; then
-  step "python interop (viam-sdk)" "$VENV/bin/python" -m pytest "$ROOT/interop/python" -v || true
+  step "python interop (viam-sdk)" "$VENV/bin/python" -m pytest "$ROOT/interop/python" -v \
+    --ignore="$ROOT/interop/python/test_webrtc.py" || true
+  step "python interop over WebRTC (viam-sdk, netns)" py_webrtc_suite || true
   step "typescript interop (@viamrobotics/sdk)" ts_suite || true
+  step "typescript interop over WebRTC (@viamrobotics/sdk in Chromium, netns)" ts_webrtc_suite || true
 else
   RESULTS+=("FAIL  0s  python interop (not run: $why)")
+  RESULTS+=("FAIL  0s  python interop over WebRTC (not run: $why)")
   RESULTS+=("FAIL  0s  typescript interop (not run: $why)")
+  RESULTS+=("FAIL  0s  typescript interop over WebRTC (not run: $why)")
   FAILED=1
 fi
 
@@ -155,6 +195,10 @@ printf 'python %s, viam-sdk %s; node %s, @viamrobotics/sdk %s\n' \
   "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("viam-sdk"))' 2>/dev/null || echo '?')" \
   "$(node --version)" \
   "$(node -p 'require(process.argv[1]).version' "$TS_DIR/node_modules/@viamrobotics/sdk/package.json" 2>/dev/null || echo '?')"
+printf '%s; playwright-core %s, esbuild %s\n' \
+  "$("$CHROMIUM_BIN" --version 2>/dev/null | head -1 || echo 'chromium ?')" \
+  "$(node -p 'require(process.argv[1]).version' "$TS_DIR/node_modules/playwright-core/package.json" 2>/dev/null || echo '?')" \
+  "$(node -p 'require(process.argv[1]).version' "$TS_DIR/node_modules/esbuild/package.json" 2>/dev/null || echo '?')"
 if [[ $FAILED -ne 0 ]]; then
   printf 'RESULT: FAILED\n'
   exit 1

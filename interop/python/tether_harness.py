@@ -265,7 +265,8 @@ def _setns(fd: int) -> None:
 
 
 def remove_stale_netns(prefix: str) -> list[str]:
-    """Deletes `<prefix><pid>-…` namespaces whose creating process is gone (left by a killed run)."""
+    """Deletes `<prefix><pid>-…` namespaces whose creating process is gone (left by a killed run),
+    killing what still runs in them."""
     removed = []
     try:
         names = [p.name for p in NETNS_DIR.iterdir()]
@@ -276,6 +277,13 @@ def remove_stale_netns(prefix: str) -> list[str]:
             continue
         pid = name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            # Only that run's processes live there (a machine or client it could not stop).
+            res = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            for p in res.stdout.split():
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             removed.append(name)
     return removed

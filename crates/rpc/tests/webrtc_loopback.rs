@@ -32,6 +32,12 @@ async fn gathered(pc: &webrtc::peer_connection::RTCPeerConnection) -> RTCSession
 
 /// Connects a caller and an answerer (non-trickle), serving `svc` on the answerer.
 async fn pair(svc: HttpService) -> (WebRtcChannel, CancellationToken, Arc<webrtc::peer_connection::RTCPeerConnection>) {
+    let (pipe, shutdown, pc) = raw_pair(svc).await;
+    (WebRtcChannel::new(pipe, Limits::default()), shutdown, pc)
+}
+
+/// Like [`pair`], but hands back the caller's raw pipe.
+async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::peer_connection::RTCPeerConnection>) {
     let options = PeerOptions { ice_servers: vec![], ..Default::default() };
     let caller = new_peer(&options).await.unwrap();
     let answerer = new_peer(&options).await.unwrap();
@@ -57,7 +63,37 @@ async fn pair(svc: HttpService) -> (WebRtcChannel, CancellationToken, Arc<webrtc
         shutdown.clone(),
     ));
     std::mem::forget(answerer.pc.clone());
-    (WebRtcChannel::new(caller_pipe, Limits::default()), shutdown, caller.pc)
+    (caller_pipe, shutdown, caller.pc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_without_eos_are_answered() {
+    // The TypeScript SDK sends headers and one message for a unary call, and
+    // never eos; the handler must run anyway.
+    use prost::Message;
+    use tether_rpc::webrtc::framing::{ClientConn, ClientEvent};
+    let (mut pipe, _shutdown, _pc) = raw_pair(service()).await;
+    let mut conn = ClientConn::new(Limits::default());
+    let id = conn.start_call("/proto.rpc.v1.AuthService/Authenticate", &[], None).unwrap();
+    let req = auth_pb::AuthenticateRequest {
+        entity: "k".into(),
+        credentials: Some(auth_pb::Credentials { r#type: "api-key".into(), payload: "s".into() }),
+    };
+    conn.send_message(id, &req.encode_to_vec(), false).unwrap();
+    while let Some(p) = conn.poll_transmit() {
+        pipe.outgoing.send(p).await.unwrap();
+    }
+    let mut events = Vec::new();
+    while !matches!(events.last(), Some(ClientEvent::Trailers { .. })) {
+        let packet =
+            tokio::time::timeout(Duration::from_secs(5), pipe.incoming.recv()).await.expect("answered").unwrap();
+        conn.handle_incoming(&packet).unwrap();
+        events.extend(std::iter::from_fn(|| conn.poll_event()));
+    }
+    assert!(matches!(events[0], ClientEvent::Headers { .. }));
+    let ClientEvent::Message { message, .. } = &events[1] else { panic!("{events:?}") };
+    assert!(!auth_pb::AuthenticateResponse::decode(message.as_ref()).unwrap().access_token.is_empty());
+    assert!(matches!(events[2], ClientEvent::Trailers { code: tonic::Code::Ok, .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

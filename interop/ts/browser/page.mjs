@@ -21,6 +21,20 @@ window.RTCPeerConnection = class extends NativePeerConnection {
 
 let robot;
 
+// Every RPC is bounded so that a call the machine never answers fails the test with a clear
+// message instead of hanging it.
+const RPC_TIMEOUT_MS = 8000;
+function bounded(what, promise) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what} over WebRTC: no answer within ${RPC_TIMEOUT_MS} ms`)),
+      RPC_TIMEOUT_MS,
+    );
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 async function selectedPair(pc) {
   const stats = await pc.getStats();
   let pair;
@@ -57,27 +71,27 @@ window.tether = {
     };
   },
   async resourceNames() {
-    const names = await robot.resourceNames();
+    const names = await bounded('RobotService.ResourceNames', robot.resourceNames());
     return names.map((n) => ({ namespace: n.namespace, type: n.type, subtype: n.subtype, name: n.name }));
   },
   async setPower(name, power) {
-    await new MotorClient(robot, name).setPower(power);
+    await bounded('MotorService.SetPower', new MotorClient(robot, name).setPower(power));
   },
   async isPowered(name) {
-    const [on, pct] = await new MotorClient(robot, name).isPowered();
+    const [on, pct] = await bounded('MotorService.IsPowered', new MotorClient(robot, name).isPowered());
     return [on, pct];
   },
   async stop(name) {
-    await new MotorClient(robot, name).stop();
+    await bounded('MotorService.Stop', new MotorClient(robot, name).stop());
   },
   async isMoving(name) {
-    return new MotorClient(robot, name).isMoving();
+    return bounded('MotorService.IsMoving', new MotorClient(robot, name).isMoving());
   },
   async getReadings(name) {
-    return new SensorClient(robot, name).getReadings();
+    return bounded('SensorService.GetReadings', new SensorClient(robot, name).getReadings());
   },
   async getSessions() {
-    return (await robot.getSessions()).map((s) => ({ id: s.id }));
+    return (await bounded('RobotService.GetSessions', robot.getSessions())).map((s) => ({ id: s.id }));
   },
   state() {
     const pc = robot?.peerConnection;

@@ -128,6 +128,11 @@ export async function launchPage(origin, extraFlags = []) {
     ignoreDefaultArgs: true,
     args: [...CHROMIUM_FLAGS, ...extraFlags, `--user-data-dir=${userDataDir}`, '--remote-debugging-pipe'],
     timeout: 30_000,
+    // Let a signal end the test process at once (playwright's handlers wait for the browser to
+    // close); scripts/run-in-netns.mjs then kills whatever is left in the namespace.
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
   });
   const mainPid = chromiumMainPid(userDataDir);
   const consoleLines = [];

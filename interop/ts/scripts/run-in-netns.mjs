@@ -8,7 +8,8 @@
 // candidates without a default route, and nothing sent to any other address leaves the namespace
 // (forwarding is off in a fresh namespace). The command gets TETHER_NETNS (the name) and
 // TETHER_NETNS_IP (198.18.2.1) in its environment. Whatever still runs in the namespace when the
-// command ends is killed; namespaces left by killed runs (their pid is gone) are removed first.
+// command ends is killed; namespaces left by killed runs (their pid is gone) are removed first,
+// with whatever still runs in them.
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
@@ -35,7 +36,7 @@ function removeStale() {
   for (const name of names) {
     if (!name.startsWith(PREFIX)) continue;
     const pid = name.slice(PREFIX.length).split('-')[0];
-    if (/^\d+$/.test(pid) && !existsSync(`/proc/${pid}`)) spawnSync('ip', ['netns', 'del', name]);
+    if (/^\d+$/.test(pid) && !existsSync(`/proc/${pid}`)) destroy(name);
   }
 }
 
@@ -79,7 +80,11 @@ try {
     stdio: 'inherit',
     env: { ...process.env, TETHER_NETNS: name, TETHER_NETNS_IP: IP },
   });
-  const forward = (sig) => () => child.kill(sig);
+  // Forward a signal; a child still running 5 s later is killed (the namespace is then deleted).
+  const forward = (sig) => () => {
+    child.kill(sig);
+    setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+  };
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, forward(sig));
   code = await new Promise((resolve) => {
     child.once('error', (err) => {

@@ -39,6 +39,10 @@ enum Output {
 struct Call {
     /// Request messages for the handler; dropped at half-close.
     body: Option<mpsc::UnboundedSender<Bytes>>,
+    /// The method takes exactly one request message: its body ends after
+    /// the first one, whether or not the client sends eos (the TypeScript
+    /// SDK never does for unary calls, and tonic waits for the body's end).
+    single_request: bool,
     cancel: CancellationToken,
     credit: Arc<Credit>,
 }
@@ -183,12 +187,21 @@ fn handle_event(
             if let Some(e) = entity {
                 req.extensions_mut().insert(e.clone());
             }
-            calls.insert(stream, Call { body: Some(body_tx), cancel: cancel.clone(), credit: credit.clone() });
+            let single_request = tether_proto::safety::method(&method).is_some_and(|m| !m.client_streaming);
+            calls.insert(
+                stream,
+                Call { body: Some(body_tx), single_request, cancel: cancel.clone(), credit: credit.clone() },
+            );
             tokio::spawn(run_call(svc.clone(), req, stream, timeout, cancel, credit, out.clone()));
         }
         ServerEvent::Message { stream, message } => {
-            if let Some(tx) = calls.get(&stream).and_then(|c| c.body.as_ref()) {
+            if let Some(call) = calls.get_mut(&stream)
+                && let Some(tx) = &call.body
+            {
                 let _ = tx.send(message);
+                if call.single_request {
+                    call.body = None;
+                }
             }
         }
         ServerEvent::HalfClose { stream } => {
