@@ -57,6 +57,7 @@ have_sbin() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
 have_sbin ip || need+=(iproute2)
 have_sbin nft || need+=(nftables)
 command -v turnserver >/dev/null || need+=(coturn)
+command -v redis-server >/dev/null || need+=(redis-server)     # crates/signaling/tests/redis.rs starts its own
 # WebRTC interop: a real browser for the TypeScript SDK (driven by playwright-core, never a
 # downloaded browser) and `ip netns` for the private namespaces both WebRTC suites run in.
 CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"

@@ -111,6 +111,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders) -> Re
             let conn = tokio::time::timeout(*dial_timeout, work)
                 .await
                 .map_err(|_| Error::Dial(tether_rpc::dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
+            probe(Transport::Direct(HeaderStamp::new(conn.clone(), headers.clone())), *dial_timeout).await?;
             Ok(Connection {
                 closed: conn.closed().clone(),
                 transport: Transport::Direct(HeaderStamp::new(conn, headers.clone())),
@@ -124,6 +125,10 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders) -> Re
             o.peer.disconnected_timeout = options.liveness.timeout;
             o.peer.failed_timeout = options.liveness.timeout + Duration::from_secs(2);
             let connection = tether_rpc::webrtc::dial::dial(&o).await?;
+            if let Err(e) = probe(Transport::WebRtc(connection.channel.clone()), c.dial_timeout).await {
+                connection.close().await;
+                return Err(e);
+            }
             Ok(Connection {
                 transport: Transport::WebRtc(connection.channel.clone()),
                 closed: connection.closed().clone(),
@@ -131,6 +136,19 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders) -> Re
                 method: Method::Webrtc,
             })
         }
+    }
+}
+
+/// One round trip on a fresh connection: a TCP connect can succeed against a
+/// dying machine's listener, so a dial only counts once a call came back. Any
+/// answer from the machine (even UNIMPLEMENTED from a server without
+/// GetVersion) proves the connection; UNAVAILABLE does not.
+async fn probe(transport: Transport, limit: Duration) -> Result<()> {
+    let mut robot = pb::robot_service_client::RobotServiceClient::new(transport);
+    match tokio::time::timeout(limit, robot.get_version(pb::GetVersionRequest {})).await {
+        Err(_) => Err(tonic::Status::unavailable("the machine did not answer after connecting").into()),
+        Ok(Err(s)) if s.code() == tonic::Code::Unavailable => Err(s.into()),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -308,7 +326,12 @@ async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Op
         // new ones fail fast (or wait) until we are back.
         inner.link.set(None, ConnectionState::Reconnecting);
         *inner.webrtc.lock() = None;
-        let had_session = inner.channel.session_id();
+        // The session to resume: the last one started, even if it is no
+        // longer marked active. A heartbeat in flight when the link died
+        // fails with the connection and resets the active session, often
+        // before we get here; and a reconnection that failed before it could
+        // resume leaves none active for the next one.
+        let had_session = inner.channel.last_session_id();
         inner.channel.reset();
         if options.reconnect.no_reconnect {
             inner.link.set(None, ConnectionState::Disconnected);

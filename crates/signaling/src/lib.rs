@@ -9,7 +9,8 @@
 //!   the Viam SDKs rely on (stream ends right after the answerer's done,
 //!   heartbeats with empty uuid, OK for late `CallUpdate`s, …);
 //! * [`CallQueue`] is the seam that matches callers with answerers, with
-//!   [`MemoryQueue`] as the in-process implementation;
+//!   [`MemoryQueue`] as the in-process implementation (the embedded default)
+//!   and [`RedisQueue`] for many signaling instances sharing one Redis;
 //! * [`HostAllowList`] restricts a server to some hosts (a machine's embedded
 //!   signaler), [`Authorizer`] is the hook for per-entity host grants;
 //! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials.
@@ -32,8 +33,13 @@ mod host;
 mod ice;
 mod memory;
 mod queue;
+pub mod redis;
 mod server;
 
+pub use self::redis::{
+    DEFAULT_KEY_PREFIX, DEFAULT_POLL_INTERVAL, DEFAULT_PRESENCE_TTL, DEFAULT_RECORD_SLACK, DEFAULT_REFRESH_INTERVAL,
+    RedisQueue, RedisQueueError, RedisQueueOptions, default_instance_id,
+};
 pub use auth::{Authorizer, Role};
 pub use host::{HOST_NOT_PRECONFIGURED, HostAllowList, MAX_HOSTS, RPC_HOST};
 pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials};

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tether_client::{Credentials, DialConf, Options, ResourceName, RobotClient};
+use tether_client::{Credentials, DialConf, Options, ReconnectOptions, ResourceName, RobotClient};
 
 mod components;
 mod params;
 mod render;
+mod watch;
 
 use params::Params;
 
@@ -29,6 +30,8 @@ Machine commands (TARGET):
   cancel-operation ID       cancel a running operation
   stop-all                  stop every actuator
   connection                transport; for WebRTC the selected ICE candidate pair
+  watch                     stay connected and print connection events live (with --json
+                            one object per line with an `event` field) until Ctrl-C
 
 Component actions (TARGET is a component name, kind found via ResourceNames):
   motor    set-power P | go-for RPM REVS | go-to RPM POS | set-rpm RPM | reset-zero [OFFSET]
@@ -53,6 +56,7 @@ Examples:
   tether call 127.0.0.1:8080 resources
   tether call 127.0.0.1:8080 motor1 set-power 0.5 --hold
   tether call 127.0.0.1:8080 sensor1 readings --json
+  tether call 127.0.0.1:8080 watch --reconnect-max-attempts 20
   tether call 127.0.0.1:8080 camera1 image --out frame.jpg
   tether call 127.0.0.1:8080 generic1 do-command '{\"a\": 1}'";
 
@@ -118,6 +122,16 @@ pub struct CallArgs {
     /// WebRTC: only relay (TURN) candidates.
     #[arg(long)]
     pub relay_only: bool,
+    /// Do not reconnect when the connection drops (the client ends).
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// Reconnection attempts per outage (default 10).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub reconnect_max_attempts: Option<u32>,
+    /// Cap on each delay between reconnection attempts, in milliseconds
+    /// (default: none; delays double from 100 ms).
+    #[arg(long, value_name = "MS")]
+    pub reconnect_max_wait_ms: Option<u64>,
 }
 
 /// Parses `turn:user:pass@host:port?…` (credentials optional).
@@ -271,7 +285,9 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             None => Err(Failure::invalid(format!("--{name} needs a value ({what})"))),
         };
         match name {
-            "json" | "hold" | "disable-sessions" | "webrtc" | "no-stun" | "relay-only" if inline.is_some() => {
+            "json" | "hold" | "disable-sessions" | "webrtc" | "no-stun" | "relay-only" | "no-reconnect"
+                if inline.is_some() =>
+            {
                 return Err(Failure::invalid(format!("--{name} takes no value")));
             }
             "webrtc" => args.webrtc = true,
@@ -283,6 +299,23 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             "json" => args.json = true,
             "hold" => args.hold = true,
             "disable-sessions" => args.disable_sessions = true,
+            "no-reconnect" => args.no_reconnect = true,
+            "reconnect-max-attempts" => {
+                let v = value("N")?;
+                let n = v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    Failure::invalid(format!("--reconnect-max-attempts must be a whole number >= 1, got {v:?}"))
+                })?;
+                args.reconnect_max_attempts = Some(n);
+            }
+            "reconnect-max-wait-ms" => {
+                let v = value("MS")?;
+                let ms = v.parse::<u64>().map_err(|_| {
+                    Failure::invalid(format!(
+                        "--reconnect-max-wait-ms must be a whole number of milliseconds, got {v:?}"
+                    ))
+                })?;
+                args.reconnect_max_wait_ms = Some(ms);
+            }
             "timeout" => {
                 let v = value("SECS")?;
                 let secs = v
@@ -327,7 +360,11 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
     if let (Some(id), Some(key)) = (&args.api_key_id, &args.api_key) {
         conf = conf.with_credentials(Credentials::api_key(id.clone(), key.clone()));
     }
-    let options = Options { disable_sessions: args.disable_sessions, ..Default::default() };
+    let options =
+        Options { disable_sessions: args.disable_sessions, reconnect: reconnect_options(args), ..Default::default() };
+    if args.target == "watch" && args.args.is_empty() {
+        return watch::run(args, conf, options).await;
+    }
 
     let work = async {
         let robot = RobotClient::connect(conf, options).await?;
@@ -354,6 +391,16 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
     }
     robot.close().await;
     Ok(())
+}
+
+/// The reconnection policy the `--no-reconnect` / `--reconnect-*` options ask for.
+fn reconnect_options(args: &CallArgs) -> ReconnectOptions {
+    let defaults = ReconnectOptions::default();
+    ReconnectOptions {
+        no_reconnect: args.no_reconnect,
+        max_attempts: args.reconnect_max_attempts.unwrap_or(defaults.max_attempts),
+        max_wait: args.reconnect_max_wait_ms.map(Duration::from_millis).or(defaults.max_wait),
+    }
 }
 
 fn print_output(output: &Output, json: bool) -> Result<(), Failure> {

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod call;
+mod demo;
 mod machine;
 mod signaling;
+mod term;
 
 #[derive(Parser, Debug)]
 #[command(name = "tether", version, about = "A Viam-compatible robot connectivity stack")]
@@ -40,23 +42,44 @@ enum Command {
     },
     /// Run a standalone signaling service.
     Signaling(signaling::SignalingArgs),
-    /// Call a machine: list resources, drive components, read sensors.
+    /// Call a machine: list resources, drive components, read sensors,
+    /// watch the connection.
     Call(call::CallArgs),
+    /// Show the whole stack in a few seconds: a machine, clients over WebRTC
+    /// and direct gRPC, a killed client and cut connections.
+    Demo(demo::DemoArgs),
 }
 
-fn init_tracing() {
+/// Logs go to stderr, filtered by `TETHER_LOG` (an `EnvFilter` directive)
+/// or else at `level`.
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| {
-        // The WebRTC stack is chatty at info; keep its warnings and errors.
-        tracing_subscriber::EnvFilter::new(
-            "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error,webrtc_mdns=warn,webrtc_dtls=warn,webrtc_srtp=error",
-        )
+        tracing_subscriber::EnvFilter::new(if level == "info" {
+            // The WebRTC stack is chatty at info; keep its warnings and errors.
+            "info,webrtc=warn,webrtc_ice=error,webrtc_sctp=error,webrtc_mdns=warn,webrtc_dtls=warn,webrtc_srtp=error"
+                .to_owned()
+        } else {
+            // Quieter commands: the WebRTC stack's warnings (mostly about
+            // connections being torn down) are noise there.
+            format!(
+                "{level},webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_mdns=error,webrtc_dtls=error,\
+                 webrtc_srtp=error"
+            )
+        })
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Servers log what they do. A call prints its own results (and `watch`
+    // the connection events the client logs at info); the demo narrates
+    // everything, including the safety stops the machine warns about.
+    init_tracing(match cli.command {
+        Command::Machine { .. } | Command::Signaling(_) => "info",
+        Command::Call(_) => "warn",
+        Command::Demo(_) => "error",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,6 +94,7 @@ fn main() -> ExitCode {
             }
             Command::Signaling(args) => signaling::run(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -1,11 +1,13 @@
-//! `tether signaling`: a standalone signaling service.
+//! `tether signaling`: a standalone signaling service; with `--redis`, one of
+//! many instances sharing their call queue through Redis (see
+//! docs/signaling-redis.md).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tether_rpc::server::ServeOptions;
-use tether_signaling::{MemoryQueue, SignalingServer, TurnRestConfig};
+use tether_signaling::{CallQueue, MemoryQueue, RedisQueue, RedisQueueOptions, SignalingServer, TurnRestConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
@@ -22,6 +24,13 @@ pub struct SignalingArgs {
     /// The secret shared with the TURN server (coturn `static-auth-secret`).
     #[arg(long, value_name = "SECRET")]
     pub turn_secret: Option<String>,
+    /// Share the call queue with other instances through this Redis
+    /// (`redis://[user:pass@]host[:port][/db]`); without it the queue is in memory.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// This instance's unique id among those sharing the Redis (default: hostname + random suffix).
+    #[arg(long, value_name = "ID", requires = "redis")]
+    pub instance_id: Option<String>,
 }
 
 fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
@@ -38,8 +47,19 @@ fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
 }
 
 pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
-    let mut builder = SignalingServer::builder(Arc::new(MemoryQueue::new()))
-        .ice_servers(args.ice_servers.iter().map(|u| ice_server(u)));
+    let queue: Arc<dyn CallQueue> = match &args.redis {
+        Some(url) => {
+            let mut options = RedisQueueOptions::default();
+            if let Some(id) = &args.instance_id {
+                options.instance_id = id.clone();
+            }
+            let queue = RedisQueue::connect(url, options).await.context("--redis")?;
+            tracing::info!(instance = queue.instance_id(), "call queue in redis");
+            Arc::new(queue)
+        }
+        None => Arc::new(MemoryQueue::new()),
+    };
+    let mut builder = SignalingServer::builder(queue).ice_servers(args.ice_servers.iter().map(|u| ice_server(u)));
     match (&args.turn_secret, args.turn.is_empty()) {
         (Some(secret), false) => builder = builder.turn(TurnRestConfig::new(args.turn.clone(), secret.clone())),
         (None, false) => anyhow::bail!("--turn needs --turn-secret"),

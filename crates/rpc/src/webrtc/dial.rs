@@ -328,6 +328,27 @@ async fn exchange(
     if !done_sent {
         tokio::spawn(after(pending, send_update(done())));
     }
+    // Like the TypeScript SDK, wait (briefly) for the signaler to end the
+    // call, which it does once the machine reports done, i.e. once the
+    // machine's side of the data channel is open too. Sending before that can
+    // race the machine's own opening of the negotiated channel.
+    if answers_open {
+        let ended = async {
+            loop {
+                match answers.message().await {
+                    Ok(Some(resp)) => {
+                        if let Some(pb::call_response::Stage::Update(u)) = resp.stage
+                            && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
+                        {
+                            let _ = pc.add_ice_candidate(c).await;
+                        }
+                    }
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+    }
     // From here on, the connection's death closes the channel.
     let channel = WebRtcChannel::new(pipe, options.limits);
     {
