@@ -51,7 +51,8 @@ command -v cc >/dev/null || need+=(build-essential)          # C compiler for ri
 command -v "$PYTHON" >/dev/null || need+=(python3)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
-# NAT traversal tests (crates/tether/tests/nat.rs): network namespaces, nftables, coturn. Each test
+# NAT traversal and fault-injection tests (crates/tether/tests/nat.rs, faults.rs): network
+# namespaces, nftables, coturn (NAT only). Each NAT test
 # starts its own turnserver inside a namespace; a system coturn service, if apt starts one, is unused.
 have_sbin() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
 have_sbin ip || need+=(iproute2)
@@ -147,15 +148,17 @@ ts_webrtc_suite() {
   (cd "$TS_DIR" && "${SUDO[@]}" env TETHER_BIN="$TETHER_BIN" CHROMIUM_BIN="$CHROMIUM_BIN" PATH="$PATH" npm run test:webrtc)
 }
 
-# The NAT tests are #[ignore]d in plain `cargo test` and need root: as root run them with cargo,
-# otherwise build them as this user and run the test binary with sudo.
-nat_suite() {
-  local args=(--ignored --nocapture --test-threads=1) bin
+# The netns suites (crates/tether/tests/nat.rs, faults.rs) are #[ignore]d in plain `cargo test` and
+# need root: as root run them with cargo, otherwise build them as this user and run the test
+# binary with sudo. faults.rs runs examples/fault_client (under cargo it builds it itself).
+netns_suite() { # netns_suite TEST
+  local test="$1" args=(--ignored --nocapture --test-threads=1) bin
   if [[ ${#SUDO[@]} -eq 0 ]]; then
-    cargo test -p tether --test nat -- "${args[@]}"
+    cargo test -p tether --test "$test" -- "${args[@]}"
   else
-    bin="$(cargo test -p tether --test nat --no-run 2>&1 | sed -n 's/.*Executable tests\/nat\.rs (\(.*\))$/\1/p' | tail -1)"
-    [[ -n "$bin" ]] || { echo "cannot find the nat test binary" >&2; return 1; }
+    cargo build -p tether --examples || return 1
+    bin="$(cargo test -p tether --test "$test" --no-run 2>&1 | sed -n "s/.*Executable tests\/$test\.rs (\(.*\))\$/\1/p" | tail -1)"
+    [[ -n "$bin" ]] || { echo "cannot find the $test test binary" >&2; return 1; }
     "${SUDO[@]}" "$bin" "${args[@]}"
   fi
 }
@@ -164,7 +167,8 @@ step "cargo fmt" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "cargo build" cargo build --workspace --all-targets || BUILD_OK=0
 step "cargo test" cargo test --workspace || true
-step "nat traversal (netns + nftables + coturn)" nat_suite || true
+step "nat traversal (netns + nftables + coturn)" netns_suite nat || true
+step "fault injection (netns: link cuts, nftables drops, restarts)" netns_suite faults || true
 
 if [[ $BUILD_OK -ne 1 ]]; then
   why="cargo build failed"

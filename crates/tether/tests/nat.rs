@@ -34,14 +34,17 @@
 //! test ends, pass or fail; namespaces left by a run that was killed are
 //! removed by the next run.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+mod netns;
+
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tether");
+use netns::{CALL_LIMIT, Lab, Out, Proc, Role, Suite, secs, serial, strip_ansi, tail};
+
+const SUITE: Suite =
+    Suite { prefix: "ttnat-", name: "NAT", extra_tools: &[("turnserver", "coturn")], log_var: "TETHER_NAT_LOG" };
 
 /// coturn and the signaling service.
 const PUBLIC: &str = "203.0.113.1";
@@ -57,180 +60,6 @@ const TURN_SECRET: &str = "nat-test-shared-secret";
 /// The machine's session heartbeat window in these tests.
 const WINDOW: Duration = Duration::from_secs(1);
 
-const PREFIX: &str = "ttnat-";
-/// Longest any one `tether call` may take.
-const CALL_LIMIT: Duration = Duration::from_secs(30);
-
-/// One test at a time: the measured delays stay meaningful on a small machine.
-static SERIAL: Mutex<()> = Mutex::new(());
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
-
-// ---------------------------------------------------------------------------------------------
-// Tools
-// ---------------------------------------------------------------------------------------------
-
-/// Absolute paths of the tools, checked once per test.
-struct Tools {
-    ip: PathBuf,
-    nft: PathBuf,
-    turnserver: PathBuf,
-}
-
-fn find_tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "the NAT tests need `{name}` (Debian package {package}), which is not installed: \
-         apt-get install coturn nftables iproute2 (scripts/test-all.sh does this)"
-    );
-}
-
-fn tools() -> Tools {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if uid.as_deref().ok() != Some("0") {
-        panic!("the NAT tests must run as root: they create network namespaces, veths and nftables rules");
-    }
-    Tools {
-        ip: find_tool("ip", "iproute2"),
-        nft: find_tool("nft", "nftables"),
-        turnserver: find_tool("turnserver", "coturn"),
-    }
-}
-
-/// Runs a command to completion; panics with its output if it fails.
-#[track_caller]
-fn run(program: &Path, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    if !out.status.success() {
-        panic!(
-            "{} {} failed ({}): {}{}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whether process `pid` runs (a zombie does not).
-fn process_alive(pid: &str) -> bool {
-    match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
-        // `pid (comm) state …`; comm may contain anything, the state follows the last ')'.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
-}
-
-/// SIGKILLs every process in namespace `ns` (all of them started by these tests).
-fn kill_all_in(ip: &Path, ns: &str) {
-    let Ok(out) = Command::new(ip).args(["netns", "pids", ns]).output() else { return };
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
-    }
-}
-
-/// Removes namespaces left behind by test runs that no longer exist.
-fn sweep_stale(ip: &Path) {
-    let list = run(ip, &["netns", "list"]);
-    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next() else { continue };
-        if pid.chars().all(|c| c.is_ascii_digit()) && !process_alive(pid) {
-            kill_all_in(ip, ns);
-            let _ = Command::new(ip).args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
-
-/// A background process in a namespace, output in files, SIGKILLed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until stdout (or, with `in_stderr`, stderr) contains `text`.
-    #[track_caller]
-    fn wait_for(&mut self, text: &str, in_stderr: bool, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let seen = if in_stderr { self.stderr() } else { self.stdout() };
-            if seen.contains(text) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {text:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("{} did not print {text:?} within {limit:?}\nstderr:\n{}", self.name, self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// How `tether call` ended.
-#[derive(Debug)]
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Out {
-    #[track_caller]
-    fn json(&self) -> serde_json::Value {
-        assert!(self.ok, "tether call failed after {:?}: {}{}", self.took, self.stdout, self.stderr);
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}; stderr: {}", self.stdout, self.stderr))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The topology
 // ---------------------------------------------------------------------------------------------
@@ -242,6 +71,12 @@ enum Ns {
     RouterB,
     Machine,
     Client,
+}
+
+impl Role for Ns {
+    fn role(&self) -> &str {
+        Ns::role(*self)
+    }
 }
 
 impl Ns {
@@ -271,11 +106,23 @@ struct Signaling {
     url: String,
 }
 
+/// The five namespaces (a [`Lab`]: processes killed and namespaces removed on drop).
 struct Net {
-    tools: Tools,
-    prefix: String,
-    dir: tempfile::TempDir,
-    procs: Vec<Proc>,
+    lab: Lab,
+}
+
+impl Deref for Net {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
 }
 
 /// The home-router ruleset: masquerade out of `wan`, nothing new in from it.
@@ -309,15 +156,7 @@ table ip filter {
 impl Net {
     /// Creates the five namespaces and wires them up.
     fn new() -> Self {
-        let tools = tools();
-        sweep_stale(&tools.ip);
-        let prefix = format!("{PREFIX}{}-{}", std::process::id(), NEXT_NET.fetch_add(1, Ordering::Relaxed));
-        let dir = tempfile::tempdir().expect("temp dir");
-        let net = Net { tools, prefix, dir, procs: Vec::new() };
-        for ns in Ns::ALL {
-            net.ip(&["netns", "add", &net.ns(ns)]);
-            net.ip_in(ns, &["link", "set", "lo", "up"]);
-        }
+        let net = Net { lab: Lab::new(&SUITE, &Ns::ALL.map(Ns::role)) };
         let public = net.ns(Ns::Public);
 
         // The public network: a bridge with coturn's and signaling's address.
@@ -352,72 +191,9 @@ impl Net {
         net
     }
 
-    fn ns(&self, ns: Ns) -> String {
-        format!("{}-{}", self.prefix, ns.role())
-    }
-
-    #[track_caller]
-    fn ip(&self, args: &[&str]) -> String {
-        run(&self.tools.ip, args)
-    }
-
-    #[track_caller]
-    fn ip_in(&self, ns: Ns, args: &[&str]) -> String {
-        let name = self.ns(ns);
-        let mut full = vec!["-n", name.as_str()];
-        full.extend_from_slice(args);
-        run(&self.tools.ip, &full)
-    }
-
-    /// Runs `program args` inside `ns` to completion.
-    #[track_caller]
-    fn exec(&self, ns: Ns, program: &Path, args: &[&str]) -> String {
-        let name = self.ns(ns);
-        let program = program.to_string_lossy();
-        let mut full = vec!["netns", "exec", name.as_str(), program.as_ref()];
-        full.extend_from_slice(args);
-        run(&self.tools.ip, &full)
-    }
-
-    /// Loads an nftables ruleset in `ns`.
-    #[track_caller]
-    fn nft(&self, ns: Ns, rules: &str) {
-        let file = self.dir.path().join(format!("rules-{}.nft", NEXT_FILE.fetch_add(1, Ordering::Relaxed)));
-        std::fs::write(&file, rules).expect("write nft rules");
-        let nft = self.tools.nft.clone();
-        self.exec(ns, &nft, &["-f", &file.to_string_lossy()]);
-    }
-
-    fn command(&self, ns: Ns, program: &Path) -> Command {
-        let mut cmd = Command::new(&self.tools.ip);
-        cmd.args(["netns", "exec", &self.ns(ns)]).arg(program).stdin(Stdio::null());
-        cmd
-    }
-
-    fn tether(&self, ns: Ns) -> Command {
-        let mut cmd = self.command(ns, Path::new(BIN));
-        match std::env::var("TETHER_NAT_LOG") {
-            Ok(filter) => cmd.env("TETHER_LOG", filter),
-            Err(_) => cmd.env_remove("TETHER_LOG"),
-        };
-        cmd
-    }
-
-    /// Starts `cmd` in the background with its output in files named `name.*`.
-    fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
-        let stdout = self.dir.path().join(format!("{name}.out"));
-        let stderr = self.dir.path().join(format!("{name}.err"));
-        let child = cmd
-            .stdout(File::create(&stdout).expect("log file"))
-            .stderr(File::create(&stderr).expect("log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_owned(), child, stdout, stderr }
-    }
-
     /// Starts coturn on the public address (STUN and TURN over UDP/TCP, no TLS).
     fn coturn(&mut self, auth: TurnAuth) {
-        let mut cmd = self.command(Ns::Public, &self.tools.turnserver.clone());
+        let mut cmd = self.command(Ns::Public, self.tools.get("turnserver"));
         let dir = self.dir.path();
         cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-tls", "--no-dtls"])
             .arg(format!("--listening-ip={PUBLIC}"))
@@ -440,7 +216,7 @@ impl Net {
 
     /// The coturn log so far.
     fn coturn_log(&self) -> String {
-        self.procs.iter().find(|p| p.name == "coturn").map(Proc::stdout).unwrap_or_default()
+        self.proc("coturn").map(Proc::stdout).unwrap_or_default()
     }
 
     /// Starts `tether signaling` on the public address.
@@ -478,7 +254,7 @@ impl Net {
 
     /// The machine's log so far.
     fn machine_log(&self) -> String {
-        self.procs.iter().find(|p| p.name == "machine").map(Proc::stderr).unwrap_or_default()
+        self.proc("machine").map(Proc::stderr).unwrap_or_default()
     }
 
     /// `tether call` from the client's namespace over WebRTC via `signaling`:
@@ -499,24 +275,6 @@ impl Net {
         let mut cmd = self.tether(Ns::Machine);
         cmd.args(["call", "127.0.0.1:8080"]).args(args).arg("--disable-sessions");
         self.finish(cmd, args)
-    }
-
-    /// Runs a `tether call` to completion (output in files: a debug log
-    /// may be large).
-    fn finish(&self, cmd: Command, what: &[&str]) -> Out {
-        let start = Instant::now();
-        let mut proc = self.spawn(&format!("call-{}", NEXT_FILE.fetch_add(1, Ordering::Relaxed)), cmd);
-        let status = loop {
-            match proc.child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if start.elapsed() > CALL_LIMIT => {
-                    panic!("tether call {what:?} did not finish within {CALL_LIMIT:?}\nstderr:\n{}", proc.stderr());
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => panic!("waiting for tether call: {e}"),
-            }
-        };
-        Out { ok: status.success(), stdout: proc.stdout(), stderr: proc.stderr(), took: start.elapsed() }
     }
 
     /// Starts `tether call bot motor1 set-power 0.5 --hold EXTRA…` from the
@@ -565,51 +323,6 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.procs {
-                eprintln!("----- {} stdout (tail) -----\n{}", p.name, tail(&p.stdout(), 40));
-                eprintln!("----- {} stderr (tail) -----\n{}", p.name, tail(&p.stderr(), 40));
-            }
-        }
-        for p in &mut self.procs {
-            p.kill();
-        }
-        for ns in Ns::ALL {
-            let name = self.ns(ns);
-            kill_all_in(&self.tools.ip, &name);
-            let _ = Command::new(&self.tools.ip).args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| strip_ansi(l)).collect::<Vec<_>>().join("\n")
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The selected pair from `connection --json`, checked to be WebRTC.
 struct Pair {
     local_type: String,
@@ -640,10 +353,6 @@ impl std::fmt::Display for Pair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "local {} {} <-> remote {} {}", self.local_type, self.local, self.remote_type, self.remote)
     }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
 }
 
 // ---------------------------------------------------------------------------------------------
