@@ -77,11 +77,19 @@ fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
 }
 
 /// Dials once with every option of `conf`.
-async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders) -> Result<Connection> {
+/// Dials once with every option of `conf`. While reconnecting, the TCP
+/// connect of one attempt is capped (at the liveness timeout, at least 1 s):
+/// a SYN lost while the link was still down is otherwise retried by the
+/// kernel only after 1 s, then 3 s, long after the link came back.
+async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, reconnecting: bool) -> Result<Connection> {
     match conf {
         DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
             let direct = DirectOptions {
-                connect_timeout: *dial_timeout,
+                connect_timeout: if reconnecting {
+                    (*dial_timeout).min(options.liveness.timeout.max(Duration::from_secs(1)))
+                } else {
+                    *dial_timeout
+                },
                 keepalive_interval: options.liveness.interval,
                 keepalive_timeout: options.liveness.timeout,
                 tls_ca_pem: tls_ca_pem.clone(),
@@ -164,7 +172,7 @@ impl RobotClient {
         };
         emit(&events, ConnectionEvent::Dialing { method, attempt: 1 });
         let headers = SharedHeaders::default();
-        let connection = match dial(&conf, &options, &headers).await {
+        let connection = match dial(&conf, &options, &headers, false).await {
             Ok(c) => c,
             Err(e) => {
                 emit(&events, ConnectionEvent::Disconnected { error: Some(e.to_string()) });
@@ -360,7 +368,7 @@ async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Op
             }
             emit(&events, ConnectionEvent::Dialing { method, attempt });
             let dialed = tokio::select! {
-                d = dial(&conf, &options, &headers) => d,
+                d = dial(&conf, &options, &headers, true) => d,
                 _ = closing.cancelled() => break,
             };
             match dialed {
