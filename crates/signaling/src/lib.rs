@@ -12,7 +12,9 @@
 //!   [`MemoryQueue`] as the in-process implementation (the embedded default)
 //!   and [`RedisQueue`] for many signaling instances sharing one Redis;
 //! * [`HostAllowList`] restricts a server to some hosts (a machine's embedded
-//!   signaler), [`Authorizer`] is the hook for per-entity host grants;
+//!   signaler), [`Authorizer`] is the hook for per-entity host grants
+//!   ([`KeyGrants`] grants API keys hosts to call and to answer for), and
+//!   [`CallLimits`] rate-limits callers and caps pending calls per host;
 //! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials.
 //!
 //! ```no_run
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod grants;
 mod host;
 mod ice;
 mod memory;
@@ -41,6 +44,7 @@ pub use self::redis::{
     RedisQueue, RedisQueueError, RedisQueueOptions, default_instance_id,
 };
 pub use auth::{Authorizer, Role};
+pub use grants::{CallLimits, Grant, KeyGrants};
 pub use host::{HOST_NOT_PRECONFIGURED, HostAllowList, MAX_HOSTS, RPC_HOST};
 pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials};
 pub use memory::{DEFAULT_ONLINE_GRACE, MAX_EVENTS_PER_SIDE, MemoryQueue, MemoryQueueStats};

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::{Authorizer, Role};
+use crate::grants::{CallLimits, PendingCalls, PendingSlot, RateLimiter};
 use crate::host::{HOST_NOT_PRECONFIGURED, HostAllowList, multi_hosts, single_host};
 use crate::ice::TurnRestConfig;
 use crate::queue::{
@@ -67,6 +68,8 @@ pub struct SignalingConfig {
     pub turn: Vec<TurnRestConfig>,
     /// Authorization hook consulted for every host of every request.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Per-caller rate limit and per-host pending cap of `Call`.
+    pub call_limits: CallLimits,
 }
 
 impl Default for SignalingConfig {
@@ -78,6 +81,7 @@ impl Default for SignalingConfig {
             ice_servers: Vec::new(),
             turn: Vec::new(),
             authorizer: None,
+            call_limits: CallLimits::default(),
         }
     }
 }
@@ -91,6 +95,7 @@ impl std::fmt::Debug for SignalingConfig {
             .field("ice_servers", &self.ice_servers)
             .field("turn", &self.turn)
             .field("authorizer", &self.authorizer.is_some())
+            .field("call_limits", &self.call_limits)
             .finish()
     }
 }
@@ -162,6 +167,15 @@ impl SignalingServerBuilder {
         self
     }
 
+    /// Limits `Call`: per-caller rate (keyed by the authenticated entity, or
+    /// the peer address without auth; RESOURCE_EXHAUSTED `request exceeds
+    /// rate limit …`) and concurrent unanswered calls per host
+    /// (RESOURCE_EXHAUSTED).
+    pub fn call_limits(mut self, limits: CallLimits) -> Self {
+        self.config.call_limits = limits;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: SignalingConfig) -> Self {
         self.config = config;
@@ -173,7 +187,10 @@ impl SignalingServerBuilder {
         let mut config = self.config;
         config.heartbeat_interval = config.heartbeat_interval.clamp(Duration::from_millis(1), MAX_HEARTBEAT_INTERVAL);
         config.offer_deadline = config.offer_deadline.min(MAX_OFFER_DEADLINE);
-        SignalingServer { shared: Arc::new(Shared { queue: self.queue, config }) }
+        let rate = config.call_limits.rate_per_minute.map(RateLimiter::new);
+        SignalingServer {
+            shared: Arc::new(Shared { queue: self.queue, config, rate, pending: PendingCalls::default() }),
+        }
     }
 }
 
@@ -204,6 +221,8 @@ pub struct SignalingServer {
 struct Shared {
     queue: Arc<dyn CallQueue>,
     config: SignalingConfig,
+    rate: Option<RateLimiter>,
+    pending: PendingCalls,
 }
 
 impl SignalingServer {
@@ -261,6 +280,18 @@ impl Shared {
     }
 }
 
+/// Who a `Call` is rate-limited as: the authenticated entity, else the
+/// peer's IP address.
+fn caller_key<T>(request: &Request<T>) -> String {
+    match request.extensions().get::<AuthEntity>() {
+        Some(AuthEntity(e)) => format!("entity:{e}"),
+        None => match request.remote_addr() {
+            Some(addr) => format!("ip:{}", addr.ip()),
+            None => "anonymous".to_owned(),
+        },
+    }
+}
+
 /// The monotonic instant of a wall-clock deadline (at most a day away).
 fn to_instant(deadline: SystemTime) -> Instant {
     let left = deadline.duration_since(SystemTime::now()).unwrap_or_default().min(MAX_OFFER_DEADLINE);
@@ -315,6 +346,13 @@ impl SignalingService for SignalingServer {
         shared.check_hosts(&hosts)?;
         shared.authorize(&request, &hosts, Role::Caller).await?;
         let [host] = hosts;
+        if let Some(rate) = &shared.rate {
+            rate.check(&caller_key(&request))?;
+        }
+        let slot = match shared.config.call_limits.max_pending_per_host {
+            Some(max) => Some(shared.pending.acquire(&host, max)?),
+            None => None,
+        };
         if !shared.queue.is_answerer_online(&host).await {
             return Err(Status::not_found(HOST_OFFLINE));
         }
@@ -327,7 +365,7 @@ impl SignalingService for SignalingServer {
         };
         let handle = shared.queue.send_offer(init).await.map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_call(shared.queue.clone(), host, handle, tx));
+        tokio::spawn(run_call(shared.queue.clone(), host, handle, tx, slot));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -412,6 +450,7 @@ async fn run_call(
     host: String,
     handle: CallerHandle,
     tx: mpsc::Sender<Result<CallResponse, Status>>,
+    mut pending: Option<PendingSlot>,
 ) {
     let CallerHandle { offer, mut events } = handle;
     let uuid = offer.uuid;
@@ -438,6 +477,8 @@ async fn run_call(
                     continue;
                 }
                 answered = true;
+                // No longer pending once answered.
+                drop(pending.take());
                 outgoing.push(CallResponse {
                     uuid: uuid.clone(),
                     stage: Some(call_response::Stage::Init(CallResponseInitStage { sdp })),

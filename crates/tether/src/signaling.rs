@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tether_rpc::auth::{ApiKey, AuthLayer, AuthServer, Authority};
 use tether_rpc::server::ServeOptions;
-use tether_signaling::{CallQueue, MemoryQueue, RedisQueue, RedisQueueOptions, SignalingServer, TurnRestConfig};
+use tether_signaling::{
+    CallLimits, CallQueue, KeyGrants, MemoryQueue, RedisQueue, RedisQueueOptions, SignalingServer, TurnRestConfig,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +34,60 @@ pub struct SignalingArgs {
     /// This instance's unique id among those sharing the Redis (default: hostname + random suffix).
     #[arg(long, value_name = "ID", requires = "redis")]
     pub instance_id: Option<String>,
+    /// Require authentication: JSON file with API keys and the hosts each may
+    /// call / answer for, plus call limits (see [`AuthFile`]). Without it
+    /// signaling is open to anyone.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<std::path::PathBuf>,
+}
+
+/// Audience of the access tokens minted by a standalone signaler.
+const AUDIENCE: &str = "tether-signaling";
+
+/// `--auth` file: `{"keys":[{"id":"…","key":"…","call":["bot"],"answer":["bot"]}],
+/// "rate_limit_per_minute":60,"max_pending_per_host":8}`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    keys: Vec<AuthKey>,
+    #[serde(default)]
+    rate_limit_per_minute: Option<u32>,
+    #[serde(default)]
+    max_pending_per_host: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AuthKey {
+    id: String,
+    key: String,
+    #[serde(default)]
+    call: Vec<String>,
+    #[serde(default)]
+    answer: Vec<String>,
+}
+
+struct SignalingAuth {
+    authority: Arc<Authority>,
+    grants: KeyGrants,
+    limits: CallLimits,
+}
+
+fn load_auth(path: &std::path::Path) -> anyhow::Result<SignalingAuth> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--auth {}", path.display()))?;
+    let file: AuthFile = serde_json::from_str(&text).with_context(|| format!("--auth {}", path.display()))?;
+    let mut grants = KeyGrants::new();
+    let mut keys = Vec::with_capacity(file.keys.len());
+    let mut seen = std::collections::HashSet::new();
+    for k in file.keys {
+        anyhow::ensure!(!k.id.is_empty() && !k.key.is_empty(), "--auth: keys need a non-empty id and key");
+        anyhow::ensure!(seen.insert(k.id.clone()), "--auth: duplicate key id {:?}", k.id);
+        grants = grants.grant_call(k.id.clone(), k.call).grant_answer(k.id.clone(), k.answer);
+        keys.push(ApiKey { id: k.id, key: k.key });
+    }
+    let limits =
+        CallLimits { rate_per_minute: file.rate_limit_per_minute, max_pending_per_host: file.max_pending_per_host };
+    Ok(SignalingAuth { authority: Arc::new(Authority::new(AUDIENCE, keys)), grants, limits })
 }
 
 fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
@@ -47,6 +104,7 @@ fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
 }
 
 pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
+    let auth = args.auth.as_deref().map(load_auth).transpose()?;
     let queue: Arc<dyn CallQueue> = match &args.redis {
         Some(url) => {
             let mut options = RedisQueueOptions::default();
@@ -65,14 +123,23 @@ pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         (None, false) => anyhow::bail!("--turn needs --turn-secret"),
         _ => {}
     }
+    if let Some(auth) = &auth {
+        builder = builder.authorizer(Arc::new(auth.grants.clone())).call_limits(auth.limits);
+        tracing::info!(limits = ?auth.limits, "signaling requires authentication (--auth)");
+    }
     let signaling = builder.build();
-    let routes = tonic::service::Routes::new(
+    let mut routes = tonic::service::Routes::new(
         signaling
             .into_service()
             .max_decoding_message_size(tether_rpc::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(tether_rpc::MAX_MESSAGE_SIZE),
     );
-    let svc = tether_rpc::server::grpc_web(tower::util::BoxCloneSyncService::new(routes));
+    let authority = auth.map(|a| a.authority);
+    if let Some(authority) = &authority {
+        routes = routes.add_service(AuthServer::new(authority.clone()).into_service());
+    }
+    let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(authority)).service(routes);
+    let svc = tether_rpc::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
