@@ -281,3 +281,27 @@ async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
     let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
     assert_eq!(robot.resource_names().await.unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_machine_requires_credentials_for_webrtc_too() {
+    let m = start(config(
+        r#"{"components":[{"name":"motor1","api":"rdk:component:motor","model":"rdk:builtin:fake"}],
+            "network":{"hosts":["auth-bot"],"ice_servers":[]},
+            "auth":{"handlers":[{"type":"api-key","config":{"keys":[{"id":"k1","key":"s1"}]}}]}}"#,
+    ))
+    .await;
+    // Signaling on the machine's port is behind the same authentication.
+    let err = RobotClient::connect(dial(m.addr, "auth-bot"), Options::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let robot = RobotClient::connect(
+        dial(m.addr, "auth-bot").with_credentials(tether_client::Credentials::api_key("k1", "s1")),
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    assert!(robot.webrtc().is_some());
+    let motor = Motor::from_robot(&robot, "motor1");
+    motor.set_power(0.4).await.unwrap();
+    assert_eq!(motor.is_powered().await.unwrap(), (true, 0.4));
+    assert!(robot.session_id().is_some());
+}
