@@ -431,4 +431,47 @@ mod tests {
         );
         cfg.validate().unwrap();
     }
+
+    #[test]
+    fn random_and_mutated_configs_never_panic() {
+        // Deterministic xorshift mutations of a valid config: every result is
+        // a clean Ok or a field-named error.
+        let base =
+            r#"{"components":[{"name":"m","api":"rdk:component:motor","model":"fake","attributes":{"max_rpm":60}}],
+            "network":{"bind_address":"127.0.0.1:8080","sessions":{"heartbeat_window":"2s"},"hosts":["a"],
+            "turn":{"urls":["turn:x:3478"],"secret":"s","ttl":"1h"}},
+            "auth":{"handlers":[{"type":"api-key","config":{"keys":[{"id":"a","key":"b"}]}}]}}"#
+                .as_bytes()
+                .to_vec();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"{}[]\":,0123456789.-smhabcz ";
+        for _ in 0..20_000 {
+            let mut doc = base.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % doc.len();
+                match next() % 3 {
+                    0 => doc[i] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => {
+                        doc.remove(i);
+                    }
+                    _ => doc.insert(i, alphabet[(next() as usize) % alphabet.len()]),
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&doc) {
+                match Config::from_json(text) {
+                    Ok(cfg) => {
+                        let _ = cfg.heartbeat_window();
+                        let _ = cfg.webrtc_settings();
+                    }
+                    Err(e) => assert!(!e.field.is_empty(), "{e}"),
+                }
+            }
+        }
+    }
 }

@@ -992,3 +992,129 @@ mod tests {
         assert_eq!(c.open_streams(), 0);
     }
 }
+
+/// Deterministic random-input tests: the same properties as the cargo-fuzz
+/// targets (fuzz/), on the stable toolchain, so every `cargo test` runs them.
+#[cfg(test)]
+mod random_input {
+    use super::*;
+
+    /// xorshift64*: small, deterministic, good enough to mutate frames.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn valid_requests(rng: &mut Rng) -> Vec<Vec<u8>> {
+        let id = rng.below(4) as u64;
+        let mut c = ClientConn::new(Limits::default());
+        c.next_id = id;
+        let Ok(s) = c.start_call("/a.B/C", &[("k".into(), "v".into())], Some(Duration::from_millis(5))) else {
+            return Vec::new();
+        };
+        let msg: Vec<u8> = (0..rng.below(40_000)).map(|_| rng.next() as u8).collect();
+        let _ = c.send_message(s, &msg, rng.below(2) == 0);
+        if rng.below(2) == 0 {
+            c.half_close(s);
+        }
+        if rng.below(8) == 0 {
+            c.reset(s);
+        }
+        std::iter::from_fn(|| c.poll_transmit()).map(|b| b.to_vec()).collect()
+    }
+
+    fn mutate(rng: &mut Rng, mut p: Vec<u8>) -> Vec<u8> {
+        match rng.below(5) {
+            0 if !p.is_empty() => {
+                let i = rng.below(p.len());
+                p[i] ^= 1 << rng.below(8);
+            }
+            1 => p.truncate(rng.below(p.len() + 1)),
+            2 => p.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+            3 => p = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            _ => {}
+        }
+        p
+    }
+
+    #[test]
+    fn server_survives_mutated_and_random_frames() {
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let limits =
+            Limits { max_message: 64 * 1024, max_streams: 8, max_stream_buffer: 128 * 1024, ..Limits::default() };
+        for _ in 0..300 {
+            let mut s = ServerConn::new(limits);
+            for _ in 0..rng.below(6) + 1 {
+                for p in valid_requests(&mut rng) {
+                    let p = mutate(&mut rng, p);
+                    let _ = s.handle_incoming(&p);
+                    while let Some(ev) = s.poll_event() {
+                        match ev {
+                            ServerEvent::Message { stream, message } => {
+                                s.release(stream, message.len());
+                                s.send_message(stream, &message[..message.len().min(1000)]);
+                            }
+                            ServerEvent::HalfClose { stream } => s.send_trailers(stream, Code::Ok, "", &[]),
+                            _ => {}
+                        }
+                    }
+                    while let Some(out) = s.poll_transmit() {
+                        assert!(out.len() <= limits.max_packet);
+                    }
+                }
+            }
+            assert!(s.open_streams() <= limits.max_streams);
+        }
+    }
+
+    #[test]
+    fn client_gives_every_stream_exactly_one_end() {
+        let mut rng = Rng(0xC11E_47F0_0000_0042);
+        for _ in 0..300 {
+            let mut c = ClientConn::new(Limits { max_message: 8192, ..Limits::default() });
+            let ids: Vec<u64> = (0..4).filter_map(|_| c.start_call("/x.Y/Z", &[], None).ok()).collect();
+            let mut ended = std::collections::HashSet::new();
+            for _ in 0..rng.below(40) {
+                let mut s = ServerConn::new(Limits::default());
+                let id = ids[rng.below(ids.len())];
+                let _ = s.handle_incoming(
+                    &pb::Request {
+                        stream: Some(pb::Stream { id }),
+                        r#type: Some(pb::request::Type::Headers(pb::RequestHeaders::default())),
+                    }
+                    .encode_to_vec(),
+                );
+                let body: Vec<u8> = (0..rng.below(20_000)).map(|_| rng.next() as u8).collect();
+                s.send_message(id, &body);
+                if rng.below(2) == 0 {
+                    s.send_trailers(id, Code::from_i32(rng.below(17) as i32), "x", &[]);
+                }
+                while let Some(p) = s.poll_transmit() {
+                    let p = mutate(&mut rng, p.to_vec());
+                    let _ = c.handle_incoming(&p);
+                }
+                while let Some(ev) = c.poll_event() {
+                    if let ClientEvent::Trailers { stream, .. } = ev {
+                        assert!(ended.insert(stream), "two ends for stream {stream}");
+                    }
+                }
+            }
+            c.close_all(Code::Unavailable, "closed");
+            while let Some(ev) = c.poll_event() {
+                if let ClientEvent::Trailers { stream, .. } = ev {
+                    assert!(ended.insert(stream), "two ends for stream {stream}");
+                }
+            }
+            assert_eq!(ended.len(), ids.len());
+            assert_eq!(c.open_streams(), 0);
+        }
+    }
+}
