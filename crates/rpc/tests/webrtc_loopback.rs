@@ -52,6 +52,10 @@ async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::pee
     let answer = gathered(&answerer.pc).await;
     caller.pc.set_remote_description(answer).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), caller_pipe.opened.cancelled()).await.expect("data channel opens");
+    // Both sides: with webrtc-rs 0.17 a frame that reaches the answerer before
+    // its own negotiated channel is open is lost (real clients wait for the
+    // machine's `done`, which it sends once its side is open).
+    tokio::time::timeout(Duration::from_secs(10), answerer_pipe.opened.cancelled()).await.expect("answerer side opens");
     let shutdown = CancellationToken::new();
     let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 1 };
     tokio::spawn(tether_rpc::webrtc::server::serve(
