@@ -1,6 +1,6 @@
 //! Small helpers for working with gRPC at the HTTP level.
 
-use http::{HeaderMap, Response};
+use http::HeaderMap;
 
 /// Reads `grpc-status` (and the percent-decoded `grpc-message`) from a header
 /// map: response headers of a trailers-only response, or trailers.
@@ -27,11 +27,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A trailers-only gRPC error response.
-pub fn error_response(status: tonic::Status) -> Response<tonic::body::Body> {
-    status.into_http()
 }
 
 /// The first gRPC length-prefixed message in `buf`, if complete:

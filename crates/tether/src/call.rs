@@ -134,21 +134,6 @@ pub struct CallArgs {
     pub reconnect_max_wait_ms: Option<u64>,
 }
 
-/// Parses `turn:user:pass@host:port?…` (credentials optional).
-fn ice_server(url: &str) -> tether_client::IceServer {
-    if let Some((scheme, rest)) = url.split_once(':')
-        && let Some((creds, host)) = rest.split_once('@')
-        && let Some((user, pass)) = creds.split_once(':')
-    {
-        return tether_client::IceServer {
-            urls: vec![format!("{scheme}:{host}")],
-            username: user.to_owned(),
-            credential: pass.to_owned(),
-        };
-    }
-    tether_client::IceServer::url(url)
-}
-
 /// The dial configuration the arguments describe.
 fn dial_conf(args: &CallArgs) -> DialConf {
     if !args.webrtc && args.signaling.is_none() {
@@ -163,7 +148,7 @@ fn dial_conf(args: &CallArgs) -> DialConf {
             c.ice_servers.clear();
         }
         if !args.ice_servers.is_empty() {
-            c.ice_servers = args.ice_servers.iter().map(|u| ice_server(u)).collect();
+            c.ice_servers = args.ice_servers.iter().map(|u| tether_client::IceServer::parse(u)).collect();
         }
         c.relay_only = args.relay_only;
     })

@@ -91,16 +91,7 @@ fn load_auth(path: &std::path::Path) -> anyhow::Result<SignalingAuth> {
 }
 
 fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
-    let mut s = tether_proto::proto::rpc::webrtc::v1::IceServer { urls: vec![url.to_owned()], ..Default::default() };
-    if let Some((scheme, rest)) = url.split_once(':')
-        && let Some((creds, host)) = rest.split_once('@')
-        && let Some((user, pass)) = creds.split_once(':')
-    {
-        s.urls = vec![format!("{scheme}:{host}")];
-        s.username = user.to_owned();
-        s.credential = pass.to_owned();
-    }
-    s
+    (&tether_rpc::webrtc::peer::IceServer::parse(url)).into()
 }
 
 pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {

@@ -39,6 +39,29 @@ impl IceServer {
         Self { urls: vec![url.into()], ..Default::default() }
     }
 
+    /// Parses a URL, taking credentials from a `scheme:user:pass@host:port…`
+    /// form (as the CLIs accept them); anything else is a bare URL.
+    ///
+    /// ```
+    /// use tether_rpc::webrtc::peer::IceServer;
+    /// let s = IceServer::parse("turn:u:p@10.0.0.1:3478?transport=udp");
+    /// assert_eq!((s.urls[0].as_str(), s.username.as_str(), s.credential.as_str()), ("turn:10.0.0.1:3478?transport=udp", "u", "p"));
+    /// assert_eq!(IceServer::parse("stun:10.0.0.1:3478"), IceServer::url("stun:10.0.0.1:3478"));
+    /// ```
+    pub fn parse(url: &str) -> Self {
+        if let Some((scheme, rest)) = url.split_once(':')
+            && let Some((creds, host)) = rest.split_once('@')
+            && let Some((user, pass)) = creds.split_once(':')
+        {
+            return Self {
+                urls: vec![format!("{scheme}:{host}")],
+                username: user.to_owned(),
+                credential: pass.to_owned(),
+            };
+        }
+        Self::url(url)
+    }
+
     /// True when every URL is a TURN URL.
     pub fn is_turn(&self) -> bool {
         !self.urls.is_empty() && self.urls.iter().all(|u| u.starts_with("turn:") || u.starts_with("turns:"))
