@@ -56,6 +56,32 @@ pub struct SafetyStop {
     pub delay: Duration,
 }
 
+/// Stops `names` (each on its own task) for a lapsed session or a dead peer
+/// connection, and reports each stop with its delay since `since`.
+fn spawn_safety_stops(
+    resources: &Arc<Resources>,
+    stops: &broadcast::Sender<SafetyStop>,
+    names: Vec<String>,
+    session: Option<uuid::Uuid>,
+    connection: Option<u64>,
+    since: tokio::time::Instant,
+) {
+    for name in names {
+        let resources = resources.clone();
+        let stops = stops.clone();
+        tokio::spawn(async move {
+            if resources.stop(&name).await {
+                let delay = tokio::time::Instant::now().saturating_duration_since(since);
+                match session {
+                    Some(id) => tracing::warn!(session = %id, resource = %name, ?delay, "safety stop: session lapsed"),
+                    None => tracing::warn!(?connection, resource = %name, ?delay, "safety stop: peer connection lost"),
+                }
+                let _ = stops.send(SafetyStop { session, connection, resource: name, delay });
+            }
+        });
+    }
+}
+
 /// Settings of a [`Machine`] that are not components.
 #[derive(Clone, Debug)]
 pub struct MachineOptions {
@@ -108,18 +134,7 @@ impl Machine {
             let resources = resources.clone();
             let stops = stops.clone();
             Arc::new(move |e: Expired| {
-                for name in e.resources {
-                    let resources = resources.clone();
-                    let stops = stops.clone();
-                    tokio::spawn(async move {
-                        if resources.stop(&name).await {
-                            let delay = tokio::time::Instant::now().saturating_duration_since(e.deadline);
-                            tracing::warn!(session = %e.id, resource = %name, ?delay, "safety stop: session lapsed");
-                            let _ =
-                                stops.send(SafetyStop { session: Some(e.id), connection: None, resource: name, delay });
-                        }
-                    });
-                }
+                spawn_safety_stops(&resources, &stops, e.resources, Some(e.id), None, e.deadline);
             })
         };
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
@@ -262,17 +277,7 @@ impl Machine {
 
     fn on_peer_event(&self, event: tether_rpc::webrtc::answerer::PeerEvent) {
         let tether_rpc::webrtc::answerer::PeerEvent::Closed(info) = event else { return };
-        let noticed = tokio::time::Instant::now();
-        for name in self.sessions.connection_closed(info.id) {
-            let resources = self.resources.clone();
-            let stops = self.stops.clone();
-            tokio::spawn(async move {
-                if resources.stop(&name).await {
-                    let delay = noticed.elapsed();
-                    tracing::warn!(connection = info.id, resource = %name, "safety stop: peer connection lost");
-                    let _ = stops.send(SafetyStop { session: None, connection: Some(info.id), resource: name, delay });
-                }
-            });
-        }
+        let lost = self.sessions.connection_closed(info.id);
+        spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());
     }
 }
