@@ -124,6 +124,10 @@ pub struct NetworkConfig {
     /// External signaling services to answer through.
     #[serde(default)]
     pub signaling: Vec<String>,
+    /// The machine's API key (`{"id": …, "key": …}`) at the external
+    /// signaling services; they vouch for callers with it.
+    #[serde(default)]
+    pub signaling_api_key: Option<ApiKey>,
     /// STUN/TURN servers the machine gathers candidates with (default: a
     /// public STUN server; `[]` for none).
     #[serde(default)]
@@ -317,6 +321,8 @@ impl Config {
             s.hosts = n.hosts.clone();
         }
         s.signaling = n.signaling.clone();
+        s.signaling_credentials =
+            n.signaling_api_key.as_ref().map(|k| tether_rpc::dial::Credentials::api_key(k.id.clone(), k.key.clone()));
         if let Some(servers) = &n.ice_servers {
             s.ice_servers = servers.clone();
         }

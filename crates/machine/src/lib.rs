@@ -271,7 +271,7 @@ impl Machine {
     fn start_webrtc(&self, local: std::net::SocketAddr, tls: bool, shutdown: CancellationToken) {
         let machine = self.clone();
         let events: tether_rpc::webrtc::answerer::PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
-        let token = self.authority.as_ref().and_then(|a| a.mint("machine:answerer", "__internal").ok());
+        let token = self.authority.as_ref().and_then(|a| a.mint(webrtc::INTERNAL_ANSWERER, "__internal").ok());
         self.webrtc.start(local, tls, token, self.grpc_service(), events, shutdown);
     }
 

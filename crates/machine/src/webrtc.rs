@@ -6,10 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tether_rpc::auth::AuthEntity;
+use tether_rpc::dial::Credentials;
+use tether_rpc::identity::VouchKey;
 use tether_rpc::server::HttpService;
 use tether_rpc::webrtc::answerer::{self, AnswererConfig, PeerEvents};
 use tether_rpc::webrtc::peer::{IceServer, PeerOptions};
-use tether_signaling::{HostAllowList, MAX_HOSTS, MemoryQueue, SignalingServer, TurnRestConfig};
+use tether_signaling::{Authorizer, HostAllowList, MAX_HOSTS, MemoryQueue, Role, SignalingServer, TurnRestConfig};
 use tokio_util::sync::CancellationToken;
 
 /// WebRTC settings of a machine.
@@ -29,6 +32,10 @@ pub struct WebRtcSettings {
     pub caller_ice_servers: Vec<IceServer>,
     /// TURN servers with shared-secret credentials handed to callers.
     pub turn: Option<TurnRestConfig>,
+    /// The machine's API key at the external signaling services: it
+    /// authenticates the answerers there and verifies the services' caller
+    /// assertions (see [`tether_rpc::identity`]).
+    pub signaling_credentials: Option<Credentials>,
 }
 
 impl Default for WebRtcSettings {
@@ -40,6 +47,7 @@ impl Default for WebRtcSettings {
             ice_servers: vec![IceServer::url(tether_rpc::webrtc::peer::DEFAULT_STUN)],
             caller_ice_servers: Vec::new(),
             turn: None,
+            signaling_credentials: None,
         }
     }
 }
@@ -80,6 +88,28 @@ pub struct WebRtc {
     pub(crate) allowed: HostAllowList,
     pub(crate) signaling: SignalingServer,
     pub(crate) stats: Arc<answerer::AnswererStats>,
+    /// Signs (embedded signaler) and verifies (own answerers) caller
+    /// assertions between the machine's two halves.
+    internal_vouch: VouchKey,
+}
+
+/// Entity of the machine's own answerers at its embedded signaler.
+pub(crate) const INTERNAL_ANSWERER: &str = "machine:answerer";
+
+/// On a machine with auth, only the machine's own answerers may answer at
+/// its embedded signaler (otherwise any key holder could take its calls).
+struct EmbeddedAuthorizer;
+
+#[async_trait::async_trait]
+impl Authorizer for EmbeddedAuthorizer {
+    async fn authorize(&self, entity: Option<&AuthEntity>, host: &str, role: Role) -> Result<(), tonic::Status> {
+        match (role, entity) {
+            (Role::Answerer, Some(AuthEntity(e))) if e != INTERNAL_ANSWERER => {
+                Err(tonic::Status::permission_denied(format!("{e:?} may not answer for host {host:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for WebRtc {
@@ -91,13 +121,17 @@ impl std::fmt::Debug for WebRtc {
 impl WebRtc {
     pub(crate) fn new(settings: WebRtcSettings) -> Self {
         let allowed = HostAllowList::new(Vec::<String>::new());
+        let internal_vouch = VouchKey::random();
+        let vouch = internal_vouch.clone();
         let mut builder = SignalingServer::builder(Arc::new(MemoryQueue::new()))
             .allowed_hosts(allowed.clone())
-            .ice_servers(settings.caller_ice_servers.iter().map(pb::IceServer::from));
+            .ice_servers(settings.caller_ice_servers.iter().map(pb::IceServer::from))
+            .authorizer(Arc::new(EmbeddedAuthorizer))
+            .vouch_keys(Arc::new(move |answerer: &str| (answerer == INTERNAL_ANSWERER).then(|| vouch.clone())));
         if let Some(turn) = &settings.turn {
             builder = builder.turn(turn.clone());
         }
-        Self { signaling: builder.build(), allowed, settings, stats: Arc::default() }
+        Self { signaling: builder.build(), allowed, settings, stats: Arc::default(), internal_vouch }
     }
 
     /// Starts the answerers for a listener on `local`.
@@ -118,6 +152,9 @@ impl WebRtc {
         hosts.dedup();
         self.allowed.replace(hosts.clone());
         let entity = Some(self.settings.hosts.join(":"));
+        // With auth on, every WebRTC caller must be one the signaler
+        // authenticated and vouched for.
+        let require_vouched = token.is_some();
         let peer = PeerOptions { ice_servers: self.settings.ice_servers.clone(), ..Default::default() };
         let loopback =
             if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
@@ -129,6 +166,8 @@ impl WebRtc {
             config.token = token.clone();
             config.peer = peer.clone();
             config.entity = entity.clone();
+            config.vouch = Some(self.internal_vouch.clone());
+            config.require_vouched = require_vouched;
             config.stats = self.stats.clone();
             answerer::spawn(config, svc.clone(), events.clone(), shutdown.clone());
         }
@@ -137,6 +176,9 @@ impl WebRtc {
                 let mut config = AnswererConfig::new(url.clone(), group.to_vec());
                 config.peer = peer.clone();
                 config.entity = entity.clone();
+                config.credentials = self.settings.signaling_credentials.clone();
+                config.require_vouched = require_vouched;
+                config.stats = self.stats.clone();
                 answerer::spawn(config, svc.clone(), events.clone(), shutdown.clone());
             }
         }

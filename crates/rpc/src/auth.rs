@@ -143,6 +143,13 @@ impl Authority {
         Ok(data.claims)
     }
 
+    /// The key to vouch for callers with, towards an answerer that
+    /// authenticated as `entity` (see [`crate::identity`]); `None` for an
+    /// unknown entity (e.g. a machine's internal answerer).
+    pub fn vouch_key(&self, entity: &str) -> Option<crate::identity::VouchKey> {
+        self.keys.get(entity).map(|secret| crate::identity::VouchKey::from_secret(secret))
+    }
+
     /// Checks an `authorization` header value and returns the entity.
     pub fn check_header(&self, value: Option<&str>) -> Result<AuthEntity, Status> {
         let value = value.ok_or_else(|| Status::unauthenticated("authentication required"))?;

@@ -6,6 +6,8 @@
 //!   that requires `authorization: Bearer …` on every other call.
 //! * [`dial`]: direct dialing of a machine (tonic channel plus credentials).
 //! * [`metadata`]: the header names of the wire contract.
+//! * [`identity`]: caller assertions, with which a signaler vouches to a
+//!   machine for the authenticated caller of a WebRTC offer.
 //!
 //! The WebRTC transport and signaling client/answerer will live here too, so
 //! that one tonic router and one set of generated clients run over every
@@ -14,6 +16,7 @@
 pub mod auth;
 pub mod dial;
 pub mod grpc;
+pub mod identity;
 pub mod metadata;
 pub mod server;
 pub mod webrtc;

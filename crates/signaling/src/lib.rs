@@ -54,5 +54,5 @@ pub use queue::{
 };
 pub use server::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OFFER_DEADLINE, HEARTBEATS_ALLOWED, HOST_OFFLINE, MAX_HEARTBEAT_INTERVAL,
-    MAX_OFFER_DEADLINE, SignalingConfig, SignalingServer, SignalingServerBuilder,
+    MAX_OFFER_DEADLINE, SignalingConfig, SignalingServer, SignalingServerBuilder, VouchKeys,
 };

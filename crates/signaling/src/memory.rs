@@ -246,6 +246,7 @@ impl CallQueue for MemoryQueue {
             sdp: init.sdp,
             disable_trickle: init.disable_trickle,
             deadline: SystemTime::now() + ttl,
+            caller: init.caller,
         };
         let (to_caller, caller_rx) = mpsc::unbounded_channel();
         let (to_answerer, answerer_rx) = mpsc::unbounded_channel();

@@ -39,6 +39,8 @@ pub struct OfferInit {
     pub disable_trickle: bool,
     /// Lifetime of the whole exchange, counted from now.
     pub ttl: Duration,
+    /// The caller's authenticated entity, when the signaler authenticated it.
+    pub caller: Option<String>,
 }
 
 /// An offer as stored by the queue.
@@ -54,6 +56,8 @@ pub struct Offer {
     pub disable_trickle: bool,
     /// Wall-clock deadline of the exchange (creation time + ttl).
     pub deadline: SystemTime,
+    /// The caller's authenticated entity, when the signaler authenticated it.
+    pub caller: Option<String>,
 }
 
 /// An event produced by the answerer, consumed by the caller's `Call` stream.
@@ -196,7 +200,7 @@ pub trait AnswererSession: Send {
 /// let mut session = queue.register_answerer(vec!["robot.local".into()]).await.unwrap();
 /// assert!(queue.is_answerer_online("robot.local").await);
 ///
-/// let init = OfferInit { host: "robot.local".into(), sdp: "offer".into(), disable_trickle: false, ttl: Duration::from_secs(10) };
+/// let init = OfferInit { host: "robot.local".into(), sdp: "offer".into(), disable_trickle: false, ttl: Duration::from_secs(10), caller: None };
 /// let mut caller = queue.send_offer(init).await.unwrap();
 /// let mut exchange = session.recv_offer().await.unwrap();
 /// assert_eq!(exchange.offer.uuid, caller.offer.uuid);

@@ -16,7 +16,7 @@
 //!
 //! | name | type | content | lifetime |
 //! |---|---|---|---|
-//! | `P:call:<uuid>` | hash | the call record: `host`, `sdp`, `trickle`, `created`/`deadline`/`margin` (ms, Redis clock), `caller` (instance id), `answerer` + `session` (set by the claim), `cn`/`an` (events per side), `cfin`/`afin` (side finished), `ended` (why the exchange is over) | offer deadline + [`DEFAULT_RECORD_SLACK`] |
+//! | `P:call:<uuid>` | hash | the call record: `host`, `sdp`, `trickle`, `created`/`deadline`/`margin` (ms, Redis clock), `caller` (instance id), `entity` (the caller's authenticated entity, empty if none), `answerer` + `session` (set by the claim), `cn`/`an` (events per side), `cfin`/`afin` (side finished), `ended` (why the exchange is over) | offer deadline + [`DEFAULT_RECORD_SLACK`] |
 //! | `P:call:<uuid>:c` | stream | caller → answerer events (field `e`: a protobuf `CallUpdateRequest`), in order | same as the record |
 //! | `P:call:<uuid>:a` | stream | answerer → caller events (field `e`: a protobuf `AnswerResponse`), in order | same as the record |
 //! | `P:pending:<host>` | list | uuids of unclaimed offers for the host, oldest first (may hold stale ids, skipped by the claim) | refreshed to the longest offer's record lifetime |
@@ -398,14 +398,15 @@ const NOW_MS: &str =
 
 /// Queue an offer. KEYS: record, pending list, own instance key.
 /// ARGV: host, sdp, trickle, ttl ms, margin ms, keep ms, instance id,
-/// presence ms, offers channel, uuid.
+/// presence ms, offers channel, uuid, caller entity.
 static OFFER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW_MS}{}",
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'host', ARGV[1], 'sdp', ARGV[2], 'trickle', ARGV[3], 'created', string.format('%d', now),
-  'deadline', string.format('%d', now + tonumber(ARGV[4])), 'margin', ARGV[5], 'caller', ARGV[7], 'cn', 0, 'an', 0)
+  'deadline', string.format('%d', now + tonumber(ARGV[4])), 'margin', ARGV[5], 'caller', ARGV[7], 'entity', ARGV[11],
+  'cn', 0, 'an', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('RPUSH', KEYS[2], ARGV[10])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
@@ -418,7 +419,7 @@ return 1
 
 /// Claim the oldest live unclaimed offer of some hosts. KEYS: pending lists.
 /// ARGV: prefix, instance id, claim token, presence ms, token ttl ms.
-/// Returns false or {uuid, host, sdp, trickle, ms left}.
+/// Returns false or {uuid, host, sdp, trickle, ms left, caller entity}.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW_MS}{}",
@@ -427,9 +428,9 @@ local P = ARGV[1]
 local tokkey = P .. 'claim:' .. ARGV[3]
 redis.call('SET', P .. 'instance:' .. ARGV[2], ARGV[2], 'PX', ARGV[4])
 local function result(id)
-  local v = redis.call('HMGET', P .. 'call:' .. id, 'host', 'sdp', 'trickle', 'deadline', 'session')
+  local v = redis.call('HMGET', P .. 'call:' .. id, 'host', 'sdp', 'trickle', 'deadline', 'session', 'entity')
   if not v[1] or v[5] ~= ARGV[3] then return false end
-  return {id, v[1], v[2], v[3], string.format('%d', (tonumber(v[4]) or now) - now)}
+  return {id, v[1], v[2], v[3], string.format('%d', (tonumber(v[4]) or now) - now), v[6] or ''}
 end
 local prev = redis.call('GET', tokkey)
 if prev then return result(prev) end
@@ -797,7 +798,7 @@ impl Inner {
             .arg(ms(CLAIM_TOKEN_TTL));
         let reply: Value = bounded(inv.invoke_async(&mut self.conn())).await?;
         let Some(v) = array(&reply) else { return Ok(None) };
-        let [uuid, host, sdp, trickle, left] = v else {
+        let [uuid, host, sdp, trickle, left, entity] = v else {
             return Err(QueueError::Unavailable("unexpected claim reply".into()));
         };
         let (Some(uuid), Some(host), Some(sdp), Some(left)) = (string(uuid), string(host), string(sdp), int(left))
@@ -811,6 +812,7 @@ impl Inner {
             sdp,
             disable_trickle: bytes(trickle) == Some(b"1"),
             deadline: SystemTime::now() + left,
+            caller: string(entity).filter(|e| !e.is_empty()),
         };
         Ok(Some(Claimed { offer, token: token.to_string(), until: Instant::now() + left + self.opts.record_slack }))
     }
@@ -915,7 +917,8 @@ impl Inner {
             .arg(&inner.opts.instance_id)
             .arg(ms(inner.opts.presence_ttl))
             .arg(inner.keys.offers_channel())
-            .arg(&uuid);
+            .arg(&uuid)
+            .arg(init.caller.as_deref().unwrap_or(""));
         let deadline = SystemTime::now() + ttl;
         let until = Instant::now() + ttl + inner.opts.record_slack;
         match bounded(inv.invoke_async::<i64>(&mut inner.conn())).await {
@@ -936,6 +939,7 @@ impl Inner {
             sdp: init.sdp,
             disable_trickle: init.disable_trickle,
             deadline,
+            caller: init.caller,
         };
         let events = spawn_reader::<AnswererEvent>(inner, &uuid, Side::Answerer, until);
         Ok(CallerHandle { offer, events })

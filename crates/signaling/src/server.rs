@@ -16,6 +16,7 @@ use tether_proto::proto::rpc::webrtc::v1::{
     signaling_service_server::{SignalingService, SignalingServiceServer},
 };
 use tether_rpc::auth::AuthEntity;
+use tether_rpc::identity::{CallerClaims, VouchKey};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,7 +27,8 @@ use crate::grants::{CallLimits, PendingCalls, PendingSlot, RateLimiter};
 use crate::host::{HOST_NOT_PRECONFIGURED, HostAllowList, multi_hosts, single_host};
 use crate::ice::TurnRestConfig;
 use crate::queue::{
-    AnswererEvent, AnswererExchange, AnswererResponder, CallQueue, CallerEvent, CallerHandle, OfferInit, QueueError,
+    AnswererEvent, AnswererExchange, AnswererResponder, CallQueue, CallerEvent, CallerHandle, Offer, OfferInit,
+    QueueError,
 };
 
 /// Default interval of heartbeats to answerers that allow them.
@@ -70,7 +72,14 @@ pub struct SignalingConfig {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Per-caller rate limit and per-host pending cap of `Call`.
     pub call_limits: CallLimits,
+    /// Keys to vouch for authenticated callers with, per answerer entity
+    /// (see [`tether_rpc::identity`]).
+    pub vouch_keys: Option<VouchKeys>,
 }
+
+/// Finds the key with which to vouch for callers towards the answerer that
+/// authenticated as the given entity (`None`: do not vouch).
+pub type VouchKeys = Arc<dyn Fn(&str) -> Option<VouchKey> + Send + Sync>;
 
 impl Default for SignalingConfig {
     fn default() -> Self {
@@ -82,6 +91,7 @@ impl Default for SignalingConfig {
             turn: Vec::new(),
             authorizer: None,
             call_limits: CallLimits::default(),
+            vouch_keys: None,
         }
     }
 }
@@ -96,6 +106,7 @@ impl std::fmt::Debug for SignalingConfig {
             .field("turn", &self.turn)
             .field("authorizer", &self.authorizer.is_some())
             .field("call_limits", &self.call_limits)
+            .field("vouch_keys", &self.vouch_keys.is_some())
             .finish()
     }
 }
@@ -173,6 +184,15 @@ impl SignalingServerBuilder {
     /// (RESOURCE_EXHAUSTED).
     pub fn call_limits(mut self, limits: CallLimits) -> Self {
         self.config.call_limits = limits;
+        self
+    }
+
+    /// Vouches for authenticated callers: every offer from a caller with an
+    /// [`AuthEntity`] reaches an authenticated answerer with a caller
+    /// assertion signed by `keys(answerer entity)` (see
+    /// [`tether_rpc::identity`]), so the machine learns who is calling.
+    pub fn vouch_keys(mut self, keys: VouchKeys) -> Self {
+        self.config.vouch_keys = Some(keys);
         self
     }
 
@@ -356,12 +376,14 @@ impl SignalingService for SignalingServer {
         if !shared.queue.is_answerer_online(&host).await {
             return Err(Status::not_found(HOST_OFFLINE));
         }
+        let caller_entity = request.extensions().get::<AuthEntity>().map(|e| e.0.clone());
         let req = request.into_inner();
         let init = OfferInit {
             host: host.clone(),
             sdp: req.sdp,
             disable_trickle: req.disable_trickle,
             ttl: shared.config.offer_deadline,
+            caller: caller_entity,
         };
         let handle = shared.queue.send_offer(init).await.map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -414,7 +436,9 @@ impl SignalingService for SignalingServer {
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         });
-        let worker = AnswerWorker { shared: self.shared.clone(), out, inbound: request.into_inner(), heartbeat };
+        let entity = request.extensions().get::<AuthEntity>().cloned();
+        let worker =
+            AnswerWorker { shared: self.shared.clone(), out, inbound: request.into_inner(), heartbeat, entity };
         tokio::spawn(worker.run(session));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -539,6 +563,8 @@ struct AnswerWorker {
     out: mpsc::Sender<Result<AnswerRequest, Status>>,
     inbound: Streaming<AnswerResponse>,
     heartbeat: Option<Interval>,
+    /// The answerer's authenticated entity.
+    entity: Option<AuthEntity>,
 }
 
 /// What to do after an answerer message.
@@ -590,6 +616,31 @@ impl AnswerWorker {
         !matches!(self.out.try_send(Ok(msg)), Err(mpsc::error::TrySendError::Closed(_)))
     }
 
+    /// The caller assertion for `offer`, when the caller was authenticated
+    /// and this answerer has a vouch key; empty otherwise.
+    fn vouch(&self, offer: &Offer) -> String {
+        let (Some(caller), Some(AuthEntity(answerer)), Some(keys)) =
+            (&offer.caller, &self.entity, &self.shared.config.vouch_keys)
+        else {
+            return String::new();
+        };
+        let Some(key) = keys(answerer) else { return String::new() };
+        // An offer whose SDP cannot be read names no peer; the answerer
+        // rejects it anyway.
+        let fp = match tether_rpc::webrtc::sdp::decode(&offer.sdp) {
+            Ok((_, sdp)) => tether_rpc::webrtc::sdp::fingerprints(&sdp),
+            Err(_) => return String::new(),
+        };
+        let ttl = offer.deadline.duration_since(SystemTime::now()).unwrap_or_default().as_secs() + 1;
+        match key.sign(&CallerClaims::new(caller.clone(), offer.host.clone(), offer.uuid.clone(), fp, ttl)) {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(uuid = %offer.uuid, "could not vouch for the caller: {e}");
+                String::new()
+            }
+        }
+    }
+
     async fn fail(&self, status: Status) {
         let _ = send_until(&self.out, Err(status), Instant::now() + HANDLER_TIMEOUT).await;
     }
@@ -598,6 +649,7 @@ impl AnswerWorker {
         let AnswererExchange { offer, mut caller_events, responder } = exchange;
         let deadline = to_instant(offer.deadline);
         let uuid = offer.uuid.clone();
+        let tether_caller_assertion = self.vouch(&offer);
         let init = AnswerRequest {
             uuid: uuid.clone(),
             stage: Some(answer_request::Stage::Init(AnswerRequestInitStage {
@@ -607,6 +659,7 @@ impl AnswerWorker {
                     disable_trickle: offer.disable_trickle,
                 }),
                 deadline: Some(offer.deadline.into()),
+                tether_caller_assertion,
             })),
         };
         if !matches!(send_until(&self.out, Ok(init), deadline).await, Sent::Ok) {

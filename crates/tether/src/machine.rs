@@ -15,11 +15,13 @@ pub struct MachineArgs {
     pub config: Option<PathBuf>,
     pub hosts: Vec<String>,
     pub signaling: Vec<String>,
+    /// `(id, key)` at the external signaling services.
+    pub signaling_key: Option<(String, String)>,
     pub no_webrtc: bool,
 }
 
 pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
-    let MachineArgs { listen, config, hosts, signaling, no_webrtc } = args;
+    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc } = args;
     let mut cfg = match &config {
         Some(path) => Config::from_file(path)?,
         None => Config::fake(),
@@ -28,6 +30,9 @@ pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         cfg.network.hosts = hosts;
     }
     cfg.network.signaling.extend(signaling);
+    if let Some((id, key)) = signaling_key {
+        cfg.network.signaling_api_key = Some(tether_rpc::auth::ApiKey { id, key });
+    }
     cfg.network.disable_webrtc |= no_webrtc;
     cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;

@@ -36,6 +36,13 @@ enum Command {
         /// (repeatable); the embedded one on the machine's port always runs.
         #[arg(long = "signaling", value_name = "URL")]
         signaling: Vec<String>,
+        /// API key id this machine authenticates with at the --signaling
+        /// services (they vouch for callers with it); needs --signaling-key.
+        #[arg(long, value_name = "ID", requires = "signaling_key")]
+        signaling_key_id: Option<String>,
+        /// API key secret for --signaling-key-id.
+        #[arg(long, value_name = "KEY", requires = "signaling_key_id")]
+        signaling_key: Option<String>,
         /// Do not answer WebRTC calls.
         #[arg(long)]
         no_webrtc: bool,
@@ -89,8 +96,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Machine { listen, config, hosts, signaling, no_webrtc } => {
-                machine::run(machine::MachineArgs { listen, config, hosts, signaling, no_webrtc }).await
+            Command::Machine { listen, config, hosts, signaling, signaling_key_id, signaling_key, no_webrtc } => {
+                let signaling_key = signaling_key_id.zip(signaling_key);
+                machine::run(machine::MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc }).await
             }
             Command::Signaling(args) => signaling::run(args).await,
             Command::Call(args) => call::run(args).await,

@@ -115,7 +115,13 @@ pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     if let Some(auth) = &auth {
-        builder = builder.authorizer(Arc::new(auth.grants.clone())).call_limits(auth.limits);
+        // Vouch for each authenticated caller to the machine, with a key
+        // derived from the answering machine's own API key secret.
+        let authority = auth.authority.clone();
+        builder = builder
+            .authorizer(Arc::new(auth.grants.clone()))
+            .call_limits(auth.limits)
+            .vouch_keys(Arc::new(move |answerer: &str| authority.vouch_key(answerer)));
         tracing::info!(limits = ?auth.limits, "signaling requires authentication (--auth)");
     }
     let signaling = builder.build();

@@ -25,6 +25,7 @@ use super::pipe::Pipe;
 use super::sdp::{self, SdpKind};
 use crate::auth::AuthEntity;
 use crate::dial::{Credentials, HeaderStamp, SharedHeaders};
+use crate::identity::VouchKey;
 use crate::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
 
 /// Settings of an answerer.
@@ -47,6 +48,13 @@ pub struct AnswererConfig {
     /// Identity given to calls over WebRTC when the signaling exchange does
     /// not name the caller.
     pub entity: Option<String>,
+    /// Key to verify the signaler's caller assertions with (see
+    /// [`crate::identity`]). Derived from `credentials` when they are an API
+    /// key and this is `None`.
+    pub vouch: Option<VouchKey>,
+    /// Refuse offers whose caller the signaler did not vouch for (a machine
+    /// that requires authentication must not let anonymous peers in).
+    pub require_vouched: bool,
     /// Counters shared by every answerer of a machine.
     pub stats: Arc<AnswererStats>,
 }
@@ -96,6 +104,8 @@ impl AnswererConfig {
             workers: 2,
             limits: Limits::default(),
             entity: None,
+            vouch: None,
+            require_vouched: false,
             stats: Arc::default(),
         }
     }
@@ -117,7 +127,12 @@ pub type PeerEvents = Arc<dyn Fn(PeerEvent) + Send + Sync>;
 type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<tonic::transport::Channel>>;
 
 /// Starts the answerer's workers; they run until `shutdown`.
-pub fn spawn(config: AnswererConfig, svc: HttpService, events: PeerEvents, shutdown: CancellationToken) {
+pub fn spawn(mut config: AnswererConfig, svc: HttpService, events: PeerEvents, shutdown: CancellationToken) {
+    if config.vouch.is_none()
+        && let Some(creds) = config.credentials.as_ref().filter(|c| c.r#type == crate::auth::API_KEY)
+    {
+        config.vouch = Some(VouchKey::from_secret(&creds.payload));
+    }
     let config = Arc::new(config);
     for worker in 0..config.workers.max(1) {
         tokio::spawn(run_worker(worker, config.clone(), svc.clone(), events.clone(), shutdown.clone()));
@@ -285,6 +300,7 @@ impl Exchange {
         if kind != SdpKind::Offer {
             return Err(tonic::Status::invalid_argument("expected an offer"));
         }
+        let entity = self.caller_entity(&offer)?;
         let trickle = !self.init.optional_config.as_ref().is_some_and(|c| c.disable_trickle);
         let peer =
             new_peer(&self.config.peer).await.map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
@@ -393,7 +409,12 @@ impl Exchange {
             local: pair.as_ref().and_then(|p| p.local),
             id: next_connection_id(),
         };
-        tracing::info!(remote = ?info.remote, pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)), "webrtc peer connected");
+        tracing::info!(
+            remote = ?info.remote,
+            caller = entity.as_ref().map(|e| e.0.as_str()),
+            pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)),
+            "webrtc peer connected"
+        );
         drop(exchanging);
         let config = self.config.clone();
         let _serving = Gauge::new(&config.stats.peers);
@@ -404,7 +425,7 @@ impl Exchange {
             pipe,
             self.svc.clone(),
             info.clone(),
-            self.config.entity.clone().map(AuthEntity),
+            entity,
             self.config.limits,
             stop.clone(),
         ));
@@ -427,6 +448,23 @@ impl Exchange {
         tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
         (self.events)(PeerEvent::Closed(info));
         Ok(())
+    }
+
+    /// Who is calling: the caller the signaler vouched for (verified against
+    /// this offer), else the configured shared identity, unless vouching is
+    /// required.
+    fn caller_entity(&self, offer_sdp: &str) -> Result<Option<AuthEntity>, tonic::Status> {
+        let assertion = &self.init.tether_caller_assertion;
+        if let (false, Some(key)) = (assertion.is_empty(), &self.config.vouch) {
+            let claims = key.verify(assertion, &self.config.hosts, &self.uuid, &sdp::fingerprints(offer_sdp))?;
+            return Ok(Some(AuthEntity(claims.sub)));
+        }
+        if self.config.require_vouched {
+            return Err(tonic::Status::permission_denied(
+                "this machine requires authenticated callers, and the signaling service did not vouch for this one",
+            ));
+        }
+        Ok(self.config.entity.clone().map(AuthEntity))
     }
 
     async fn send_done(&self) {

@@ -70,6 +70,31 @@ pub fn decode(encoded: &str) -> Result<(SdpKind, String), SdpError> {
     Ok((wire.kind, wire.sdp))
 }
 
+/// The DTLS certificate fingerprints an SDP announces (`a=fingerprint:`
+/// lines, session or media level), normalized (`sha-256 ab:cd:…`, lower
+/// case), sorted and deduplicated. The DTLS handshake proves that the peer
+/// holds a certificate with one of them, so they name the peer connection.
+///
+/// ```
+/// use tether_rpc::webrtc::sdp::fingerprints;
+/// let sdp = "v=0\r\na=fingerprint:SHA-256 AB:CD\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+/// assert_eq!(fingerprints(sdp), vec!["sha-256 ab:cd".to_string()]);
+/// ```
+pub fn fingerprints(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=fingerprint:"))
+        .filter_map(|v| {
+            let mut parts = v.split_whitespace();
+            let (alg, value) = (parts.next()?, parts.next()?);
+            Some(format!("{} {}", alg.to_ascii_lowercase(), value.to_ascii_lowercase()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Converts a wire candidate into webrtc-rs form; `None` for empty
 /// (end-of-candidates) entries.
 pub fn candidate_from_pb(c: &pb::IceCandidate) -> Option<RTCIceCandidateInit> {
