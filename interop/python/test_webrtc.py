@@ -23,9 +23,11 @@ import time
 import uuid
 
 import pytest
+from grpclib import Status
+from grpclib.exceptions import GRPCError
 from viam.components.motor import Motor
 from viam.components.sensor import Sensor
-from viam.proto.robot import GetSessionsRequest, PeerConnectionType
+from viam.proto.robot import GetSessionsRequest, PeerConnectionType, SendSessionHeartbeatRequest
 from viam.robot.client import RobotClient
 
 from tether_harness import connect_observer, webrtc_config, webrtc_options
@@ -169,3 +171,56 @@ def test_webrtc_killed_client_motor_stops(netns, start_netns_machine, start_clie
     timing(f"motor stop after SIGKILL of a WebRTC client (window {WINDOW})", delay)
     stops = [line for line in machine.log().splitlines() if "safety stop" in line or "session expired" in line]
     print("machine:\n" + "\n".join(stops))
+
+
+def test_webrtc_api_keys_own_their_sessions(netns, start_netns_machine):
+    """Identity over WebRTC: each SDK client authenticates to the machine's embedded signaler with
+    its own API key; the signaler vouches for it to the machine, which owns the session by that key.
+    A second key cannot heartbeat the first key's session, though neither sends credentials on the
+    data channel."""
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    config = webrtc_config("2s")
+    config["auth"] = {
+        "handlers": [
+            {
+                "type": "api-key",
+                "config": {"keys": [{"id": alice, "key": "alice-secret"}, {"id": bob, "key": "bob-secret"}]},
+            }
+        ]
+    }
+    machine = start_netns_machine(config)
+
+    def options(key_id: str, secret: str) -> RobotClient.Options:
+        opts = RobotClient.Options.with_api_key(api_key=secret, api_key_id=key_id)
+        opts.dial_options.insecure = True
+        opts.dial_options.allow_insecure_with_creds_downgrade = True
+        return opts
+
+    async def run():
+        robot_a = await RobotClient.at_address(machine.address, options(alice, "alice-secret"))
+        robot_b = await RobotClient.at_address(machine.address, options(bob, "bob-secret"))
+        try:
+            await Motor.from_robot(robot_a, "motor1").set_power(0.5)
+            await Motor.from_robot(robot_b, "motor1").set_power(0.25)
+            sid_a = robot_a._sessions_client._current_id
+            sid_b = robot_b._sessions_client._current_id
+            assert sid_a and sid_b and sid_a != sid_b
+            by_id = {s.id: s for s in await _sessions(robot_a)}
+            for sid in (sid_a, sid_b):
+                assert by_id[sid].peer_connection_info.type == WEBRTC, f"session {sid} is not on WebRTC"
+            # Bob's client heartbeating alice's session is refused as if it did not exist.
+            try:
+                await robot_b._client.SendSessionHeartbeat(SendSessionHeartbeatRequest(id=sid_a), timeout=5)
+                raise AssertionError("bob heartbeated alice's session")
+            except GRPCError as e:
+                assert e.status == Status.INVALID_ARGUMENT and e.message == "SESSION_EXPIRED", (e.status, e.message)
+            # Her own heartbeat still works.
+            await robot_a._client.SendSessionHeartbeat(SendSessionHeartbeatRequest(id=sid_a), timeout=5)
+        finally:
+            await robot_a.close()
+            await robot_b.close()
+
+    netns.run(run)
+    # The machine learned each caller from the signaling exchange.
+    for key_id in (alice, bob):
+        _wait_for_log(machine, re.compile(r"webrtc peer connected .*caller=\"?" + re.escape(key_id)))

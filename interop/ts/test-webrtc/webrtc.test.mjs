@@ -21,6 +21,7 @@
 // Everything runs twice: Chromium's default (host candidates hidden behind <uuid>.local mDNS
 // names) and with --disable-features=WebRtcHideLocalIpsWithMdns (raw IP host candidates).
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
@@ -241,3 +242,45 @@ for (const mode of MODES) {
     });
   });
 }
+
+describe('API keys over WebRTC (identity vouched by the signaler)', () => {
+  test('the machine refuses anonymous and wrong-key dials and learns the caller of a keyed one', TEST_OPTS, async (t) => {
+    const keyId = randomUUID();
+    const config = {
+      ...CONFIG,
+      auth: { handlers: [{ type: 'api-key', config: { keys: [{ id: keyId, key: 'ts-secret' }] } }] },
+    };
+    const machine = await startMachine(config, { listen: `${NS_IP}:0`, hosts: [HOST], env: { TETHER_LOG: MACHINE_LOG } });
+    t.after(() => machine.stop());
+    const browser = await launchPage(staticServer.origin, MODES[1].flags);
+    t.after(() => browser.close());
+    const base = {
+      host: HOST,
+      signalingAddress: `http://${machine.address}`,
+      iceServers: [],
+      noReconnect: true,
+      dialTimeout: 10_000,
+    };
+    const dial = (conf) => browser.page.evaluate((c) => window.tether.connect(c), conf);
+
+    // No credentials, then a wrong secret: the embedded signaler refuses both (the SDK reports
+    // "Failed to connect via all methods").
+    await assert.rejects(dial(base), /Failed to connect/);
+    const wrong = { ...base, credentials: { type: 'api-key', payload: 'guess', authEntity: keyId } };
+    await assert.rejects(dial(wrong), /Failed to connect/);
+    assert.doesNotMatch(machine.log(), /webrtc peer connected/);
+
+    // The right key: a WebRTC connection whose caller the machine knows, with no credentials on
+    // the data channel.
+    const right = { ...base, credentials: { type: 'api-key', payload: 'ts-secret', authEntity: keyId } };
+    const info = await dial(right);
+    assert.equal(info.iceConnectionState, 'connected');
+    const m = await waitForLog(machine, new RegExp(`webrtc peer connected .*caller="?${keyId}`));
+    report(t, `[api-key] WebRTC connect ${info.connectMs.toFixed(0)} ms; machine: ${m[0].slice(0, 160)}`);
+    await browser.page.evaluate(() => window.tether.setPower('motor1', 0.5));
+    const [on, pct] = await browser.page.evaluate(() => window.tether.isPowered('motor1'));
+    assert.equal(on, true);
+    assert.ok(Math.abs(pct - 0.5) < 1e-9, `power ${pct}`);
+    await browser.page.evaluate(() => window.tether.disconnect());
+  });
+});

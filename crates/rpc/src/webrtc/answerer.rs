@@ -411,8 +411,8 @@ impl Exchange {
         };
         tracing::info!(
             remote = ?info.remote,
-            caller = entity.as_ref().map(|e| e.0.as_str()),
             pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)),
+            caller = entity.as_ref().map(|e| e.0.as_str()),
             "webrtc peer connected"
         );
         drop(exchanging);
