@@ -32,11 +32,18 @@ impl Machine {
     }
 
     fn spawn(config: Option<tempfile::NamedTempFile>) -> Self {
+        Self::process(&["machine", "--listen", "127.0.0.1:0"], config.map(|f| ("--config", f)))
+    }
+
+    /// Any long-running `tether` command that prints `listening on ADDR`
+    /// (a machine or a signaling service), with `file` passed as `flag FILE`.
+    fn process(args: &[&str], file: Option<(&str, tempfile::NamedTempFile)>) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["machine", "--listen", "127.0.0.1:0"]);
-        if let Some(file) = &config {
-            cmd.arg("--config").arg(file.path());
-        }
+        cmd.args(args);
+        let config = file.map(|(flag, file)| {
+            cmd.arg(flag).arg(file.path());
+            file
+        });
         let mut child = cmd
             .env("TETHER_LOG", "warn")
             .stdin(Stdio::null())
@@ -471,6 +478,125 @@ fn api_key_credentials() {
     let out = m.call(&["motor1", "is-powered", "--api-key-id", "cli-key", "--api-key=cli-secret", "--json"]);
     assert_eq!(out.json()["is_on"], false);
     m.call(&["resources", "--api-key-id", "cli-key"]).failure("InvalidArgument");
+}
+
+// ---------------------------------------------------------------------------
+// Authorized signaling, end to end: `tether signaling --auth`, a machine
+// answering with its own key, `tether call` over WebRTC with users' keys
+// ---------------------------------------------------------------------------
+
+fn temp_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write");
+    file
+}
+
+/// `tether signaling --auth FILE` on a free loopback port; its URL.
+fn authorized_signaling(auth: &str) -> (Machine, String) {
+    let sig = Machine::process(&["signaling", "--listen", "127.0.0.1:0"], Some(("--auth", temp_file(auth))));
+    let url = format!("http://{}", sig.addr);
+    (sig, url)
+}
+
+/// `tether call HOST args… --signaling URL --no-stun` (WebRTC through the service).
+fn call_via(url: &str, host: &str, args: &[&str]) -> Out {
+    let mut full = vec![host];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--signaling", url, "--no-stun", "--timeout", "20"]);
+    call(&full)
+}
+
+const SIGNALING_AUTH: &str = r#"{"keys": [
+  {"id": "alice", "key": "alice-secret", "call": ["cli-bot", "ghost-bot"]},
+  {"id": "eve", "key": "eve-secret", "call": ["other-bot"]},
+  {"id": "bot", "key": "bot-secret", "answer": ["cli-bot"]}
+]}"#;
+
+#[test]
+fn authorized_signaling_refusals_end_to_end() {
+    let (_sig, url) = authorized_signaling(SIGNALING_AUTH);
+    let _bot = Machine::process(
+        &[
+            "machine",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "cli-bot",
+            "--signaling",
+            &url,
+            "--signaling-key-id",
+            "bot",
+            "--signaling-key",
+            "bot-secret",
+        ],
+        None,
+    );
+    // The key "bot" may not answer for ghost-bot: this machine never comes online.
+    let _ghost = Machine::process(
+        &[
+            "machine",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "ghost-bot",
+            "--signaling",
+            &url,
+            "--signaling-key-id",
+            "bot",
+            "--signaling-key",
+            "bot-secret",
+        ],
+        None,
+    );
+    let alice = ["--api-key-id", "alice", "--api-key", "alice-secret"];
+    fn with<'a>(args: &[&'a str], creds: &[&'a str]) -> Vec<&'a str> {
+        [args, creds].concat()
+    }
+
+    // Alice reaches cli-bot over WebRTC once its machine has registered.
+    let mut out = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let o = call_via(&url, "cli-bot", &with(&["motor1", "set-power", "0.25"], &alice));
+            let done = o.ok() || !o.stderr.starts_with("error: NotFound");
+            out = Some(o);
+            done
+        }),
+        "cli-bot never came online: {out:?}"
+    );
+    out.expect("called").success();
+    let powered = call_via(&url, "cli-bot", &with(&["motor1", "is-powered", "--json"], &alice)).json();
+    assert_eq!(powered["is_on"], true, "{powered}");
+
+    // No credentials, a wrong secret, an unknown key: UNAUTHENTICATED.
+    call_via(&url, "cli-bot", &["resources"]).failure("Unauthenticated");
+    call_via(&url, "cli-bot", &["resources", "--api-key-id", "alice", "--api-key", "guess"]).failure("Unauthenticated");
+    call_via(&url, "cli-bot", &["resources", "--api-key-id", "mallory", "--api-key", "x"]).failure("Unauthenticated");
+    // A valid key without a grant for the host: PERMISSION_DENIED.
+    let out = call_via(&url, "cli-bot", &["resources", "--api-key-id", "eve", "--api-key", "eve-secret"]);
+    out.failure("PermissionDenied");
+    assert!(out.stderr.contains("cli-bot"), "{out:?}");
+    call_via(&url, "other-bot", &with(&["resources"], &alice)).failure("PermissionDenied");
+    // A machine whose key may not answer for its host never registers: offline.
+    let out = call_via(&url, "ghost-bot", &with(&["resources"], &alice));
+    out.failure("NotFound");
+}
+
+#[test]
+fn authorized_signaling_rate_limits_calls_per_key() {
+    let auth = r#"{"keys": [{"id": "alice", "key": "alice-secret", "call": ["nobody-home"]},
+                            {"id": "bob", "key": "bob-secret", "call": ["nobody-home"]}],
+                   "rate_limit_per_minute": 2}"#;
+    let (_sig, url) = authorized_signaling(auth);
+    let as_key =
+        |id: &str, key: &str| call_via(&url, "nobody-home", &["resources", "--api-key-id", id, "--api-key", key]);
+    // Two calls per minute: both reach the (empty) queue, the third is refused.
+    as_key("alice", "alice-secret").failure("NotFound");
+    as_key("alice", "alice-secret").failure("NotFound");
+    let out = as_key("alice", "alice-secret");
+    out.failure("ResourceExhausted");
+    // The limit is per key: bob is unaffected.
+    as_key("bob", "bob-secret").failure("NotFound");
 }
 
 // ---------------------------------------------------------------------------
