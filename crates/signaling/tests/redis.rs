@@ -614,6 +614,22 @@ async fn queue_relays_many_events_in_order_and_respects_hosts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_carries_the_callers_entity_across_instances() {
+    // The answerer's instance vouches for the caller, who came in through the other one.
+    let redis = RedisServer::start().await;
+    let qa = RedisQueue::connect(&redis.url(), options("qa")).await.unwrap();
+    let qb = RedisQueue::connect(&redis.url(), options("qb")).await.unwrap();
+    let mut s = qa.register_answerer(vec!["h".into()]).await.unwrap();
+    let h = qb.send_offer(OfferInit { caller: Some("alice".into()), ..offer("h", "o1") }).await.unwrap();
+    let ex = within(s.recv_offer()).await.unwrap();
+    assert_eq!((ex.offer.uuid.as_str(), ex.offer.caller.as_deref()), (h.offer.uuid.as_str(), Some("alice")));
+    // An anonymous caller stays anonymous.
+    let mut s = qa.register_answerer(vec!["h".into()]).await.unwrap();
+    qb.send_offer(offer("h", "o2")).await.unwrap();
+    assert_eq!(within(s.recv_offer()).await.unwrap().offer.caller, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_withdrawn_and_expired_offers_are_not_delivered() {
     let redis = RedisServer::start().await;
     let qa = RedisQueue::connect(&redis.url(), options("qa")).await.unwrap();
