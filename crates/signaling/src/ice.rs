@@ -12,6 +12,10 @@ use tether_proto::proto::rpc::webrtc::v1::IceServer;
 /// Default lifetime of TURN credentials (one day).
 pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Longer credential lifetimes are clamped to this (a century), so that the
+/// expiry stays a representable time whatever TTL a config asks for.
+const MAX_TURN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Short-lived TURN credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TurnCredentials {
@@ -25,7 +29,8 @@ pub struct TurnCredentials {
 
 /// Derives TURN REST credentials as coturn's `use-auth-secret` expects:
 /// username = `<unix expiry>:<user>`, credential =
-/// standard-base64(HMAC-SHA1(`secret`, username)).
+/// standard-base64(HMAC-SHA1(`secret`, username)). A `ttl` beyond a century
+/// is clamped to one.
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
@@ -37,7 +42,7 @@ pub struct TurnCredentials {
 /// assert_eq!(creds.credential.len(), 28); // 20 bytes of SHA-1, base64
 /// ```
 pub fn turn_rest_credentials(secret: &[u8], user: &str, ttl: Duration, now: SystemTime) -> TurnCredentials {
-    let expires = now + ttl;
+    let expires = now.checked_add(ttl.min(MAX_TURN_TTL)).unwrap_or(now);
     let unix = expires.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let username = format!("{unix}:{user}");
     // HMAC accepts keys of any length, so this cannot fail; stay panic-free anyway.
@@ -138,5 +143,21 @@ where
         urls: urls.into_iter().map(Into::into).collect(),
         username: username.into(),
         credential: credential.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_ttls_are_clamped_not_a_panic() {
+        // Found by fuzzing the config: `"turn": {"ttl": "3000000000000000h"}`.
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        for ttl in [Duration::from_secs(3_000_000_000_000_000 * 3600), Duration::MAX] {
+            let creds = turn_rest_credentials(b"secret", "robot", ttl, now);
+            assert_eq!(creds.expires, now + MAX_TURN_TTL);
+            assert_eq!(creds.username, format!("{}:robot", 1_000 + MAX_TURN_TTL.as_secs()));
+        }
     }
 }

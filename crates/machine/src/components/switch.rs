@@ -50,12 +50,18 @@ impl Default for FakeSwitch {
 }
 
 impl FakeSwitch {
-    /// A fake switch with `count` positions (at least 1). Without labels the
-    /// positions are labelled "position 0", "position 1", …; labels, when
-    /// given, must be one per position.
+    /// Most positions a fake switch may have (each has a label in memory).
+    pub const MAX_POSITIONS: u32 = 1024;
+
+    /// A fake switch with `count` positions (1 to [`Self::MAX_POSITIONS`]).
+    /// Without labels the positions are labelled "position 0", "position 1",
+    /// …; labels, when given, must be one per position.
     pub fn new(count: u32, labels: Option<Vec<String>>) -> std::result::Result<Self, String> {
         if count == 0 {
             return Err("a switch needs at least one position".into());
+        }
+        if count > Self::MAX_POSITIONS {
+            return Err(format!("a switch has at most {} positions, got {count}", Self::MAX_POSITIONS));
         }
         let labels = match labels {
             Some(l) if l.len() != count as usize => {
@@ -119,5 +125,8 @@ mod tests {
         assert!(FakeSwitch::new(0, None).is_err());
         assert!(FakeSwitch::new(2, Some(vec!["a".into()])).is_err());
         assert_eq!(FakeSwitch::new(2, None).unwrap().positions.labels, vec!["position 0", "position 1"]);
+        // Found by fuzzing the config: `"position_count": 4294967295` made 4 billion labels.
+        assert!(FakeSwitch::new(FakeSwitch::MAX_POSITIONS, None).is_ok());
+        assert!(FakeSwitch::new(u32::MAX, None).is_err());
     }
 }

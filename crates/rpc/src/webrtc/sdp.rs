@@ -67,7 +67,21 @@ pub fn decode(encoded: &str) -> Result<(SdpKind, String), SdpError> {
     if !wire.sdp.starts_with("v=") {
         return Err(SdpError("the sdp field is not a session description".into()));
     }
+    if let Some(c) = wire.sdp.lines().filter_map(|l| l.trim().strip_prefix("a=candidate:")).find_map(bad_component) {
+        return Err(SdpError(format!("ICE candidate component {c} is outside 1..=256")));
+    }
     Ok((wire.kind, wire.sdp))
+}
+
+/// The component id of a candidate line (`candidate:` prefix optional) if it
+/// is outside 1..=256 (RFC 8445). webrtc-rs computes the priority of a
+/// candidate announced with priority 0 as `… + 256 - component`, which
+/// overflows (a panic with overflow checks) for larger ids; such candidates
+/// are refused before they reach it. Lines it cannot parse are left to it.
+fn bad_component(line: &str) -> Option<u16> {
+    let value = line.strip_prefix("candidate:").unwrap_or(line);
+    let component: u16 = value.split_whitespace().nth(1)?.parse().ok()?;
+    (!(1..=256).contains(&component)).then_some(component)
 }
 
 /// The DTLS certificate fingerprints an SDP announces (`a=fingerprint:`
@@ -96,9 +110,14 @@ pub fn fingerprints(sdp: &str) -> Vec<String> {
 }
 
 /// Converts a wire candidate into webrtc-rs form; `None` for empty
-/// (end-of-candidates) entries.
+/// (end-of-candidates) entries and for candidates with a component id
+/// outside 1..=256 (which webrtc-rs mishandles).
 pub fn candidate_from_pb(c: &pb::IceCandidate) -> Option<RTCIceCandidateInit> {
     if c.candidate.trim().is_empty() {
+        return None;
+    }
+    if let Some(component) = bad_component(&c.candidate) {
+        tracing::debug!(component, "ignoring an ICE candidate with a component id outside 1..=256");
         return None;
     }
     Some(RTCIceCandidateInit {
@@ -147,5 +166,22 @@ mod tests {
         assert!(candidate_from_pb(&pb::IceCandidate { candidate: " ".into(), ..pb.clone() }).is_none());
         let huge = pb::IceCandidate { sdpm_line_index: Some(70_000), ..pb };
         assert_eq!(candidate_from_pb(&huge).unwrap().sdp_mline_index, None);
+    }
+
+    #[test]
+    fn candidates_with_impossible_components_are_refused() {
+        // Found by fuzzing: webrtc-rs computes `256 - component` for a
+        // candidate with priority 0, which overflowed (a panic in debug builds).
+        let pb = |line: &str| pb::IceCandidate { candidate: line.into(), ..Default::default() };
+        assert!(candidate_from_pb(&pb("candidate:1 511 udp 0 2001:db8::1 51001 typ host")).is_none());
+        assert!(candidate_from_pb(&pb("1 0 udp 0 10.0.0.2 51001 typ host")).is_none());
+        assert!(candidate_from_pb(&pb("candidate:1 256 udp 0 10.0.0.2 51001 typ host")).is_some());
+        assert!(candidate_from_pb(&pb("candidate:1 x udp 0 10.0.0.2 51001 typ host")).is_some()); // webrtc-rs' error
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=candidate:1 300 udp 0 10.0.0.2 5 typ host\r\n";
+        let err = decode(&b64.encode(format!(r#"{{"type":"offer","sdp":{sdp:?}}}"#))).unwrap_err();
+        assert!(err.to_string().contains("component 300"), "{err}");
+        let sdp = sdp.replace(" 300 ", " 1 ");
+        assert!(decode(&b64.encode(format!(r#"{{"type":"offer","sdp":{sdp:?}}}"#))).is_ok());
     }
 }
