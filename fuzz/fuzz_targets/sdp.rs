@@ -1,13 +1,60 @@
-//! Arbitrary strings into the SDP decoder: errors, never panics.
+//! Arbitrary strings into the SDP decoder: errors, never panics; decode∘encode
+//! round-trips. What decodes goes on to webrtc-rs's SDP parser and candidate
+//! extraction (what `set_remote_description` runs on it). An input that is not an encoded SDP
+//! is also tried as a bare SDP body: encoded, it must decode to itself (or be
+//! refused with a reason).
 #![no_main]
 
+use std::sync::Arc;
+
 use libfuzzer_sys::fuzz_target;
+use tether_rpc::webrtc::sdp::{MAX_ENCODED_SDP, SdpKind, decode, encode};
+use webrtc::ice::candidate::Candidate;
+use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidate;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+/// What `set_remote_description` does first: parse the SDP, then turn every
+/// `a=candidate` of every media section into a candidate (with its priority).
+fn parse(kind: SdpKind, sdp: &str) {
+    let desc = match kind {
+        SdpKind::Offer => RTCSessionDescription::offer(sdp.to_owned()),
+        SdpKind::Answer => RTCSessionDescription::answer(sdp.to_owned()),
+        SdpKind::Pranswer => RTCSessionDescription::pranswer(sdp.to_owned()),
+        SdpKind::Rollback => return,
+    };
+    let Ok(parsed) = desc.and_then(|d| d.unmarshal()) else { return };
+    for m in &parsed.media_descriptions {
+        for a in m.attributes.iter().filter(|a| a.is_ice_candidate()) {
+            if let Some(Ok(c)) = a.value.as_deref().map(unmarshal_candidate) {
+                let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
+                let _ = RTCIceCandidate::from(&c);
+            }
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok((kind, sdp)) = tether_rpc::webrtc::sdp::decode(s) {
-            let again = tether_rpc::webrtc::sdp::encode(kind, &sdp);
-            assert_eq!(tether_rpc::webrtc::sdp::decode(&again).unwrap(), (kind, sdp));
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    match decode(s) {
+        Ok((kind, sdp)) => {
+            let again = encode(kind, &sdp);
+            assert_eq!(decode(&again).ok(), Some((kind, sdp.clone())));
+            parse(kind, &sdp);
+        }
+        Err(_) => {
+            let wire = encode(SdpKind::Offer, s);
+            match decode(&wire) {
+                Ok(got) => {
+                    assert_eq!(got, (SdpKind::Offer, s.to_owned()));
+                    parse(SdpKind::Offer, s);
+                }
+                // Refused: not an SDP, too large, or a candidate webrtc-rs cannot take.
+                Err(e) => assert!(
+                    !s.starts_with("v=") || wire.len() > MAX_ENCODED_SDP || e.to_string().contains("component"),
+                    "{s:?} did not round-trip: {e}"
+                ),
+            }
         }
     }
 });

@@ -1,0 +1,60 @@
+//! ICE candidates from the wire, the way both our answerer and our dialer
+//! take them: `IceCandidate` (protobuf, or just its candidate line) →
+//! `candidate_from_pb` → webrtc-rs's candidate parser (what
+//! `RTCPeerConnection::add_ice_candidate` runs on it, including the
+//! priority computation). Errors, never panics; the wire conversion
+//! round-trips; candidates webrtc-rs cannot take (component id outside
+//! 1..=256) are dropped on our side.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use tether_proto::proto::rpc::webrtc::v1::IceCandidate;
+use tether_rpc::webrtc::sdp::{candidate_from_pb, candidate_to_pb};
+use webrtc::ice::candidate::Candidate;
+use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidate;
+
+fuzz_target!(|data: &[u8]| {
+    let wire = match data.split_first() {
+        // A NUL byte, then an encoded IceCandidate.
+        Some((0, rest)) => match IceCandidate::decode(rest) {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        // Just the candidate line, as browsers send it.
+        _ => IceCandidate {
+            candidate: String::from_utf8_lossy(data).into_owned(),
+            sdp_mid: Some("0".to_owned()),
+            sdpm_line_index: Some(0),
+            username_fragment: None,
+        },
+    };
+    // The component id (second field), as webrtc-rs reads it.
+    let value = wire.candidate.strip_prefix("candidate:").unwrap_or(&wire.candidate);
+    let component = value.split_whitespace().nth(1).and_then(|t| t.parse::<u16>().ok());
+    let Some(init) = candidate_from_pb(&wire) else {
+        let impossible = component.is_some_and(|c| c == 0 || c > 256);
+        assert!(wire.candidate.trim().is_empty() || impossible, "a usable candidate was dropped");
+        return;
+    };
+    assert!(component.is_none_or(|c| (1..=256).contains(&c)), "component {component:?} got through");
+    let back = candidate_to_pb(&init);
+    assert_eq!(back.candidate, wire.candidate);
+    assert_eq!(back.sdp_mid, wire.sdp_mid);
+    assert_eq!(back.username_fragment, wire.username_fragment);
+    assert_eq!(back.sdpm_line_index, wire.sdpm_line_index.filter(|i| *i <= u32::from(u16::MAX)));
+
+    // What add_ice_candidate does with the line.
+    let value = init.candidate.strip_prefix("candidate:").unwrap_or(&init.candidate);
+    if value.is_empty() {
+        return;
+    }
+    if let Ok(parsed) = unmarshal_candidate(value) {
+        let _ = parsed.marshal();
+        let parsed: Arc<dyn Candidate + Send + Sync> = Arc::new(parsed);
+        let _ = RTCIceCandidate::from(&parsed);
+    }
+});
