@@ -1,8 +1,8 @@
 //! Arbitrary strings into the SDP decoder: errors, never panics; decode∘encode
 //! round-trips. What decodes goes on to webrtc-rs's SDP parser and candidate
-//! extraction (what `set_remote_description` runs on it). An input that is not an encoded SDP
-//! is also tried as a bare SDP body: encoded, it must decode to itself (or be
-//! refused with a reason).
+//! extraction (what `set_remote_description` runs on it). An input that is
+//! not an encoded SDP is also tried as a bare SDP body: encoded, it must
+//! decode to itself (or be refused with a reason).
 #![no_main]
 
 use std::sync::Arc;

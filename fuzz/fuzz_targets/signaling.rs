@@ -60,6 +60,8 @@ const UNARY_BOUND: Duration = Duration::from_secs(15);
 const STREAM_SLACK: Duration = Duration::from_secs(25);
 
 type Svc = SignalingServiceServer<SignalingServer>;
+/// The sending end of an Answer request body.
+type Frames = mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, Infallible>>;
 
 /// `FUZZ_TRACE=1` prints what an input does (to debug a crash input).
 fn tracing() -> bool {
@@ -79,7 +81,6 @@ macro_rules! trace {
 thread_local! {
     static START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
-type Frames = mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, Infallible>>;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build() else {
