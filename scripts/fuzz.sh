@@ -17,7 +17,7 @@
 # targets and exits non-zero. Logs: fuzz/target/logs/TARGET.log.
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
-# e.g. "-jobs=2" or "-rss_limit_mb=4096"), FUZZ_NIGHTLY=0 (use the stable path even with a
+# e.g. "-jobs=2" or "-rss_limit_mb=4096"), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a
 # nightly toolchain installed, as on CI).
 set -euo pipefail
 
@@ -53,6 +53,12 @@ if ! "${CARGO[@]}" fuzz --version >/dev/null 2>&1; then
 fi
 # Everything fuzz-related lives in fuzz/target, whatever CARGO_TARGET_DIR says.
 FUZZ_ARGS=(--target-dir "$FUZZ/target")
+# FUZZ_DEV=1: an unoptimized build (cargo fuzz --dev). It compiles several times faster, which
+# is what a short smoke run needs on a cold cache; long runs want the optimized default.
+if [[ ${FUZZ_DEV:-0} == 1 ]]; then
+  FUZZ_ARGS+=(--dev)
+  how_dev=", unoptimized (--dev)"
+fi
 
 mapfile -t ALL < <("${CARGO[@]}" fuzz list)
 [[ ${#ALL[@]} -gt 0 ]] || die "no fuzz targets found"
@@ -76,7 +82,7 @@ build() { # every requested target (all of them in one cargo run when that is al
 }
 mkdir -p "$FUZZ/target/logs"
 build_log="$FUZZ/target/logs/build.log"
-log "building ${TARGETS[*]} ($how)"
+log "building ${TARGETS[*]} ($how${how_dev:-})"
 if ! build >"$build_log" 2>&1; then
   tail -n 30 "$build_log" >&2
   [[ ${CARGO[*]} != "cargo +nightly" ]] || die "build failed (log: $build_log)"

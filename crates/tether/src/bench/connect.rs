@@ -1,0 +1,243 @@
+//! Row 3: WebRTC connect time by phase, against a `tether machine` process
+//! inside the bench's network namespace.
+//!
+//! The phases come from an instrumented copy of the client's dial
+//! (tether_rpc::webrtc::dial::dial): the same steps through the same public
+//! building blocks (signaling client, `new_peer`, `Pipe`, SDP helpers,
+//! `WebRtcChannel`), with timestamps. Its total is reported next to the real
+//! `RobotClient::connect`, so a drift between the two would show.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use parking_lot::Mutex;
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
+use tether_rpc::webrtc::client::WebRtcChannel;
+use tether_rpc::webrtc::framing::Limits;
+use tether_rpc::webrtc::peer::{PeerOptions, new_peer};
+use tether_rpc::webrtc::pipe::Pipe;
+use tether_rpc::webrtc::sdp::{self, SdpKind};
+use tokio::sync::mpsc;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+use super::stats::ms;
+
+/// Milliseconds since the dial started at which each phase ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// Signaling connected, ICE config asked, offer sent, answer applied.
+    pub answer: f64,
+    /// ICE connected (a candidate pair answered).
+    pub ice: f64,
+    /// DTLS handshake done (peer connection `connected`).
+    pub dtls: f64,
+    /// SCTP association up and the `data` channel open (our side).
+    pub open: f64,
+    /// The signaler ended the call (the machine's side is open too).
+    pub ended: f64,
+    /// A GetVersion answered over the channel.
+    pub first_rpc: f64,
+}
+
+fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("rpc-host", host.parse().context("rpc-host")?);
+    Ok(req)
+}
+
+#[derive(Default)]
+struct Marks {
+    ice: Option<Instant>,
+    dtls: Option<Instant>,
+}
+
+/// Which peer connection the instrumented dial uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// `tether_rpc::webrtc::peer::new_peer`, as the client.
+    Stock,
+    /// The same settings plus `set_prflx_acceptance_min_wait(0)`: the
+    /// experiment behind the proposed fix of the 1 s connects (webrtc-ice
+    /// 0.17 waits 1 s before nominating a pair whose remote candidate is
+    /// peer-reflexive, i.e. learned from the machine's check before its
+    /// trickled candidate arrived).
+    NoPrflxWait,
+}
+
+/// `new_peer`'s settings (crates/rpc/src/webrtc/peer.rs) with the
+/// peer-reflexive nomination wait at zero.
+async fn peer_without_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_rpc::webrtc::peer::Peer> {
+    use webrtc::api::APIBuilder;
+    use webrtc::api::setting_engine::SettingEngine;
+    use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
+    let mut settings = SettingEngine::default();
+    settings.set_ice_timeouts(
+        Some(options.disconnected_timeout),
+        Some(options.failed_timeout),
+        Some(options.keepalive),
+    );
+    settings.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::QueryOnly);
+    settings.set_network_types(vec![webrtc::ice::network_type::NetworkType::Udp4]);
+    settings.set_include_loopback_candidate(options.include_loopback);
+    settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
+    let api = APIBuilder::new().with_setting_engine(settings).build();
+    let config = webrtc::peer_connection::configuration::RTCConfiguration {
+        ice_servers: options
+            .ice_servers
+            .iter()
+            .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let pc = Arc::new(api.new_peer_connection(config).await?);
+    let init = |id| Some(RTCDataChannelInit { ordered: Some(true), negotiated: Some(id), ..Default::default() });
+    let data = pc.create_data_channel("data", init(0)).await?;
+    let negotiation = pc.create_data_channel("negotiation", init(1)).await?;
+    Ok(tether_rpc::webrtc::peer::Peer { pc, data, negotiation })
+}
+
+/// Dials `host` through the signaler at `addr` step by step; returns the
+/// phase times.
+pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::Result<Phases> {
+    let t0 = Instant::now();
+    let since = |t: Instant| ms(t.saturating_duration_since(t0));
+    let channel = tether_rpc::dial::connect_channel(addr, Duration::from_secs(10)).await?;
+    let mut signaling = pb::signaling_service_client::SignalingServiceClient::new(channel);
+    let mut ice_servers = Vec::new();
+    if let Ok(r) = signaling.optional_web_rtc_config(with_host(pb::OptionalWebRtcConfigRequest {}, host)?).await
+        && let Some(config) = r.into_inner().config
+    {
+        ice_servers.extend(config.additional_ice_servers.iter().map(tether_rpc::webrtc::peer::IceServer::from));
+    }
+    let options = PeerOptions { ice_servers, ..Default::default() };
+    let peer = match which {
+        Peer::Stock => new_peer(&options).await?,
+        Peer::NoPrflxWait => peer_without_prflx_wait(&options).await?,
+    };
+    let pc = peer.pc.clone();
+    let pipe = Pipe::attach(peer.data.clone());
+    let marks = Arc::new(Mutex::new(Marks::default()));
+    {
+        let marks = marks.clone();
+        pc.on_ice_connection_state_change(Box::new(move |s| {
+            if s == RTCIceConnectionState::Connected {
+                marks.lock().ice.get_or_insert_with(Instant::now);
+            }
+            Box::pin(async {})
+        }));
+    }
+    {
+        let marks = marks.clone();
+        pc.on_peer_connection_state_change(Box::new(move |s| {
+            if s == RTCPeerConnectionState::Connected {
+                marks.lock().dtls.get_or_insert_with(Instant::now);
+            }
+            Box::pin(async {})
+        }));
+    }
+    let (cand_tx, mut candidates) = mpsc::unbounded_channel();
+    pc.on_ice_candidate(Box::new(move |c| {
+        let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
+        Box::pin(async {})
+    }));
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    let local = pc.local_description().await.context("no offer")?;
+    let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: false };
+    let mut answers = signaling.call(with_host(call, host)?).await?.into_inner();
+    let first = answers.message().await?.context("the call ended before an answer")?;
+    let uuid = first.uuid.clone();
+    let Some(pb::call_response::Stage::Init(init)) = first.stage else { return Err(anyhow!("no answer first")) };
+    let (_, answer) = sdp::decode(&init.sdp)?;
+    pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
+    let answered = Instant::now();
+
+    let update = |u: pb::call_update_request::Update| {
+        let (mut signaling, uuid, host) = (signaling.clone(), uuid.clone(), host.to_owned());
+        async move {
+            if let Ok(req) = with_host(pb::CallUpdateRequest { uuid, update: Some(u) }, &host) {
+                let _ = signaling.call_update(req).await;
+            }
+        }
+    };
+    let mut pending = Vec::new();
+    let mut done_sent = false;
+    let opened = pipe.opened.clone();
+    let mut answers_open = true;
+    let wait_open = async {
+        loop {
+            tokio::select! {
+                _ = opened.cancelled() => break,
+                c = candidates.recv(), if !done_sent => match c {
+                    Some(Some(c)) => pending.push(tokio::spawn(update(
+                        pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c)),
+                    ))),
+                    Some(None) | None => {
+                        for p in std::mem::take(&mut pending) {
+                            let _ = p.await;
+                        }
+                        tokio::spawn(update(pb::call_update_request::Update::Done(true)));
+                        done_sent = true;
+                    }
+                },
+                m = answers.message(), if answers_open => match m {
+                    Ok(Some(resp)) => {
+                        if let Some(pb::call_response::Stage::Update(u)) = resp.stage
+                            && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
+                        {
+                            let _ = pc.add_ice_candidate(c).await;
+                        }
+                    }
+                    Ok(None) => answers_open = false,
+                    Err(s) => return Err(anyhow!("signaling failed: {s}")),
+                },
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait_open)
+        .await
+        .map_err(|_| anyhow!("the channel did not open"))??;
+    let open = Instant::now();
+    if !done_sent {
+        let pending = std::mem::take(&mut pending);
+        let done = update(pb::call_update_request::Update::Done(true));
+        tokio::spawn(async move {
+            for p in pending {
+                let _ = p.await;
+            }
+            done.await;
+        });
+    }
+    if answers_open {
+        let ended = async { while let Ok(Some(_)) = answers.message().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+    }
+    let ended = Instant::now();
+    let channel = WebRtcChannel::new(pipe, Limits::default());
+    RobotServiceClient::new(channel).get_version(GetVersionRequest {}).await?;
+    let rpc = Instant::now();
+    if std::env::var_os("TETHER_BENCH_DEBUG").is_some() {
+        let pair = tether_rpc::webrtc::selected_pair(&pc).await;
+        eprintln!("bench: {which:?} selected pair {pair:?}");
+    }
+    let _ = pc.close().await;
+    let m = marks.lock();
+    let (ice, dtls) = (m.ice.unwrap_or(open), m.dtls.unwrap_or(open));
+    Ok(Phases {
+        answer: since(answered),
+        ice: since(ice).max(since(answered)),
+        dtls: since(dtls).max(since(ice)),
+        open: since(open),
+        ended: since(ended),
+        first_rpc: since(rpc),
+    })
+}
