@@ -245,7 +245,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             7 => sessions::rows(scale).await,
             8 => signaling::rows(scale).await,
             9 => memory::rows(scale).await,
-            _ => netns::rows(&selection, scale, &args).await,
+            _ => netns::rows(&selection, scale).await,
         };
         match result {
             Ok(r) => rows.extend(r),

@@ -55,9 +55,11 @@ pub async fn is_powered(motor: &Motor) -> anyhow::Result<()> {
 
 /// A ping-pong endpoint on the raw data channel of this stack: the near side
 /// sends `out` messages, the far side answers every `out` received with
-/// `back` messages. 1 → 1 is the transport's round trip; 2 → 3 has the
-/// shape of a unary call (request headers + message; response headers,
-/// message, trailers), without any framing or gRPC work.
+/// `back` messages. 1 → 1 is the transport's round trip; 3 → 3 has the
+/// shape of a unary call as tether's client sends it (request headers, the
+/// message, a separate end-of-stream frame; response headers, message,
+/// trailers), 2 → 3 the shape with end-of-stream on the message (as Go
+/// clients send unary calls) — all without any framing or gRPC work.
 struct RawPing {
     near: Pipe,
     out: usize,
@@ -119,13 +121,15 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
     let webrtc = machine.connect(machine.webrtc()).await?;
     let (dm, wm) = (Motor::from_robot(&direct, "motor1"), Motor::from_robot(&webrtc, "motor1"));
     let mut ping = RawPing::start(1, 1).await?;
-    let mut shaped = RawPing::start(2, 3).await?;
-    let (mut r, mut rs) = (Runs::default(), Runs::default());
+    let mut shaped = RawPing::start(3, 3).await?;
+    let mut eos = RawPing::start(2, 3).await?;
+    let (mut r, mut rs, mut re) = (Runs::default(), Runs::default(), Runs::default());
     sample(warm, || floor::is_powered(&raw)).await?;
     sample(warm, || is_powered(&dm)).await?;
     sample(warm, || is_powered(&wm)).await?;
     ping.sample(warm).await?;
     shaped.sample(warm).await?;
+    eos.sample(warm).await?;
     let (mut f, mut d, mut w) = (Runs::default(), Runs::default(), Runs::default());
     for _ in 0..runs {
         f.push(sample(n, || floor::is_powered(&raw)).await?);
@@ -133,6 +137,7 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
         w.push(sample(n, || is_powered(&wm)).await?);
         r.push(ping.sample(n).await?);
         rs.push(shaped.sample(n).await?);
+        re.push(eos.sample(n).await?);
     }
     direct.close().await;
     webrtc.close().await;
@@ -180,7 +185,8 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
         rows.push(
             Row::new(2, "unary IsPowered p50 over WebRTC vs a call-shaped raw exchange", w.p50(), "µs")
                 .baseline(format!(
-                    "raw data channel, 2 messages out and 3 back (a unary call's frames, no framing or gRPC): {:.1} µs",
+                    "raw data channel, 3 messages out and 3 back (the frames of a unary call as tether's client \
+                     sends it, no framing or gRPC): {:.1} µs",
                     rs.p50()
                 ))
                 .ratio(w.p50() / rs.p50())
@@ -188,6 +194,16 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
                     "what tether's framing, drivers and gRPC add on top of the messages a call needs; raw p99 {:.0} µs",
                     rs.p99()
                 )),
+        );
+        rows.push(
+            Row::new(2, "call-shaped raw exchange, 3 → 3 messages (today's client)", rs.p50(), "µs")
+                .baseline(format!(
+                    "2 → 3: end-of-stream on the request message instead of a frame of its own (as Go clients \
+                     send unary calls): {:.1} µs",
+                    re.p50()
+                ))
+                .ratio(rs.p50() / re.p50())
+                .note("what dropping the separate end-of-stream frame of unary requests could save per call"),
         );
     }
     Ok(rows)

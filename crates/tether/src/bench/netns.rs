@@ -22,7 +22,7 @@ use super::latency::{is_powered, sample};
 use super::procs::{Scratch, Server, machine_config};
 use super::python::{Browser, BrowserRun, Sdk, SdkTimes, which};
 use super::stats::{Runs, median, ms, quantile, sorted};
-use super::{BenchArgs, Row, Scale, Selection, read_json};
+use super::{Row, Scale, Selection, read_json};
 
 const PREFIX: &str = "ttbench-";
 const IP: &str = "198.18.3.1";
@@ -113,7 +113,7 @@ fn skipped(selection: &Selection, reason: &str) -> Vec<Row> {
 }
 
 /// Rows 3 and 10: creates the namespace and runs the bench's child half in it.
-pub async fn rows(selection: &Selection, scale: Scale, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row>> {
     if !is_root() {
         return Ok(skipped(selection, "needs root for a network namespace (ip netns)"));
     }
@@ -133,7 +133,7 @@ pub async fn rows(selection: &Selection, scale: Scale, args: &BenchArgs) -> anyh
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    if scale.quick || args.quick {
+    if scale.quick {
         cmd.arg("--quick");
     }
     let status = tokio::time::timeout(Duration::from_secs(900), cmd.status())
