@@ -506,6 +506,12 @@ fn call_via(url: &str, host: &str, args: &[&str]) -> Out {
     call(&full)
 }
 
+/// `tether machine --host HOST` answering at `url` with the API key "bot".
+fn machine_answering_as_bot(url: &str, host: &str) -> Machine {
+    let args = ["machine", "--listen", "127.0.0.1:0", "--host", host, "--signaling", url];
+    Machine::process(&[&args[..], &["--signaling-key-id", "bot", "--signaling-key", "bot-secret"]].concat(), None)
+}
+
 const SIGNALING_AUTH: &str = r#"{"keys": [
   {"id": "alice", "key": "alice-secret", "call": ["cli-bot", "ghost-bot"]},
   {"id": "eve", "key": "eve-secret", "call": ["other-bot"]},
@@ -515,39 +521,9 @@ const SIGNALING_AUTH: &str = r#"{"keys": [
 #[test]
 fn authorized_signaling_refusals_end_to_end() {
     let (_sig, url) = authorized_signaling(SIGNALING_AUTH);
-    let _bot = Machine::process(
-        &[
-            "machine",
-            "--listen",
-            "127.0.0.1:0",
-            "--host",
-            "cli-bot",
-            "--signaling",
-            &url,
-            "--signaling-key-id",
-            "bot",
-            "--signaling-key",
-            "bot-secret",
-        ],
-        None,
-    );
+    let _bot = machine_answering_as_bot(&url, "cli-bot");
     // The key "bot" may not answer for ghost-bot: this machine never comes online.
-    let _ghost = Machine::process(
-        &[
-            "machine",
-            "--listen",
-            "127.0.0.1:0",
-            "--host",
-            "ghost-bot",
-            "--signaling",
-            &url,
-            "--signaling-key-id",
-            "bot",
-            "--signaling-key",
-            "bot-secret",
-        ],
-        None,
-    );
+    let _ghost = machine_answering_as_bot(&url, "ghost-bot");
     let alice = ["--api-key-id", "alice", "--api-key", "alice-secret"];
     fn with<'a>(args: &[&'a str], creds: &[&'a str]) -> Vec<&'a str> {
         [args, creds].concat()
