@@ -50,14 +50,16 @@ async def close(robot: RobotClient, i: int, timeout: float) -> None:
 
 
 async def main(a: argparse.Namespace) -> None:
-    out: dict[str, list] = {"connect_ms": [], "runs": [], "failed_connects": 0}
+    out: dict[str, list] = {"connect_ms": [], "runs": [], "failed_connects": 0, "failed_ms": []}
     for i in range(a.warm_connects + a.connects):
         t0 = time.perf_counter()
         try:
             robot = await connect(a)
-        except (asyncio.TimeoutError, ConnectionError) as e:
-            print(f"connect {i} failed after {time.perf_counter() - t0:.1f} s: {e!r}", file=sys.stderr, flush=True)
+        except Exception as e:  # timeouts, refused or closed connections: all count as failed dials
+            elapsed = (time.perf_counter() - t0) * 1e3
+            print(f"connect {i} failed after {elapsed / 1e3:.1f} s: {e!r}", file=sys.stderr, flush=True)
             out["failed_connects"] += 1
+            out["failed_ms"].append(elapsed)
             continue
         elapsed = (time.perf_counter() - t0) * 1e3
         print(f"connect {i}: {elapsed:.1f} ms", file=sys.stderr, flush=True)

@@ -305,3 +305,81 @@ async fn an_authenticated_machine_requires_credentials_for_webrtc_too() {
     assert_eq!(motor.is_powered().await.unwrap(), (true, 0.4));
     assert!(robot.session_id().is_some());
 }
+
+/// A caller like the Python SDK: it writes its first call the instant its
+/// side of the data channel opens, without waiting for the machine's `done`.
+/// Returns whether GetVersion was answered (Ok(false): the connection was
+/// closed instead); Err if neither happened within `limit` (a hang).
+async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool, String> {
+    use tether_proto::proto::rpc::webrtc::v1 as pb;
+    use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
+    use tether_rpc::webrtc::sdp::{self, SdpKind};
+    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+    let options = tether_rpc::webrtc::peer::PeerOptions { ice_servers: vec![], ..Default::default() };
+    let peer = tether_rpc::webrtc::peer::new_peer(&options).await.map_err(|e| e.to_string())?;
+    let pipe = tether_rpc::webrtc::pipe::Pipe::attach(peer.data.clone());
+    let offer = peer.pc.create_offer(None).await.map_err(|e| e.to_string())?;
+    let mut gathered = peer.pc.gathering_complete_promise().await;
+    peer.pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
+    let _ = gathered.recv().await;
+    let local = peer.pc.local_description().await.ok_or("no offer")?;
+    let channel = tether_rpc::dial::connect_channel(&addr.to_string(), Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);
+    let mut req =
+        tonic::Request::new(pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: true });
+    req.metadata_mut().insert("rpc-host", "test-machine".parse().map_err(|_| "host")?);
+    let mut answers = sig.call(req).await.map_err(|e| e.to_string())?.into_inner();
+    let Some(pb::call_response::Stage::Init(init)) =
+        answers.message().await.map_err(|e| e.to_string())?.and_then(|m| m.stage)
+    else {
+        return Err("no answer".into());
+    };
+    let (_, answer) = sdp::decode(&init.sdp).map_err(|e| e.to_string())?;
+    let answer = RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?;
+    let (opened, closed) = (pipe.opened.clone(), pipe.closed.clone());
+    let pc = peer.pc.clone();
+    let outcome = async move {
+        pc.set_remote_description(answer).await.map_err(|e| e.to_string())?;
+        opened.cancelled().await;
+        let mut robot =
+            RobotServiceClient::new(tether_rpc::webrtc::client::WebRtcChannel::new(pipe, Default::default()));
+        // The machine closing the connection fails the call (UNAVAILABLE).
+        tokio::select! {
+            r = robot.get_version(GetVersionRequest {}) => Ok(r.is_ok()),
+            _ = closed.cancelled() => Ok(false),
+        }
+    };
+    let result = tokio::time::timeout(limit, outcome).await.map_err(|_| "hung".to_string())?;
+    let _ = peer.pc.close().await;
+    drop(answers);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_writes_the_instant_its_channel_opens_never_hangs() {
+    // webrtc-rs 0.17 can lose the machine's side of the negotiated channel to
+    // such a caller's first message (see tether_rpc::webrtc::peer::open_lost).
+    // Every dial must then end promptly: answered, or closed by the machine
+    // (well before the 10 s dial deadline), never stuck.
+    let m = start(full_config("")).await;
+    // The embedded signaler knows the host once the machine's answerers are in.
+    let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
+    robot.close().await;
+    let (mut answered, mut closed) = (0, 0);
+    for _ in 0..10 {
+        let dials: Vec<_> = (0..4).map(|_| tokio::spawn(eager_dial(m.addr, Duration::from_secs(4)))).collect();
+        for d in dials {
+            match d.await.unwrap() {
+                Ok(true) => answered += 1,
+                Ok(false) => closed += 1,
+                Err(e) => panic!("a dial neither got an answer nor was closed: {e}"),
+            }
+        }
+    }
+    assert!(answered >= 30, "{answered} of 40 eager dials answered ({closed} closed by the machine)");
+    eventually_idle(&m).await;
+    let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
+    assert_eq!(robot.resource_names().await.unwrap().len(), 3);
+}

@@ -20,7 +20,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use super::framing::Limits;
-use super::peer::{PeerOptions, new_peer};
+use super::peer::{PeerOptions, new_peer, open_lost};
 use super::pipe::Pipe;
 use super::sdp::{self, SdpKind};
 use crate::auth::AuthEntity;
@@ -359,6 +359,9 @@ impl Exchange {
         let mut done_sent = false;
         let mut gathering_done = !trickle;
         let opened = pipe.opened.clone();
+        let lost = open_lost(&peer.data);
+        tokio::pin!(lost);
+        let mut open_was_lost = false;
         loop {
             tokio::select! {
                 _ = opened.cancelled(), if !done_sent => {
@@ -387,14 +390,30 @@ impl Exchange {
                             _ = opened.cancelled() => { self.send_done().await; done_sent = true; break; }
                             _ = tokio::time::sleep_until(deadline) => {}
                             _ = failed.cancelled() => {}
+                            _ = &mut lost => open_was_lost = true,
                         }
                         break;
                     }
                 },
                 _ = failed.cancelled() => break,
+                _ = &mut lost => {
+                    open_was_lost = true;
+                    break;
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.shutdown.cancelled() => break,
             }
+        }
+        if open_was_lost {
+            tracing::warn!(
+                "the caller's first message overtook our side of the data channel open and was lost (webrtc-rs 0.17 \
+                 negotiated-channel race); closing the connection so the caller fails fast instead of hanging"
+            );
+            let _ = pc.close().await;
+            pipe.close();
+            return Err(tonic::Status::unavailable(
+                "the data channel could not be opened: the caller's first message arrived before it",
+            ));
         }
         if !done_sent || !opened.is_cancelled() {
             let _ = pc.close().await;

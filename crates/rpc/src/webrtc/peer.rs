@@ -132,6 +132,11 @@ pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::QueryOnly);
     settings.set_network_types(vec![NetworkType::Udp4]);
     settings.set_include_loopback_candidate(options.include_loopback);
+    // webrtc-ice waits 1 s before it will nominate a peer-reflexive pair. A
+    // caller's host candidates often reach us only as prflx (mDNS-obscured or
+    // learned from its first check before its trickled candidate arrives), so
+    // the stock wait put ~30 % of dials at ~1 s. Browsers nominate at once.
+    settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
     if options.relay_only {
         settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
     }
@@ -167,4 +172,43 @@ pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
         )
         .await?;
     Ok(Peer { pc, data, negotiation })
+}
+
+/// How long a channel may sit between "opening started" and "open" before
+/// [`open_lost`] calls it lost. Opening is a few lock acquisitions once
+/// started, so this only needs to cover scheduling delays under load.
+pub const OPEN_GRACE: Duration = Duration::from_millis(250);
+
+/// Resolves if webrtc-rs lost our side of the negotiated channel `dc`, which
+/// then never opens.
+///
+/// webrtc-rs 0.17 (upstream issue webrtc-rs/webrtc#821) opens pre-negotiated
+/// channels only after the SCTP association is up. If the remote's first
+/// message on that stream is processed in between, the stream is created as
+/// an inbound one, its first message is consumed as a malformed DCEP open,
+/// and our open fails with "there already exists a stream with identifier":
+/// the channel stays `connecting` forever and the message is gone. It happens
+/// when the caller writes the instant its side opens (the Python SDK does) and
+/// the machine's task that opens the channel is scheduled late. There is no
+/// way to recover the stream through the public API, so the answerer closes
+/// the connection at once instead of leaving the caller's first call hanging
+/// until the dial deadline.
+///
+/// Detection: the channel has a transport (webrtc-rs sets it as the first
+/// step of opening) but is still `connecting` for [`OPEN_GRACE`].
+pub async fn open_lost(dc: &RTCDataChannel) {
+    use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+    let mut stuck_since = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = dc.transport().await.is_some();
+        if started && dc.ready_state() == RTCDataChannelState::Connecting {
+            let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= OPEN_GRACE {
+                return;
+            }
+        } else {
+            stuck_since = None;
+        }
+    }
 }

@@ -60,17 +60,17 @@ struct Marks {
 pub enum Peer {
     /// `tether_rpc::webrtc::peer::new_peer`, as the client.
     Stock,
-    /// The same settings plus `set_prflx_acceptance_min_wait(0)`: the
-    /// experiment behind the proposed fix of the 1 s connects (webrtc-ice
-    /// 0.17 waits 1 s before nominating a pair whose remote candidate is
-    /// peer-reflexive, i.e. learned from the machine's check before its
-    /// trickled candidate arrived).
-    NoPrflxWait,
+    /// The same settings but webrtc-ice 0.17's default peer-reflexive
+    /// nomination wait (1 s) instead of `new_peer`'s 0: the experiment that
+    /// shows what that setting buys (webrtc-ice waits before nominating a pair
+    /// whose remote candidate is peer-reflexive, i.e. learned from the
+    /// machine's check before its trickled candidate arrived).
+    UpstreamPrflxWait,
 }
 
-/// `new_peer`'s settings (crates/rpc/src/webrtc/peer.rs) with the
-/// peer-reflexive nomination wait at zero.
-async fn peer_without_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_rpc::webrtc::peer::Peer> {
+/// `new_peer`'s settings (crates/rpc/src/webrtc/peer.rs) except the
+/// peer-reflexive nomination wait, left at webrtc-ice's default.
+async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_rpc::webrtc::peer::Peer> {
     use webrtc::api::APIBuilder;
     use webrtc::api::setting_engine::SettingEngine;
     use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
@@ -83,7 +83,6 @@ async fn peer_without_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether
     settings.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::QueryOnly);
     settings.set_network_types(vec![webrtc::ice::network_type::NetworkType::Udp4]);
     settings.set_include_loopback_candidate(options.include_loopback);
-    settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
     let api = APIBuilder::new().with_setting_engine(settings).build();
     let config = webrtc::peer_connection::configuration::RTCConfiguration {
         ice_servers: options
@@ -120,7 +119,7 @@ pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::R
     let options = PeerOptions { ice_servers, ..Default::default() };
     let peer = match which {
         Peer::Stock => new_peer(&options).await?,
-        Peer::NoPrflxWait => peer_without_prflx_wait(&options).await?,
+        Peer::UpstreamPrflxWait => peer_with_upstream_prflx_wait(&options).await?,
     };
     let pc = peer.pc.clone();
     let pipe = Pipe::attach(peer.data.clone());

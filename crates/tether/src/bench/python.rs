@@ -53,6 +53,9 @@ pub struct SdkTimes {
     pub runs: Vec<Vec<f64>>,
     #[serde(default)]
     pub failed_connects: usize,
+    /// How long each failed connect took before it failed (ms).
+    #[serde(default)]
+    pub failed_ms: Vec<f64>,
 }
 
 /// The Viam Python SDK in the repository's venv.
