@@ -36,8 +36,9 @@ async fn pair(svc: HttpService) -> (WebRtcChannel, CancellationToken, Arc<webrtc
     (WebRtcChannel::new(pipe, Limits::default()), shutdown, pc)
 }
 
-/// Like [`pair`], but hands back the caller's raw pipe.
-async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::peer_connection::RTCPeerConnection>) {
+/// Two connected peers (non-trickle), each with its `data` channel open
+/// behind a [`Pipe`]: (caller, caller's pipe, answerer, answerer's pipe).
+async fn connected() -> (tether_rpc::webrtc::peer::Peer, Pipe, tether_rpc::webrtc::peer::Peer, Pipe) {
     let options = PeerOptions { ice_servers: vec![], ..Default::default() };
     let caller = new_peer(&options).await.unwrap();
     let answerer = new_peer(&options).await.unwrap();
@@ -56,6 +57,12 @@ async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::pee
     // its own negotiated channel is open is lost (real clients wait for the
     // machine's `done`, which it sends once its side is open).
     tokio::time::timeout(Duration::from_secs(10), answerer_pipe.opened.cancelled()).await.expect("answerer side opens");
+    (caller, caller_pipe, answerer, answerer_pipe)
+}
+
+/// Like [`pair`], but hands back the caller's raw pipe.
+async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::peer_connection::RTCPeerConnection>) {
+    let (caller, caller_pipe, answerer, answerer_pipe) = connected().await;
     let shutdown = CancellationToken::new();
     let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 1 };
     tokio::spawn(tether_rpc::webrtc::server::serve(
@@ -183,4 +190,39 @@ async fn calls_fail_with_unavailable_when_the_peer_goes_away() {
             .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(channel.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_keep_their_order_between_the_direct_path_and_the_writer() {
+    // 24 MiB in 16 KiB packets, sent faster than the channel drains: the
+    // first ones go straight to the channel, later ones queue for the writer
+    // while the channel buffers more than HIGH_WATER, then the direct path
+    // opens again once it drains. Every packet must arrive, in order.
+    const PACKET: usize = 16 << 10;
+    const COUNT: u32 = 1536;
+    let (_caller, near, _answerer, mut far) = connected().await;
+    let sender = {
+        let outgoing = near.outgoing.clone();
+        tokio::spawn(async move {
+            for i in 0..COUNT {
+                let mut packet = vec![0u8; PACKET];
+                packet[..4].copy_from_slice(&i.to_be_bytes());
+                if i % 64 == 0 {
+                    // Let the channel drain now and then so the direct path reopens.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                outgoing.send(bytes::Bytes::from(packet)).await.expect("pipe open");
+            }
+        })
+    };
+    for expected in 0..COUNT {
+        let packet = tokio::time::timeout(Duration::from_secs(20), far.incoming.recv())
+            .await
+            .expect("packets keep flowing")
+            .expect("channel open");
+        assert_eq!(packet.len(), PACKET);
+        let got = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
+        assert_eq!(got, expected, "packet {expected} arrived as {got}");
+    }
+    sender.await.unwrap();
 }

@@ -87,12 +87,18 @@ async fn drive(mut pipe: Pipe, mut commands: mpsc::UnboundedReceiver<Command>, l
     let mut streams: HashMap<u64, Stream> = HashMap::new();
     let closed = pipe.closed.clone();
     loop {
-        while let Ok(permit) = pipe.outgoing.try_reserve() {
-            let Some((stream, packet)) = conn.poll_transmit_stream() else { break };
-            permit.send(packet);
-            if let Some(s) = streams.get(&stream) {
-                s.credit.transmitted(conn.queued(stream));
-            }
+        let flushed = pipe
+            .outgoing
+            .flush(|| {
+                let (stream, packet) = conn.poll_transmit_stream()?;
+                if let Some(s) = streams.get(&stream) {
+                    s.credit.transmitted(conn.queued(stream));
+                }
+                Some(packet)
+            })
+            .await;
+        if !flushed {
+            break;
         }
         let pending = conn.queued_total() > 0;
         tokio::select! {
@@ -112,7 +118,7 @@ async fn drive(mut pipe: Pipe, mut commands: mpsc::UnboundedReceiver<Command>, l
                 }
             }
             permit = pipe.outgoing.reserve(), if pending => {
-                let Ok(permit) = permit else { break };
+                let Some(permit) = permit else { break };
                 if let Some((stream, packet)) = conn.poll_transmit_stream() {
                     permit.send(packet);
                     if let Some(s) = streams.get(&stream) {

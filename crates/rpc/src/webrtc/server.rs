@@ -80,12 +80,18 @@ pub async fn serve(
     let closed = pipe.closed.clone();
     loop {
         // Hand queued packets to the writer while it has room.
-        while let Ok(permit) = pipe.outgoing.try_reserve() {
-            let Some((stream, packet)) = conn.poll_transmit_stream() else { break };
-            permit.send(packet);
-            if let Some(call) = calls.get(&stream) {
-                call.credit.transmitted(conn.queued(stream));
-            }
+        let flushed = pipe
+            .outgoing
+            .flush(|| {
+                let (stream, packet) = conn.poll_transmit_stream()?;
+                if let Some(call) = calls.get(&stream) {
+                    call.credit.transmitted(conn.queued(stream));
+                }
+                Some(packet)
+            })
+            .await;
+        if !flushed {
+            break;
         }
         let pending = conn.queued_total() > 0;
         tokio::select! {
@@ -109,7 +115,7 @@ pub async fn serve(
                 }
             }
             permit = pipe.outgoing.reserve(), if pending => {
-                let Ok(permit) = permit else { break };
+                let Some(permit) = permit else { break };
                 if let Some((stream, packet)) = conn.poll_transmit_stream() {
                     permit.send(packet);
                     if let Some(call) = calls.get(&stream) {
