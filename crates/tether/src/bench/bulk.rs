@@ -138,7 +138,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
                 .goal(1.25)
                 .note(format!(
                     "goal: ≥ 0.8x the raw channel, i.e. raw/RPC ≤ 1.25; median of {runs} runs × {rounds} calls; \
-                     raw = {} MB in 16 KiB messages through the same Pipe writer between two in-process peers",
+                     raw = {} MB in 16 KiB messages through the same Pipe (its direct path and writer) between two in-process peers",
                     size * rounds / 1_000_000
                 )),
         );
