@@ -359,7 +359,7 @@ impl Exchange {
         let mut done_sent = false;
         let mut gathering_done = !trickle;
         let opened = pipe.opened.clone();
-        let lost = open_lost(&peer.data);
+        let lost = open_lost(&peer.data, &peer.negotiation);
         tokio::pin!(lost);
         let mut open_was_lost = false;
         loop {

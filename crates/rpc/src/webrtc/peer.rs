@@ -181,13 +181,15 @@ pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
     Ok(Peer { pc, data, negotiation })
 }
 
-/// How long a channel may sit between "opening started" and "open" before
-/// [`open_lost`] calls it lost. Opening is a few lock acquisitions once
-/// started, so this only needs to cover scheduling delays under load.
-pub const OPEN_GRACE: Duration = Duration::from_millis(250);
+/// How long `data` may sit between "opening started" and "open" before
+/// [`open_lost`] calls it lost when the `negotiation` channel does not settle
+/// it. Opening is a few lock acquisitions once started, so this only covers
+/// scheduling delays, generously: a false alarm would close a good
+/// connection.
+pub const OPEN_GRACE: Duration = Duration::from_secs(1);
 
-/// Resolves if webrtc-rs lost our side of the negotiated channel `dc`, which
-/// then never opens.
+/// Resolves if webrtc-rs lost our side of the negotiated `data` channel,
+/// which then never opens.
 ///
 /// webrtc-rs 0.17 (upstream issue webrtc-rs/webrtc#821) opens pre-negotiated
 /// channels only after the SCTP association is up. If the remote's first
@@ -201,21 +203,28 @@ pub const OPEN_GRACE: Duration = Duration::from_millis(250);
 /// the connection at once instead of leaving the caller's first call hanging
 /// until the dial deadline.
 ///
-/// Detection: the channel has a transport (webrtc-rs sets it as the first
-/// step of opening) but is still `connecting` for [`OPEN_GRACE`].
-pub async fn open_lost(dc: &RTCDataChannel) {
-    use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+/// Detection: webrtc-rs opens the channels in creation order, `data` then
+/// `negotiation`, going on after a failure; so `negotiation` open while
+/// `data` is still `connecting` means `data`'s open failed. Should both have
+/// failed, `data` having started opening (it has a transport) and still
+/// `connecting` after [`OPEN_GRACE`] settles it.
+pub async fn open_lost(data: &RTCDataChannel, negotiation: &RTCDataChannel) {
+    use webrtc::data_channel::data_channel_state::RTCDataChannelState::{Connecting, Open};
     let mut stuck_since = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let started = dc.transport().await.is_some();
-        if started && dc.ready_state() == RTCDataChannelState::Connecting {
+        if data.ready_state() != Connecting {
+            stuck_since = None;
+            continue;
+        }
+        if negotiation.ready_state() == Open {
+            return;
+        }
+        if data.transport().await.is_some() {
             let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= OPEN_GRACE {
                 return;
             }
-        } else {
-            stuck_since = None;
         }
     }
 }
