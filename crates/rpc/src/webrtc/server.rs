@@ -79,7 +79,8 @@ pub async fn serve(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Output>();
     let closed = pipe.closed.clone();
     loop {
-        // Hand queued packets to the writer while it has room.
+        // Hand queued packets on while that needs no waiting (straight to the
+        // channel, or into the writer while it has room).
         let flushed = pipe
             .outgoing
             .flush(|| {
