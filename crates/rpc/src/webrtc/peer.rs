@@ -181,13 +181,6 @@ pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
     Ok(Peer { pc, data, negotiation })
 }
 
-/// How long `data` may sit between "opening started" and "open" before
-/// [`open_lost`] calls it lost when the `negotiation` channel does not settle
-/// it. Opening is a few lock acquisitions once started, so this only covers
-/// scheduling delays, generously: a false alarm would close a good
-/// connection.
-pub const OPEN_GRACE: Duration = Duration::from_secs(1);
-
 /// Resolves if webrtc-rs lost our side of the negotiated `data` channel,
 /// which then never opens.
 ///
@@ -203,28 +196,25 @@ pub const OPEN_GRACE: Duration = Duration::from_secs(1);
 /// the connection at once instead of leaving the caller's first call hanging
 /// until the dial deadline.
 ///
-/// Detection: webrtc-rs opens the channels in creation order, `data` then
-/// `negotiation`, going on after a failure; so `negotiation` open while
-/// `data` is still `connecting` means `data`'s open failed. Should both have
-/// failed, `data` having started opening (it has a transport) and still
-/// `connecting` after [`OPEN_GRACE`] settles it.
+/// Detection: webrtc-rs opens the channels one after the other in creation
+/// order, `data` then `negotiation`, and carries on after a failure; so when
+/// `negotiation` opens, `data`'s open is over, and `data` still `connecting`
+/// means it failed. (Callers write nothing on `negotiation` first, so it is
+/// not lost itself; if it were, the dial deadline still ends the exchange.)
+/// Takes over `negotiation`'s open handler.
 pub async fn open_lost(data: &RTCDataChannel, negotiation: &RTCDataChannel) {
-    use webrtc::data_channel::data_channel_state::RTCDataChannelState::{Connecting, Open};
-    let mut stuck_since = None;
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if data.ready_state() != Connecting {
-            stuck_since = None;
-            continue;
-        }
-        if negotiation.ready_state() == Open {
-            return;
-        }
-        if data.transport().await.is_some() {
-            let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= OPEN_GRACE {
-                return;
-            }
-        }
+    use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+    let opened = tokio_util::sync::CancellationToken::new();
+    {
+        let opened = opened.clone();
+        // Fires at once if it is already open.
+        negotiation.on_open(Box::new(move || {
+            opened.cancel();
+            Box::pin(async {})
+        }));
+    }
+    opened.cancelled().await;
+    if data.ready_state() != RTCDataChannelState::Connecting {
+        std::future::pending::<()>().await;
     }
 }
