@@ -44,7 +44,6 @@ pub struct Pipe {
     pub closed: CancellationToken,
     /// Packets to send, in order.
     pub outgoing: Outgoing,
-    dc: Arc<RTCDataChannel>,
 }
 
 /// The sending half of a [`Pipe`].
@@ -57,7 +56,7 @@ pub struct Outgoing {
     closed: CancellationToken,
 }
 
-/// Room for one packet in the writer's queue ([`Pipe::reserve`]).
+/// Room for one packet in the writer's queue ([`Outgoing::reserve`]).
 pub struct Permit<'a> {
     permit: mpsc::Permit<'a, Bytes>,
     backlog: &'a AtomicUsize,
@@ -146,13 +145,13 @@ impl Pipe {
                 }
             }
         });
-        let outgoing = Outgoing { queue, backlog, dc: dc.clone(), closed: closed.clone() };
-        Self { incoming, opened, closed, outgoing, dc }
+        let outgoing = Outgoing { queue, backlog, dc, closed: closed.clone() };
+        Self { incoming, opened, closed, outgoing }
     }
 
     /// The channel.
     pub fn channel(&self) -> &Arc<RTCDataChannel> {
-        &self.dc
+        &self.outgoing.dc
     }
 
     /// Marks the pipe closed (the writer stops).
