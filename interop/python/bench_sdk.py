@@ -11,8 +11,8 @@ transport from the machine's log). Sessions and the background connection checks
 else runs during the timing.
 
 A connect that takes longer than --timeout seconds (default 15) is abandoned and counted.
-Prints one JSON line: {"connect_ms": [...], "runs": [[microseconds, ...], ...], "failed_connects": N}; progress on
-stderr.
+Prints one JSON line: {"connect_ms": [...], "runs": [[microseconds, ...], ...], "failed_connects": N,
+"failed_ms": [...]} (how long each failed connect took); progress on stderr.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ import time
 
 from viam.components.motor import Motor
 from viam.robot.client import RobotClient
-from viam.rpc.dial import DialOptions
+
+from tether_harness import direct_options, webrtc_options
+
+# Like tether_harness.connect_observer: no session, no background connection checks.
+OBSERVER = dict(disable_sessions=True, check_connection_interval=0, attempt_reconnect_interval=0)
 
 
 def options(webrtc: bool) -> RobotClient.Options:
-    return RobotClient.Options(
-        dial_options=DialOptions(disable_webrtc=not webrtc, insecure=True),
-        disable_sessions=True,
-        check_connection_interval=0,
-        attempt_reconnect_interval=0,
-    )
+    return (webrtc_options if webrtc else direct_options)(**OBSERVER)
 
 
 async def connect(a: argparse.Namespace) -> RobotClient:
@@ -42,7 +41,7 @@ async def connect(a: argparse.Namespace) -> RobotClient:
     return await asyncio.wait_for(RobotClient.at_address(a.address, options(a.webrtc)), timeout=a.timeout)
 
 
-async def close(robot: RobotClient, i: int, timeout: float) -> None:
+async def close(robot: RobotClient, i: int | str, timeout: float) -> None:
     try:
         await asyncio.wait_for(robot.close(), timeout=timeout)
     except asyncio.TimeoutError:
@@ -80,7 +79,7 @@ async def main(a: argparse.Namespace) -> None:
                     samples.append((time.perf_counter() - t0) * 1e6)
                 out["runs"].append(samples)
         finally:
-            await robot.close()
+            await close(robot, "calls", a.timeout)
     print(json.dumps(out), flush=True)
 
 

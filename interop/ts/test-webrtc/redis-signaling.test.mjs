@@ -338,7 +338,8 @@ test('two Redis-backed signaling instances: browser on B, machine on A; A killed
   // 2. The browser dials through B: the offer crosses to A through Redis.
   const first = await dialUntilConnected(page, b, 15_000);
   assertConnected(first.info);
-  assert.equal(gate.relayed, 0, 'the machine must not have reached sig-b yet');
+  // The machine is configured with B too and keeps trying it; the gate refuses it.
+  assert.ok(gate.refused >= 1, 'the machine tried sig-b and was refused');
   assert.equal(await onlineAt(redis), 'sig-a');
   await waitFor('webrtc peer connected in the machine log', async () => peersConnected(machine) >= 1, 5000);
   report(t, `browser via sig-b -> machine via sig-a: WebRTC connect ${first.info.connectMs.toFixed(0)} ms (${first.attempts} attempt(s))`);
