@@ -28,19 +28,11 @@ export function motorConfig(heartbeatWindow) {
 }
 
 /**
- * Starts a machine (the built-in fake machine when config is undefined) listening on a free port
- * of 127.0.0.1. Resolves to {address, port, log(), stop()}; stop() must be called (use t.after).
- * Options: listen (default '127.0.0.1:0'), hosts (--host names), env (extra environment).
+ * Spawns `tether ARGS…` and resolves once it prints `listening on ADDR`, to
+ * {address, child, exited, log(), kill(signal = 'SIGKILL')}. The process never outlives the test
+ * process; on a failed start it is killed and the error carries its log, headed by `label`.
  */
-export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [], env = {} } = {}) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tether-interop-'));
-  const args = ['machine', '--listen', listen];
-  for (const host of hosts) args.push('--host', host);
-  if (config !== undefined) {
-    const file = path.join(dir, 'machine.json');
-    writeFileSync(file, JSON.stringify(config));
-    args.push('--config', file);
-  }
+export async function spawnTether(args, { env = {}, label = 'tether' } = {}) {
   const child = spawn(tetherBin(), args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '1', ...env },
@@ -58,6 +50,62 @@ export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [],
       resolve({ code, signal });
     }),
   );
+  const kill = async (signal = 'SIGKILL') => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill(signal);
+      await exited;
+    }
+  };
+  const log = () => output.join('');
+
+  const lines = createInterface({ input: child.stdout });
+  let timer;
+  try {
+    const address = await new Promise((resolve, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`${label} did not print 'listening on' within ${STARTUP_TIMEOUT_MS} ms`)),
+        STARTUP_TIMEOUT_MS,
+      );
+      child.once('error', reject);
+      exited.then(({ code, signal }) => reject(new Error(`${label} exited early (${code ?? signal})`)));
+      lines.on('line', (line) => {
+        output.push(line + '\n');
+        const m = /listening on (\S+)/.exec(line);
+        if (m) resolve(m[1]);
+      });
+    });
+    return { address, child, exited, log, kill };
+  } catch (err) {
+    await kill();
+    err.message += `\n--- ${label} log ---\n${log()}`;
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Starts a machine (the built-in fake machine when config is undefined) listening on a free port
+ * of 127.0.0.1. Resolves to {address, port, log(), stop()}; stop() must be called (use t.after).
+ * Options: listen (default '127.0.0.1:0'), hosts (--host names), env (extra environment).
+ */
+export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [], env = {} } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tether-interop-'));
+  const args = ['machine', '--listen', listen];
+  for (const host of hosts) args.push('--host', host);
+  if (config !== undefined) {
+    const file = path.join(dir, 'machine.json');
+    writeFileSync(file, JSON.stringify(config));
+    args.push('--config', file);
+  }
+  let machine;
+  try {
+    machine = await spawnTether(args, { env, label: 'tether machine' });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const { address, child, exited, log } = machine;
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
@@ -67,31 +115,6 @@ export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [],
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  const log = () => output.join('');
-
-  const lines = createInterface({ input: child.stdout });
-  let timer;
-  try {
-    const address = await new Promise((resolve, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`tether machine did not print 'listening on' within ${STARTUP_TIMEOUT_MS} ms`)),
-        STARTUP_TIMEOUT_MS,
-      );
-      child.once('error', reject);
-      exited.then(({ code, signal }) => reject(new Error(`tether machine exited early (${code ?? signal})`)));
-      lines.on('line', (line) => {
-        output.push(line + '\n');
-        const m = /listening on (\S+)/.exec(line);
-        if (m) resolve(m[1]);
-      });
-    });
-    const port = Number(address.slice(address.lastIndexOf(':') + 1));
-    return { address, port, log, stop };
-  } catch (err) {
-    await stop();
-    err.message += `\n--- machine log ---\n${log()}`;
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
+  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  return { address, port, log, stop };
 }

@@ -19,19 +19,17 @@ import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
 
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
 import { isPowered } from '../lib/grpcweb.mjs';
-import { startMachine, tetherBin } from '../lib/machine.mjs';
+import { spawnTether, startMachine } from '../lib/machine.mjs';
 
 const NS_IP = process.env.TETHER_NETNS_IP;
 const HOST = 'tether-redis-signaling-test'; // no "local": no direct gRPC-Web fallback in the SDK
 const KEY_PREFIX = 'tether:sig:';
 const LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
 const REDIS_SERVER = process.env.REDIS_SERVER ?? 'redis-server';
-const STARTUP_TIMEOUT_MS = 30_000;
 // A dial (or the machine's re-registration) after a fault must succeed within this long.
 const RECOVERY_BOUND_MS = 25_000;
 const PEER_CONNECTED = /webrtc peer connected/g;
@@ -135,48 +133,11 @@ async function startRedis(port) {
   };
 }
 
-/** `tether signaling --redis URL --instance-id ID` on NS_IP; resolves to {address, log(), kill()}. */
+/** `tether signaling --redis URL --instance-id ID` on NS_IP; resolves to {id, address, log(), kill()}. */
 async function startSignaling(redisUrl, id) {
   const args = ['signaling', '--listen', `${NS_IP}:0`, '--redis', redisUrl, '--instance-id', id];
-  const child = spawn(tetherBin(), args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1', TETHER_LOG: LOG },
-  });
-  const killOnExit = () => child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  const output = [];
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => output.push(chunk));
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const kill = async (signal = 'SIGKILL') => {
-    process.removeListener('exit', killOnExit);
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill(signal);
-      await exited;
-    }
-  };
-  const log = () => output.join('');
-  const lines = createInterface({ input: child.stdout });
-  let timer;
-  try {
-    const address = await new Promise((resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`signaling ${id} did not start`)), STARTUP_TIMEOUT_MS);
-      child.once('error', reject);
-      exited.then(({ code, signal }) => reject(new Error(`signaling ${id} exited early (${code ?? signal})`)));
-      lines.on('line', (line) => {
-        output.push(line + '\n');
-        const m = /listening on (\S+)/.exec(line);
-        if (m) resolve(m[1]);
-      });
-    });
-    return { id, address, log, kill };
-  } catch (err) {
-    await kill();
-    err.message += `\n--- signaling ${id} log ---\n${log()}`;
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
+  const { address, log, kill } = await spawnTether(args, { env: { TETHER_LOG: LOG }, label: `signaling ${id}` });
+  return { id, address, log, kill };
 }
 
 /**
