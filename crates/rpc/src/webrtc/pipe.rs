@@ -27,13 +27,32 @@ pub const LOW_WATER: usize = 32 << 10;
 /// round-robin scheduler can still put another stream's packet first.
 pub const WRITER_QUEUE: usize = 4;
 
+/// How much a [`Pipe`] lets pile up on the sending side: the defaults are
+/// [`WRITER_QUEUE`], [`HIGH_WATER`] and [`LOW_WATER`] (other values are for
+/// experiments, e.g. `tether bench` comparing them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Packets the writer task may hold.
+    pub queue: usize,
+    /// Pause sending while the channel buffers more than this.
+    pub high_water: usize,
+    /// Resume below this.
+    pub low_water: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self { queue: WRITER_QUEUE, high_water: HIGH_WATER, low_water: LOW_WATER }
+    }
+}
+
 /// A data channel's message queue and writer.
 ///
 /// Sending takes the shortest way that keeps order and back-pressure: while
 /// nothing waits in the writer and the channel buffers at most
-/// [`HIGH_WATER`], a packet goes straight to the channel from the sending
+/// the high-water mark ([`Bounds`]), a packet goes straight to the channel from the sending
 /// task; otherwise it queues for the writer task, which waits for the
-/// channel to drain below [`LOW_WATER`]. (The writer alone costs a task
+/// channel to drain below the low-water mark. (The writer alone costs a task
 /// hand-off per packet, about a tenth of a unary call over WebRTC.)
 pub struct Pipe {
     /// Received messages, in order.
@@ -52,6 +71,7 @@ pub struct Outgoing {
     queue: mpsc::Sender<Bytes>,
     /// Packets given to the writer and not yet sent by it.
     backlog: Arc<AtomicUsize>,
+    high_water: usize,
     dc: Arc<RTCDataChannel>,
     closed: CancellationToken,
 }
@@ -74,8 +94,14 @@ impl Pipe {
     /// Attaches to `dc`. Must be called before the channel can receive
     /// anything (right after creating it), so no message is lost.
     pub fn attach(dc: Arc<RTCDataChannel>) -> Self {
+        Self::with_bounds(dc, Bounds::default())
+    }
+
+    /// [`Pipe::attach`] with other [`Bounds`].
+    pub fn with_bounds(dc: Arc<RTCDataChannel>, bounds: Bounds) -> Self {
+        let Bounds { queue, high_water, low_water } = bounds;
         let (in_tx, incoming) = mpsc::unbounded_channel();
-        let (queue, mut out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
+        let (queue, mut out_rx) = mpsc::channel::<Bytes>(queue);
         let backlog = Arc::new(AtomicUsize::new(0));
         let opened = CancellationToken::new();
         let closed = CancellationToken::new();
@@ -111,7 +137,7 @@ impl Pipe {
         let writer_low = low.clone();
         let writer_backlog = backlog.clone();
         tokio::spawn(async move {
-            writer_dc.set_buffered_amount_low_threshold(LOW_WATER).await;
+            writer_dc.set_buffered_amount_low_threshold(low_water).await;
             {
                 let low = writer_low.clone();
                 writer_dc
@@ -128,7 +154,7 @@ impl Pipe {
                 };
                 loop {
                     let notified = writer_low.notified();
-                    if writer_dc.buffered_amount().await <= HIGH_WATER {
+                    if writer_dc.buffered_amount().await <= high_water {
                         break;
                     }
                     tokio::select! {
@@ -145,7 +171,7 @@ impl Pipe {
                 }
             }
         });
-        let outgoing = Outgoing { queue, backlog, dc, closed: closed.clone() };
+        let outgoing = Outgoing { queue, backlog, high_water, dc, closed: closed.clone() };
         Self { incoming, opened, closed, outgoing }
     }
 
@@ -162,9 +188,9 @@ impl Pipe {
 
 impl Outgoing {
     /// Whether a packet may go straight to the channel: nothing is waiting
-    /// in the writer (order) and the channel is under [`HIGH_WATER`].
+    /// in the writer (order) and the channel is under the high-water mark.
     async fn direct(&self) -> bool {
-        self.backlog.load(Ordering::Acquire) == 0 && self.dc.buffered_amount().await <= HIGH_WATER
+        self.backlog.load(Ordering::Acquire) == 0 && self.dc.buffered_amount().await <= self.high_water
     }
 
     async fn send_direct(&self, packet: &Bytes) -> bool {
@@ -196,7 +222,7 @@ impl Outgoing {
 
     /// Sends what `next` yields for as long as that needs no waiting: straight
     /// to the channel while nothing waits in the writer and the channel is
-    /// under [`HIGH_WATER`], then into the
+    /// under the high-water mark, then into the
     /// writer's queue while it has room. Returns false if the pipe closed.
     /// `next` is only called when its packet can go at once, so what it
     /// does not yield stays with the caller (e.g. in the framing scheduler,

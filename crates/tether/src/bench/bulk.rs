@@ -13,9 +13,7 @@ use tether_client::RobotClient;
 use tether_client::components::{Camera, Motor};
 use tether_rpc::webrtc::framing::Limits;
 use tether_rpc::webrtc::peer::{Peer, PeerOptions, new_peer};
-use tether_rpc::webrtc::pipe::{HIGH_WATER, Pipe, WRITER_QUEUE};
-use tokio::sync::{Notify, mpsc};
-use webrtc::data_channel::RTCDataChannel;
+use tether_rpc::webrtc::pipe::{Bounds, HIGH_WATER, Pipe, WRITER_QUEUE};
 
 use super::inproc::{self, InProcess};
 use super::latency::{is_powered, sample, sample_within};
@@ -27,6 +25,7 @@ const MIB: usize = 1 << 20;
 /// experiment row shows what the cut bought.
 const FORMER_WRITER_QUEUE: usize = 64;
 const FORMER_HIGH_WATER: usize = 1 << 20;
+const FORMER_LOW_WATER: usize = 256 << 10;
 
 fn bulk_machine_config() -> String {
     inproc::config(&[("motor1", "motor")], &[("cam1m", MIB), ("cam8m", 8 * MIB)], "2s")
@@ -53,9 +52,14 @@ async fn get_images(robot: &RobotClient, camera: &str, size: usize, rounds: usiz
 /// `data` channel behind a [`Pipe`] (the same writer and back-pressure the
 /// RPC drivers use).
 pub async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
+    raw_pair_with(Bounds::default()).await
+}
+
+/// [`raw_pair`] with other Pipe bounds.
+async fn raw_pair_with(bounds: Bounds) -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
     let options = PeerOptions { ice_servers: Vec::new(), ..Default::default() };
     let (a, b) = (new_peer(&options).await?, new_peer(&options).await?);
-    let (pa, pb) = (Pipe::attach(a.data.clone()), Pipe::attach(b.data.clone()));
+    let (pa, pb) = (Pipe::with_bounds(a.data.clone(), bounds), Pipe::with_bounds(b.data.clone(), bounds));
     let offer = a.pc.create_offer(None).await?;
     let mut gathered = a.pc.gathering_complete_promise().await;
     a.pc.set_local_description(offer).await?;
@@ -78,8 +82,6 @@ pub async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
 /// raw data channel: first send to last byte received.
 async fn raw_throughput(total: usize) -> anyhow::Result<f64> {
     let (a, pa, b, mut pb) = raw_pair().await?;
-    // Let the receiving side's channel settle (it opens a moment after ours).
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let packet = Bytes::from(vec![0x5au8; Limits::default().max_packet]);
     let count = total.div_ceil(packet.len());
     let outgoing = pa.outgoing.clone();
@@ -251,8 +253,10 @@ pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
     // Why: the buffering under the framing's round-robin scheduler.
     let limit = Duration::from_millis(scale.pick(1000, 5000));
-    let (ours, our_rate) = queued_behind_bulk(WRITER_QUEUE, HIGH_WATER, limit).await?;
-    let (former, former_rate) = queued_behind_bulk(FORMER_WRITER_QUEUE, FORMER_HIGH_WATER, limit).await?;
+    let (ours, our_rate) = queued_behind_bulk(Bounds::default(), limit).await?;
+    let former_bounds =
+        Bounds { queue: FORMER_WRITER_QUEUE, high_water: FORMER_HIGH_WATER, low_water: FORMER_LOW_WATER };
+    let (former, former_rate) = queued_behind_bulk(former_bounds, limit).await?;
     let p99 = |v: &[f64]| quantile(v, 0.99) / 1e3;
     rows.push(
         Row::new(5, "raw channel: 64 B round trip queued behind a bulk stream, Pipe's bounds: p99", p99(&ours), "ms")
@@ -275,49 +279,13 @@ pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A data-channel writer like `Pipe`'s (a bounded queue of packets, sends
-/// paused while the channel buffers more than `high` bytes), with the two
-/// bounds as parameters.
-fn writer(dc: Arc<RTCDataChannel>, queue: usize, high: usize) -> mpsc::Sender<Bytes> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
-    tokio::spawn(async move {
-        let low = Arc::new(Notify::new());
-        dc.set_buffered_amount_low_threshold(high / 4).await;
-        {
-            let low = low.clone();
-            dc.on_buffered_amount_low(Box::new(move || {
-                low.notify_waiters();
-                Box::pin(async {})
-            }))
-            .await;
-        }
-        while let Some(packet) = rx.recv().await {
-            loop {
-                let notified = low.notified();
-                if dc.buffered_amount().await <= high {
-                    break;
-                }
-                // The low-water event can race the check: poll as a fallback.
-                let _ = tokio::time::timeout(Duration::from_millis(5), notified).await;
-            }
-            if dc.send(&packet).await.is_err() {
-                return;
-            }
-        }
-    });
-    tx
-}
-
 /// Head-of-line blocking below the framing: the round trip of a 64-byte
 /// message queued behind a one-way bulk stream of 16 KiB packets in the same
-/// writer, with the writer's queue and buffered-amount bounds given. Returns
-/// the round trips (µs, sorted) and the bulk rate (MB/s).
-async fn queued_behind_bulk(queue: usize, high: usize, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
-    let (a, mut near, b, mut far) = raw_pair().await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // Let Pipe's own (idle) writer register first; this one replaces its low-water handler.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let tx = writer(a.data.clone(), queue, high);
+/// Pipe, with the Pipe's bounds given. Returns the round trips (µs, sorted)
+/// and the bulk rate (MB/s).
+async fn queued_behind_bulk(bounds: Bounds, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
+    let (a, mut near, b, mut far) = raw_pair_with(bounds).await?;
+    let tx = near.outgoing.clone();
     let received = Arc::new(AtomicU64::new(0));
     let far_task = {
         let received = received.clone();
