@@ -123,6 +123,13 @@ pub struct Peer {
 
 /// Creates a peer connection and both negotiated channels.
 pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
+    new_peer_with(options, setting_engine(options)).await
+}
+
+/// The webrtc-rs settings [`new_peer`] uses for `options` (exposed so an
+/// experiment can change one of them and build the peer with
+/// [`new_peer_with`]).
+pub fn setting_engine(options: &PeerOptions) -> SettingEngine {
     let mut settings = SettingEngine::default();
     settings.set_ice_timeouts(
         Some(options.disconnected_timeout),
@@ -147,6 +154,11 @@ pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
     if options.relay_only {
         settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
     }
+    settings
+}
+
+/// [`new_peer`] with the given settings instead of [`setting_engine`]'s.
+pub async fn new_peer_with(options: &PeerOptions, settings: SettingEngine) -> Result<Peer, webrtc::Error> {
     let api = APIBuilder::new().with_setting_engine(settings).build();
     let config = RTCConfiguration {
         ice_servers: options

@@ -16,7 +16,7 @@ use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
 use tether_rpc::webrtc::client::WebRtcChannel;
 use tether_rpc::webrtc::framing::Limits;
-use tether_rpc::webrtc::peer::{PeerOptions, new_peer};
+use tether_rpc::webrtc::peer::{PeerOptions, new_peer, new_peer_with, setting_engine};
 use tether_rpc::webrtc::pipe::Pipe;
 use tether_rpc::webrtc::sdp::{self, SdpKind};
 use tokio::sync::mpsc;
@@ -43,9 +43,10 @@ pub struct Phases {
     pub first_rpc: f64,
 }
 
-fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
+/// A signaling request addressed to `host` (the `rpc-host` header).
+pub(super) fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("rpc-host", host.parse().context("rpc-host")?);
+    req.metadata_mut().insert(tether_rpc::metadata::RPC_HOST, host.parse().context("rpc-host")?);
     Ok(req)
 }
 
@@ -68,39 +69,12 @@ pub enum Peer {
     UpstreamPrflxWait,
 }
 
-/// `new_peer`'s settings (crates/rpc/src/webrtc/peer.rs) except the
-/// peer-reflexive nomination wait, left at webrtc-ice's default.
+/// `new_peer`'s settings except the peer-reflexive nomination wait, left at
+/// webrtc-ice's default.
 async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_rpc::webrtc::peer::Peer> {
-    use webrtc::api::APIBuilder;
-    use webrtc::api::setting_engine::SettingEngine;
-    use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
-    let mut settings = SettingEngine::default();
-    settings.set_ice_timeouts(
-        Some(options.disconnected_timeout),
-        Some(options.failed_timeout),
-        Some(options.keepalive),
-    );
-    settings.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::QueryOnly);
-    settings.set_network_types(vec![webrtc::ice::network_type::NetworkType::Udp4]);
-    settings.set_include_loopback_candidate(options.include_loopback);
-    let api = APIBuilder::new().with_setting_engine(settings).build();
-    let config = webrtc::peer_connection::configuration::RTCConfiguration {
-        ice_servers: options
-            .ice_servers
-            .iter()
-            .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone(),
-                credential: s.credential.clone(),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let pc = Arc::new(api.new_peer_connection(config).await?);
-    let init = |id| Some(RTCDataChannelInit { ordered: Some(true), negotiated: Some(id), ..Default::default() });
-    let data = pc.create_data_channel("data", init(0)).await?;
-    let negotiation = pc.create_data_channel("negotiation", init(1)).await?;
-    Ok(tether_rpc::webrtc::peer::Peer { pc, data, negotiation })
+    let mut settings = setting_engine(options);
+    settings.set_prflx_acceptance_min_wait(None);
+    Ok(new_peer_with(options, settings).await?)
 }
 
 /// Dials `host` through the signaler at `addr` step by step; returns the

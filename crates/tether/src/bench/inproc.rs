@@ -148,17 +148,12 @@ pub fn webrtc_conf(host: &str, signaling: &str) -> DialConf {
 /// A config with `components` (name, subtype) plus blob cameras
 /// (name, size), the given window, host [`HOST`].
 pub fn config(components: &[(&str, &str)], blobs: &[(&str, usize)], window: &str) -> String {
-    let mut comps: Vec<serde_json::Value> = components
-        .iter()
-        .map(|(name, kind)| serde_json::json!({"name": name, "api": format!("rdk:component:{kind}"), "model": "fake"}))
-        .collect();
-    comps.extend(blobs.iter().map(|(name, size)| {
-        serde_json::json!({"name": name, "api": "rdk:component:camera", "model": BLOB_MODEL,
-                           "attributes": {"size_bytes": size}})
-    }));
-    serde_json::json!({
-        "components": comps,
-        "network": {"sessions": {"heartbeat_window": window}, "ice_servers": [], "hosts": [HOST]},
-    })
-    .to_string()
+    let mut config = super::procs::machine_config_json(components, window, &[HOST]);
+    if let Some(comps) = config["components"].as_array_mut() {
+        comps.extend(blobs.iter().map(|(name, size)| {
+            serde_json::json!({"name": name, "api": "rdk:component:camera", "model": BLOB_MODEL,
+                               "attributes": {"size_bytes": size}})
+        }));
+    }
+    config.to_string()
 }

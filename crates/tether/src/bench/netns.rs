@@ -230,10 +230,15 @@ async fn inside_rows(selection: &Selection, scale: Scale, ip: &str) -> anyhow::R
             ];
             let webrtc = match sdk.run(&addr, true, &args).await {
                 Ok(t) => {
-                    // Prove WebRTC: the machine served one peer per SDK dial.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let peers = machine.log_count(PEER_CONNECTED) - before;
+                    // Prove WebRTC: the machine served one peer per SDK dial (its log
+                    // line may trail the SDK's exit a little).
                     let dials = (warm + py_connects).saturating_sub(t.failed_connects) + usize::from(py_calls > 0);
+                    let served = || machine.log_count(PEER_CONNECTED).saturating_sub(before);
+                    let give_up = Instant::now() + Duration::from_secs(2);
+                    while served() < dials && Instant::now() < give_up {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let peers = served();
                     if peers >= dials {
                         Ok(t)
                     } else {

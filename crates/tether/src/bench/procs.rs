@@ -185,6 +185,11 @@ impl Server {
 /// heartbeat window; no STUN server (nothing to ask on loopback or in a
 /// private namespace).
 pub fn machine_config(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> String {
+    machine_config_json(components, window, hosts).to_string()
+}
+
+/// [`machine_config`] as a JSON value, for callers that add to it.
+pub fn machine_config_json(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> serde_json::Value {
     let comps: Vec<serde_json::Value> = components
         .iter()
         .map(|(name, kind)| serde_json::json!({"name": name, "api": format!("rdk:component:{kind}"), "model": "fake"}))
@@ -193,7 +198,6 @@ pub fn machine_config(components: &[(&str, &str)], window: &str, hosts: &[&str])
         "components": comps,
         "network": {"sessions": {"heartbeat_window": window}, "ice_servers": [], "hosts": hosts},
     })
-    .to_string()
 }
 
 /// The repository root (for the interop helper scripts): `$TETHER_REPO`, else

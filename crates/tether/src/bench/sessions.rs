@@ -35,7 +35,8 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let interval = WINDOW / 5;
     let (warm, measured) = (Duration::from_secs(scale.pick(1, 3)), Duration::from_secs(scale.pick(3, 12)));
     let scratch = Scratch::new("sessions")?;
-    let config = scratch.write("machine.json", &machine_config(&[("motor1", "motor")], "2s", &["bench"]))?;
+    let window = format!("{}ms", WINDOW.as_millis());
+    let config = scratch.write("machine.json", &machine_config(&[("motor1", "motor")], &window, &["bench"]))?;
     let config = config.display().to_string();
     let machine = Server::start(
         &["machine", "--listen", "127.0.0.1:0", "--config", &config],
@@ -108,7 +109,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
                         Ok(()) => {}
                         Err(s) => {
                             errors.fetch_add(1, Ordering::Relaxed);
-                            if s.message().contains("SESSION_EXPIRED") {
+                            if s.message().contains(tether_rpc::metadata::SESSION_EXPIRED) {
                                 expired.fetch_add(1, Ordering::Relaxed);
                                 return lat;
                             }
@@ -137,7 +138,8 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let rate = lat.len() as f64 / measured.as_secs_f64();
     let nominal = n as f64 / interval.as_secs_f64();
     let (errors, expired) = (errors.load(Ordering::Relaxed), expired.load(Ordering::Relaxed));
-    let what = format!("{n} sessions heartbeating every {} ms (window 2 s)", interval.as_millis());
+    let what =
+        format!("{n} sessions heartbeating every {} ms (window {} s)", interval.as_millis(), WINDOW.as_secs_f64());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(vec![
         Row::new(7, format!("{what}: machine CPU"), cpu * 100.0, "% of a core")

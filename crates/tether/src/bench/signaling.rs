@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_rpc::webrtc::sdp::{self, SdpKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::connect::with_host;
 use super::procs::{CpuMeter, Scratch, Server, rss};
 use super::stats::{ms, quantile, sorted};
 use super::{Row, Scale};
@@ -45,12 +46,6 @@ fn candidate() -> pb::IceCandidate {
         sdpm_line_index: Some(0),
         username_fragment: None,
     }
-}
-
-fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("rpc-host", host.parse().context("rpc-host")?);
-    Ok(req)
 }
 
 /// Opens an `Answer` stream for `host`; returns its sender and the inbound stream.
