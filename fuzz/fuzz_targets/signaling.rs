@@ -583,17 +583,11 @@ impl Deframer {
     fn push<M: Message + Default>(&mut self, bytes: &[u8]) -> Vec<M> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while self.buf.len() >= 5 {
-            let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-            if self.buf.len() - 5 < len {
-                break;
-            }
-            if self.buf[0] == 0
-                && let Ok(m) = M::decode(&self.buf[5..5 + len])
-            {
+        while let Some((compressed, message, n)) = tether_rpc::grpc::first_frame(&self.buf) {
+            if !compressed && let Ok(m) = M::decode(message) {
                 out.push(m);
             }
-            self.buf.drain(..5 + len);
+            self.buf.drain(..n);
         }
         out
     }
@@ -636,7 +630,7 @@ where
 }
 
 fn grpc_status(h: &http::HeaderMap) -> Option<i32> {
-    h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
+    tether_rpc::grpc::status_from_headers(h).map(|s| s.code() as i32)
 }
 
 /// Reads a response to its end, handing every message to `on_msg`; the
@@ -658,15 +652,10 @@ async fn read_stream<M: Message + Default>(
         }
         if let Some(d) = frame.data_ref() {
             buf.extend_from_slice(d);
-            while buf.len() >= 5 {
-                assert_eq!(buf[0], 0, "server sent a compressed message");
-                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                if buf.len() < 5 + len {
-                    break;
-                }
-                let msg = M::decode(&buf[5..5 + len]).expect("server sent an undecodable message");
-                on_msg(msg);
-                buf.drain(..5 + len);
+            while let Some((compressed, message, n)) = tether_rpc::grpc::first_frame(&buf) {
+                assert!(!compressed, "server sent a compressed message");
+                on_msg(M::decode(message).expect("server sent an undecodable message"));
+                buf.drain(..n);
             }
         }
     }

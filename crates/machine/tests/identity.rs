@@ -93,17 +93,7 @@ fn conf(sig: SocketAddr, who: &str, secret: &str) -> DialConf {
 
 /// Dials, retrying while the machine has not registered yet (NOT_FOUND).
 async fn dial(sig: SocketAddr, who: &str, secret: &str) -> Result<RobotClient, tether_client::Error> {
-    let mut last = None;
-    for _ in 0..60 {
-        match RobotClient::connect(conf(sig, who, secret), Options::default()).await {
-            Err(e) if e.code() == tonic::Code::NotFound => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-    Err(last.expect("tried"))
+    connect_when_registered(conf(sig, who, secret), 60).await
 }
 
 fn owner_of(m: &TestMachine, sid: &str) -> Option<String> {

@@ -23,15 +23,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tether_client::components::Motor;
 use tether_client::{DialConf, Options, RobotClient};
-use tether_signaling::{MemoryQueue, SignalingServer};
-use tokio_util::sync::CancellationToken;
+use tether_signaling::MemoryQueue;
 
 const HOST: &str = "soak-machine";
 const MOTORS: usize = 4;
@@ -220,12 +218,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Self {
         let queue = MemoryQueue::new();
-        let server = SignalingServer::new(Arc::new(queue.clone()));
-        let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(server.into_service()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let signaling = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
+        let (signaling, shutdown) = standalone_signaling(queue.clone()).await;
         let motors: Vec<String> = (0..MOTORS)
             .map(|i| format!(r#"{{"name":"motor{i}","api":"rdk:component:motor","model":"rdk:builtin:fake"}}"#))
             .collect();
@@ -586,20 +579,9 @@ async fn soak_handshakes_held_peers_and_churn_leak_nothing() {
 
     // Warm up (first dial: registration with the signaler, lazy statics),
     // then take the baseline.
-    let warm = async {
-        loop {
-            match RobotClient::connect(rig.dial_conf(), Options::default()).await {
-                Ok(robot) => {
-                    robot.resource_names().await.expect("warm-up call");
-                    robot.close().await;
-                    return;
-                }
-                Err(e) if e.code() == tonic::Code::NotFound => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(e) => panic!("warm-up dial: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), warm).await.expect("the machine registers with the signaler");
+    let robot = connect_when_registered(rig.dial_conf(), 300).await.expect("warm-up dial (the machine registers)");
+    robot.resource_names().await.expect("warm-up call");
+    robot.close().await;
     let mut base = rig.snapshot();
     let settle_until = Instant::now() + SETTLE;
     while (base.peers, base.sessions, base.queue_offers) != (0, 0, 0) && Instant::now() < settle_until {

@@ -96,35 +96,13 @@ fn full_config(extra: &str) -> tether_machine::config::Config {
     ))
 }
 
-/// A standalone signaling service on loopback.
-async fn standalone_signaling() -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
-    let server = tether_signaling::SignalingServer::new(std::sync::Arc::new(tether_signaling::MemoryQueue::new()));
-    let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(server.into_service()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
-    (addr, shutdown)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_large_messages_cancellation_and_deadlines_via_standalone_signaling() {
-    let (sig, _sig_guard) = standalone_signaling().await;
+    let (sig, _sig_guard) = standalone_signaling(tether_signaling::MemoryQueue::new()).await;
     let _m = start(full_config(&format!(r#","signaling":["http://{sig}"]"#))).await;
     // The machine registers with the standalone signaler; retry until it has.
     let conf = DialConf::webrtc("test-machine", sig.to_string()).with_webrtc(|c| c.ice_servers = Vec::new());
-    let mut robot = None;
-    for _ in 0..50 {
-        match RobotClient::connect(conf.clone(), Options::default()).await {
-            Ok(r) => {
-                robot = Some(r);
-                break;
-            }
-            Err(e) if e.code() == tonic::Code::NotFound => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    let robot = robot.expect("dialed through the standalone signaler");
+    let robot = connect_when_registered(conf, 50).await.expect("dialed through the standalone signaler");
 
     // Large messages both ways (5 MiB echoed by DoCommand).
     let generic = tether_client::components::Generic::from_robot(&robot, "generic1");

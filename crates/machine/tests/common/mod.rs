@@ -131,3 +131,35 @@ pub async fn client(addr: SocketAddr) -> tether_client::RobotClient {
         .await
         .expect("connect")
 }
+
+/// A standalone signaling service on loopback over `queue` (keep a clone of
+/// the queue to look into it); cancel the token to stop it.
+pub async fn standalone_signaling(queue: tether_signaling::MemoryQueue) -> (SocketAddr, CancellationToken) {
+    let server = tether_signaling::SignalingServer::new(std::sync::Arc::new(queue));
+    let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(server.into_service()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
+    (addr, shutdown)
+}
+
+/// Dials `conf`, retrying every 100 ms (at most `attempts` times) while the
+/// signaler answers NOT_FOUND: the machine has not registered there yet.
+/// Any other outcome is returned as it is.
+pub async fn connect_when_registered(
+    conf: tether_client::DialConf,
+    attempts: usize,
+) -> Result<tether_client::RobotClient, tether_client::Error> {
+    let mut last = None;
+    for _ in 0..attempts {
+        match tether_client::RobotClient::connect(conf.clone(), tether_client::Options::default()).await {
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
