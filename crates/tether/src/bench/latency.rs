@@ -17,18 +17,12 @@ use super::stats::{Runs, us};
 use super::{Row, Scale, Selection};
 
 /// Times `n` sequential calls of `call` (µs each).
-pub async fn sample<F, Fut>(n: usize, mut call: F) -> anyhow::Result<Vec<f64>>
+pub async fn sample<F, Fut>(n: usize, call: F) -> anyhow::Result<Vec<f64>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        call().await?;
-        out.push(us(t.elapsed()));
-    }
-    Ok(out)
+    sample_within(n, std::time::Duration::MAX, call).await
 }
 
 /// Like [`sample`], but stops early once `limit` has passed.

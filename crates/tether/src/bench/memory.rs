@@ -21,14 +21,8 @@ struct PerConnection {
 
 async fn measure(webrtc: bool, n: usize, scale: Scale) -> anyhow::Result<PerConnection> {
     let scratch = Scratch::new("memory")?;
-    let config = scratch.write("machine.json", &machine_config(&[("motor1", "motor")], "2s", &["bench"]))?;
-    let config = config.display().to_string();
-    let machine = Server::start(
-        &["machine", "--listen", "127.0.0.1:0", "--config", &config],
-        "error",
-        &scratch.path("machine.log"),
-    )
-    .await?;
+    let config = machine_config(&[("motor1", "motor")], "2s", &["bench"]);
+    let machine = Server::machine(&scratch, &config, "127.0.0.1:0", "error").await?;
     let conf = if webrtc { webrtc_conf("bench", &machine.addr) } else { DialConf::direct(machine.addr.clone()) };
     let warm = super::inproc::connect_when_online(conf.clone()).await?;
     warm.close().await;

@@ -157,12 +157,8 @@ pub async fn inside(selection: &Selection, scale: Scale, ip: &str) -> Vec<Row> {
 
 async fn inside_rows(selection: &Selection, scale: Scale, ip: &str) -> anyhow::Result<Vec<Row>> {
     let scratch = Scratch::new("ns-machine")?;
-    let config = scratch.write("machine.json", &machine_config(&[("motor1", "motor")], "2s", &[]))?;
-    let config = config.display().to_string();
-    let listen = format!("{ip}:0");
-    let machine =
-        Server::start(&["machine", "--listen", &listen, "--config", &config], "info", &scratch.path("machine.log"))
-            .await?;
+    let config = machine_config(&[("motor1", "motor")], "2s", &[]);
+    let machine = Server::machine(&scratch, &config, &format!("{ip}:0"), "info").await?;
     // The Python SDK dials the address and names it as the host: do the same.
     let addr = machine.addr.clone();
     let webrtc = super::inproc::webrtc_conf(&addr, &addr);

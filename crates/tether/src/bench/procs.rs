@@ -140,34 +140,21 @@ impl Server {
     /// Runs `tether ARGS…` (this executable), its log (at `log_filter`) to
     /// `log`, and waits for its `listening on ADDR` line.
     pub async fn start(args: &[&str], log_filter: &str, log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the tether executable")?;
         let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = tokio::process::Command::new(exe)
-            .args(args)
-            .env("TETHER_LOG", log_filter)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start `tether {}`", args.join(" ")))?;
+        let mut child = spawn_tether(args, log_filter, file.into())?;
         let pid = child.id().unwrap_or_default();
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(a) = line.strip_prefix("listening on ") {
-                    return Ok(a.trim().to_owned());
-                }
-            }
-            Err(anyhow!("it exited"))
-        })
-        .await
-        .map_err(|_| anyhow!("`tether {}` did not start listening within 30 s", args.join(" ")))??;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = await_line(&mut child, "listening on ", Duration::from_secs(30))
+            .await
+            .with_context(|| format!("`tether {}` did not start listening", args.join(" ")))?;
         Ok(Self { child, addr, pid, log: log.to_owned() })
+    }
+
+    /// `tether machine --listen LISTEN` with `config` written to a file in
+    /// `scratch`, its log (at `log_filter`) to `machine.log` there.
+    pub async fn machine(scratch: &Scratch, config: &str, listen: &str, log_filter: &str) -> anyhow::Result<Self> {
+        let file = scratch.write("machine.json", config)?;
+        let file = file.display().to_string();
+        Self::start(&["machine", "--listen", listen, "--config", &file], log_filter, &scratch.path("machine.log")).await
     }
 
     /// Lines of its log containing `needle`.
@@ -179,6 +166,42 @@ impl Server {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Runs `tether ARGS…` (this executable) with `TETHER_LOG=log_filter`,
+/// stdout piped (see [`await_line`]) and stderr to `stderr`; killed on drop.
+pub fn spawn_tether(args: &[&str], log_filter: &str, stderr: Stdio) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    tokio::process::Command::new(exe)
+        .args(args)
+        .env("TETHER_LOG", log_filter)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start `tether {}`", args.join(" ")))
+}
+
+/// Waits up to `limit` for the child's stdout line that starts with
+/// `prefix`; returns the rest of it (trimmed). The rest of stdout is drained
+/// in the background so the child never blocks on a full pipe.
+pub async fn await_line(child: &mut tokio::process::Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(limit, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().to_owned());
+            }
+        }
+        Err(anyhow!("it exited"))
+    })
+    .await
+    .map_err(|_| anyhow!("no `{}` line within {limit:?}", prefix.trim()))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(found)
 }
 
 /// A machine config (Viam JSON) with `components` (name, api, model) and a

@@ -15,10 +15,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
 
 use super::inproc::{self, InProcess};
+use super::procs::{await_line, spawn_tether};
 use super::stats::{ms, quantile, sorted};
 use super::{Row, Scale};
 
@@ -37,30 +37,10 @@ struct Holder {
 }
 
 async fn hold(addr: &str, motor: &str) -> anyhow::Result<Holder> {
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["call", addr, motor, "set-power", "0.5", "--hold"])
-        .env("TETHER_LOG", "error")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a client process")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let session = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(id) = line.strip_prefix("holding session ") {
-                return Ok(id.trim().to_owned());
-            }
-        }
-        Err(anyhow!("the client process exited"))
-    })
-    .await
-    .map_err(|_| anyhow!("the client process did not hold {motor} within 20 s"))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut child = spawn_tether(&["call", addr, motor, "set-power", "0.5", "--hold"], "error", Stdio::null())?;
+    let session = await_line(&mut child, "holding session ", Duration::from_secs(20))
+        .await
+        .with_context(|| format!("the client process did not hold {motor}"))?;
     Ok(Holder { child, session })
 }
 

@@ -36,14 +36,8 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let (warm, measured) = (Duration::from_secs(scale.pick(1, 3)), Duration::from_secs(scale.pick(3, 12)));
     let scratch = Scratch::new("sessions")?;
     let window = format!("{}ms", WINDOW.as_millis());
-    let config = scratch.write("machine.json", &machine_config(&[("motor1", "motor")], &window, &["bench"]))?;
-    let config = config.display().to_string();
-    let machine = Server::start(
-        &["machine", "--listen", "127.0.0.1:0", "--config", &config],
-        "warn",
-        &scratch.path("machine.log"),
-    )
-    .await?;
+    let config = machine_config(&[("motor1", "motor")], &window, &["bench"]);
+    let machine = Server::machine(&scratch, &config, "127.0.0.1:0", "warn").await?;
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
         channels.push(tether_rpc::dial::connect_channel(&machine.addr, Duration::from_secs(10)).await?);
