@@ -93,6 +93,9 @@ try {
         dc1.send('ping');
         await echoed;
         mark('first');
+        // `mark` keeps the first time of each phase. A state event that never
+        // fired (or came late) is filled in here with the `first` time, so the
+        // phases still add up; such a dial shows as ice == dtls == first.
         mark('ice');
         mark('dtls');
         pc1.close();
