@@ -12,7 +12,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tether_proto::proto::rpc::webrtc::v1::IceCandidate;
-use tether_rpc::webrtc::sdp::{candidate_from_pb, candidate_to_pb};
+use tether_transport::webrtc::sdp::{candidate_from_pb, candidate_to_pb};
 use webrtc::ice::candidate::Candidate;
 use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidate;

@@ -51,7 +51,7 @@ fn check(text: &str) {
         }
     }
     for addr in &settings.signaling {
-        let _ = tonic::transport::Endpoint::from_shared(tether_rpc::dial::normalize_address(addr));
+        let _ = tonic::transport::Endpoint::from_shared(tether_transport::dial::normalize_address(addr));
     }
     let _ = Models::builtin().build(&cfg);
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tether_rpc::webrtc::sdp::{MAX_ENCODED_SDP, SdpKind, decode, encode};
+use tether_transport::webrtc::sdp::{MAX_ENCODED_SDP, SdpKind, decode, encode};
 use webrtc::ice::candidate::Candidate;
 use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidate;

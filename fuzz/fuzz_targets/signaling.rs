@@ -37,9 +37,9 @@ use tether_proto::proto::rpc::webrtc::v1::{
     OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse, answer_request, answer_response, call_response,
     call_update_request, signaling_service_server::SignalingServiceServer,
 };
-use tether_rpc::auth::AuthEntity;
-use tether_rpc::identity::VouchKey;
-use tether_rpc::webrtc::sdp;
+use tether_transport::auth::AuthEntity;
+use tether_transport::identity::VouchKey;
+use tether_transport::webrtc::sdp;
 use tether_signaling::{
     CallLimits, HostAllowList, KeyGrants, MemoryQueue, SignalingServer, TurnRestConfig, ice_server,
 };
@@ -583,7 +583,7 @@ impl Deframer {
     fn push<M: Message + Default>(&mut self, bytes: &[u8]) -> Vec<M> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some((compressed, message, n)) = tether_rpc::grpc::first_frame(&self.buf) {
+        while let Some((compressed, message, n)) = tether_transport::grpc::first_frame(&self.buf) {
             if !compressed && let Ok(m) = M::decode(message) {
                 out.push(m);
             }
@@ -630,7 +630,7 @@ where
 }
 
 fn grpc_status(h: &http::HeaderMap) -> Option<i32> {
-    tether_rpc::grpc::status_from_headers(h).map(|s| s.code() as i32)
+    tether_transport::grpc::status_from_headers(h).map(|s| s.code() as i32)
 }
 
 /// Reads a response to its end, handing every message to `on_msg`; the
@@ -652,7 +652,7 @@ async fn read_stream<M: Message + Default>(
         }
         if let Some(d) = frame.data_ref() {
             buf.extend_from_slice(d);
-            while let Some((compressed, message, n)) = tether_rpc::grpc::first_frame(&buf) {
+            while let Some((compressed, message, n)) = tether_transport::grpc::first_frame(&buf) {
                 assert!(!compressed, "server sent a compressed message");
                 on_msg(M::decode(message).expect("server sent an undecodable message"));
                 buf.drain(..n);

@@ -1,4 +1,4 @@
-use tether_rpc::dial::DialError;
+use tether_transport::dial::DialError;
 
 /// A client error: the gRPC status of a failed call (code and message as the
 /// machine sent them), or a dialing failure.

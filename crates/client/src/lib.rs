@@ -35,8 +35,8 @@ pub use events::{ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOp
 pub use robot::RobotClient;
 pub use session::SessionChannel;
 pub use tether_proto::viam::common::v1::ResourceName;
-pub use tether_rpc::dial::Credentials;
-pub use tether_rpc::webrtc::peer::IceServer;
+pub use tether_transport::dial::Credentials;
+pub use tether_transport::webrtc::peer::IceServer;
 pub use transport::{Link, Transport, WaitForReady};
 
 /// Result of client calls.
@@ -95,7 +95,7 @@ impl WebRtcConf {
         Self {
             host: host.into(),
             signaling_address: signaling_address.into(),
-            ice_servers: vec![IceServer::url(tether_rpc::webrtc::peer::DEFAULT_STUN)],
+            ice_servers: vec![IceServer::url(tether_transport::webrtc::peer::DEFAULT_STUN)],
             relay_only: false,
             force_p2p: false,
             turn_uri_override: None,
@@ -106,8 +106,8 @@ impl WebRtcConf {
         }
     }
 
-    pub(crate) fn options(&self) -> tether_rpc::webrtc::dial::WebRtcOptions {
-        let mut o = tether_rpc::webrtc::dial::WebRtcOptions::new(&self.signaling_address, &self.host);
+    pub(crate) fn options(&self) -> tether_transport::webrtc::dial::WebRtcOptions {
+        let mut o = tether_transport::webrtc::dial::WebRtcOptions::new(&self.signaling_address, &self.host);
         o.credentials = self.credentials.clone();
         o.ice_servers = self.ice_servers.clone();
         o.relay_only = self.relay_only;

@@ -8,8 +8,8 @@ use tether_proto::proto::rpc::v1::auth_service_client::AuthServiceClient;
 use tether_proto::proto::rpc::v1::{AuthenticateRequest, Credentials as PbCredentials};
 use tether_proto::viam::common::v1::ResourceName;
 use tether_proto::viam::robot::v1 as pb;
-use tether_rpc::dial::{DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
-use tether_rpc::webrtc::dial::WebRtcConnection;
+use tether_transport::dial::{DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
+use tether_transport::webrtc::dial::WebRtcConnection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +97,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
             let work = async {
                 let conn = DirectConnection::connect(address, &direct).await?;
                 if let Some(creds) = credentials {
-                    headers.remove(tether_rpc::metadata::AUTHORIZATION);
+                    headers.remove(tether_transport::metadata::AUTHORIZATION);
                     let mut auth = AuthServiceClient::new(conn.clone());
                     let token = auth
                         .authenticate(AuthenticateRequest {
@@ -116,9 +116,9 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
                 }
                 Ok::<_, Error>(conn)
             };
-            let conn = tokio::time::timeout(*dial_timeout, work)
-                .await
-                .map_err(|_| Error::Dial(tether_rpc::dial::DialError::Timeout(address.clone(), *dial_timeout)))??;
+            let conn = tokio::time::timeout(*dial_timeout, work).await.map_err(|_| {
+                Error::Dial(tether_transport::dial::DialError::Timeout(address.clone(), *dial_timeout))
+            })??;
             probe(Transport::Direct(HeaderStamp::new(conn.clone(), headers.clone())), *dial_timeout).await?;
             Ok(Connection {
                 closed: conn.closed().clone(),
@@ -132,7 +132,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
             o.peer.keepalive = options.liveness.interval;
             o.peer.disconnected_timeout = options.liveness.timeout;
             o.peer.failed_timeout = options.liveness.timeout + Duration::from_secs(2);
-            let connection = tether_rpc::webrtc::dial::dial(&o).await?;
+            let connection = tether_transport::webrtc::dial::dial(&o).await?;
             if let Err(e) = probe(Transport::WebRtc(connection.channel.clone()), c.dial_timeout).await {
                 connection.close().await;
                 return Err(e);
@@ -237,7 +237,7 @@ impl RobotClient {
 
     fn robot(&self) -> RobotStub {
         pb::robot_service_client::RobotServiceClient::new(self.channel())
-            .max_decoding_message_size(tether_rpc::MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(tether_transport::MAX_MESSAGE_SIZE)
     }
 
     /// The current session id (none before the first monitored call, or with

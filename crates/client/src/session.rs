@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tether_proto::viam::robot::v1 as pb;
-use tether_rpc::{BoxError, grpc, metadata};
+use tether_transport::{BoxError, grpc, metadata};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tower::ServiceExt;

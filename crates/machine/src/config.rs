@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tether_rpc::auth::ApiKey;
-use tether_rpc::webrtc::peer::IceServer;
+use tether_transport::auth::ApiKey;
+use tether_transport::webrtc::peer::IceServer;
 
 use crate::session::{DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW};
 
@@ -271,7 +271,7 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             for (i, h) in auth.handlers.iter().enumerate() {
-                if h.kind != tether_rpc::auth::API_KEY {
+                if h.kind != tether_transport::auth::API_KEY {
                     return Err(ConfigError::new(
                         format!("auth.handlers[{i}].type"),
                         format!("unsupported credential type {:?} (supported: \"api-key\")", h.kind),
@@ -321,8 +321,10 @@ impl Config {
             s.hosts = n.hosts.clone();
         }
         s.signaling = n.signaling.clone();
-        s.signaling_credentials =
-            n.signaling_api_key.as_ref().map(|k| tether_rpc::dial::Credentials::api_key(k.id.clone(), k.key.clone()));
+        s.signaling_credentials = n
+            .signaling_api_key
+            .as_ref()
+            .map(|k| tether_transport::dial::Credentials::api_key(k.id.clone(), k.key.clone()));
         if let Some(servers) = &n.ice_servers {
             s.ice_servers = servers.clone();
         }

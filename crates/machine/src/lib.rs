@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto::viam::component as comp;
 use tether_proto::viam::robot::v1::robot_service_server::RobotServiceServer;
-use tether_rpc::auth::{ApiKey, AuthLayer, AuthServer, Authority};
-use tether_rpc::server::{HttpService, ServeOptions};
+use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_transport::server::{HttpService, ServeOptions};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -188,7 +188,7 @@ impl Machine {
     /// The gRPC router with tether's layers (auth, operations, sessions and
     /// safety): the one service every transport serves.
     pub fn grpc_service(&self) -> HttpService {
-        const MAX: usize = tether_rpc::MAX_MESSAGE_SIZE;
+        const MAX: usize = tether_transport::MAX_MESSAGE_SIZE;
         macro_rules! limits {
             ($s:expr) => {
                 $s.max_decoding_message_size(MAX).max_encoding_message_size(MAX)
@@ -238,7 +238,7 @@ impl Machine {
 
     /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP.
     pub fn http_service(&self) -> HttpService {
-        tether_rpc::server::grpc_web(self.grpc_service())
+        tether_transport::server::grpc_web(self.grpc_service())
     }
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
@@ -248,7 +248,7 @@ impl Machine {
         if let Ok(local) = listener.local_addr() {
             self.start_webrtc(local, options.tls.is_some(), shutdown.clone());
         }
-        tether_rpc::server::serve(listener, self.http_service(), options, shutdown).await
+        tether_transport::server::serve(listener, self.http_service(), options, shutdown).await
     }
 
     /// `(offers being answered, WebRTC peers being served)` right now.
@@ -270,13 +270,14 @@ impl Machine {
     /// signalers) unless WebRTC is disabled.
     fn start_webrtc(&self, local: std::net::SocketAddr, tls: bool, shutdown: CancellationToken) {
         let machine = self.clone();
-        let events: tether_rpc::webrtc::answerer::PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
+        let events: tether_transport::webrtc::answerer::PeerEvents =
+            Arc::new(move |event| machine.on_peer_event(event));
         let token = self.authority.as_ref().and_then(|a| a.mint(webrtc::INTERNAL_ANSWERER, "__internal").ok());
         self.webrtc.start(local, tls, token, self.grpc_service(), events, shutdown);
     }
 
-    fn on_peer_event(&self, event: tether_rpc::webrtc::answerer::PeerEvent) {
-        let tether_rpc::webrtc::answerer::PeerEvent::Closed(info) = event else { return };
+    fn on_peer_event(&self, event: tether_transport::webrtc::answerer::PeerEvent) {
+        let tether_transport::webrtc::answerer::PeerEvent::Closed(info) = event else { return };
         let lost = self.sessions.connection_closed(info.id);
         spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());
     }

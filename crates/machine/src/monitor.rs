@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tether_rpc::auth::AuthEntity;
-use tether_rpc::{ConnectionInfo, TransportKind, grpc, metadata};
+use tether_transport::auth::AuthEntity;
+use tether_transport::{ConnectionInfo, TransportKind, grpc, metadata};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
@@ -211,10 +211,10 @@ async fn peek_name(mut body: Body) -> Result<(Option<String>, Body), Status> {
     let mut ended = false;
     loop {
         if let Some(len) = grpc::declared_len(&buf) {
-            if len > tether_rpc::MAX_MESSAGE_SIZE {
+            if len > tether_transport::MAX_MESSAGE_SIZE {
                 return Err(Status::resource_exhausted(format!(
                     "request message of {len} bytes exceeds the limit of {} bytes",
-                    tether_rpc::MAX_MESSAGE_SIZE
+                    tether_transport::MAX_MESSAGE_SIZE
                 )));
             }
             if buf.len() >= 5 + len {

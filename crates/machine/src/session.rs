@@ -58,7 +58,7 @@ impl From<SessionError> for tonic::Status {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Malformed(_) => tonic::Status::invalid_argument(e.to_string()),
-            SessionError::Expired => tonic::Status::invalid_argument(tether_rpc::metadata::SESSION_EXPIRED),
+            SessionError::Expired => tonic::Status::invalid_argument(tether_transport::metadata::SESSION_EXPIRED),
         }
     }
 }

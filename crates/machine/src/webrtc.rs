@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tether_rpc::auth::AuthEntity;
-use tether_rpc::dial::Credentials;
-use tether_rpc::identity::VouchKey;
-use tether_rpc::server::HttpService;
-use tether_rpc::webrtc::answerer::{self, AnswererConfig, PeerEvents};
-use tether_rpc::webrtc::peer::{IceServer, PeerOptions};
 use tether_signaling::{Authorizer, HostAllowList, MAX_HOSTS, MemoryQueue, Role, SignalingServer, TurnRestConfig};
+use tether_transport::auth::AuthEntity;
+use tether_transport::dial::Credentials;
+use tether_transport::identity::VouchKey;
+use tether_transport::server::HttpService;
+use tether_transport::webrtc::answerer::{self, AnswererConfig, PeerEvents};
+use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// WebRTC settings of a machine.
@@ -34,7 +34,7 @@ pub struct WebRtcSettings {
     pub turn: Option<TurnRestConfig>,
     /// The machine's API key at the external signaling services: it
     /// authenticates the answerers there and verifies the services' caller
-    /// assertions (see [`tether_rpc::identity`]).
+    /// assertions (see [`tether_transport::identity`]).
     pub signaling_credentials: Option<Credentials>,
 }
 
@@ -44,7 +44,7 @@ impl Default for WebRtcSettings {
             enabled: true,
             hosts: vec![system_host_name()],
             signaling: Vec::new(),
-            ice_servers: vec![IceServer::url(tether_rpc::webrtc::peer::DEFAULT_STUN)],
+            ice_servers: vec![IceServer::url(tether_transport::webrtc::peer::DEFAULT_STUN)],
             caller_ice_servers: Vec::new(),
             turn: None,
             signaling_credentials: None,

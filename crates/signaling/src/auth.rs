@@ -1,7 +1,7 @@
 //! The authorization hook: who may call or answer for which host.
 
 use async_trait::async_trait;
-use tether_rpc::auth::AuthEntity;
+use tether_transport::auth::AuthEntity;
 use tonic::Status;
 
 /// What a request wants to do with a host.
@@ -25,7 +25,7 @@ pub enum Role {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use tether_rpc::auth::AuthEntity;
+/// use tether_transport::auth::AuthEntity;
 /// use tether_signaling::{Authorizer, Role};
 ///
 /// struct OnlyAuthenticated;

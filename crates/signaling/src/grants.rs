@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tether_rpc::auth::AuthEntity;
+use tether_transport::auth::AuthEntity;
 use tokio::time::Instant;
 use tonic::Status;
 

@@ -15,8 +15,8 @@ use tether_proto::proto::rpc::webrtc::v1::{
     call_response, call_update_request,
     signaling_service_server::{SignalingService, SignalingServiceServer},
 };
-use tether_rpc::auth::AuthEntity;
-use tether_rpc::identity::{CallerClaims, VouchKey};
+use tether_transport::auth::AuthEntity;
+use tether_transport::identity::{CallerClaims, VouchKey};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,7 +73,7 @@ pub struct SignalingConfig {
     /// Per-caller rate limit and per-host pending cap of `Call`.
     pub call_limits: CallLimits,
     /// Keys to vouch for authenticated callers with, per answerer entity
-    /// (see [`tether_rpc::identity`]).
+    /// (see [`tether_transport::identity`]).
     pub vouch_keys: Option<VouchKeys>,
 }
 
@@ -190,7 +190,7 @@ impl SignalingServerBuilder {
     /// Vouches for authenticated callers: every offer from a caller with an
     /// [`AuthEntity`] reaches an authenticated answerer with a caller
     /// assertion signed by `keys(answerer entity)` (see
-    /// [`tether_rpc::identity`]), so the machine learns who is calling.
+    /// [`tether_transport::identity`]), so the machine learns who is calling.
     pub fn vouch_keys(mut self, keys: VouchKeys) -> Self {
         self.config.vouch_keys = Some(keys);
         self
@@ -627,8 +627,8 @@ impl AnswerWorker {
         let Some(key) = keys(answerer) else { return String::new() };
         // An offer whose SDP cannot be read names no peer; the answerer
         // rejects it anyway.
-        let fp = match tether_rpc::webrtc::sdp::decode(&offer.sdp) {
-            Ok((_, sdp)) => tether_rpc::webrtc::sdp::fingerprints(&sdp),
+        let fp = match tether_transport::webrtc::sdp::decode(&offer.sdp) {
+            Ok((_, sdp)) => tether_transport::webrtc::sdp::fingerprints(&sdp),
             Err(_) => return String::new(),
         };
         let ttl = offer.deadline.duration_since(SystemTime::now()).unwrap_or_default().as_secs() + 1;

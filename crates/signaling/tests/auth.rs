@@ -13,8 +13,8 @@ use tether_proto::proto::rpc::webrtc::v1::{
     CallRequest, CallResponse, CallUpdateRequest, OptionalWebRtcConfigRequest, call_response, call_update_request,
     signaling_service_client::SignalingServiceClient,
 };
-use tether_rpc::auth::{API_KEY, ApiKey, AuthLayer, AuthServer, Authority};
 use tether_signaling::{CallLimits, KeyGrants, MemoryQueue, SignalingServer};
+use tether_transport::auth::{API_KEY, ApiKey, AuthLayer, AuthServer, Authority};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;

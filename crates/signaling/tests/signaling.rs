@@ -14,8 +14,8 @@ use tether_proto::proto::rpc::webrtc::v1::{
     AnswerResponse, CallRequest, CallResponse, OptionalWebRtcConfigRequest, answer_request, call_response,
     call_update_request::Update,
 };
-use tether_rpc::auth::AuthEntity;
 use tether_signaling::{Authorizer, HostAllowList, MemoryQueue, Role, TurnRestConfig, ice_server};
+use tether_transport::auth::AuthEntity;
 use tonic::Code;
 
 const HOST: &str = "robot-main.loc.viam.cloud";

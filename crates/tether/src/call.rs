@@ -194,7 +194,7 @@ impl From<tether_client::Error> for Failure {
     fn from(e: tether_client::Error) -> Self {
         let message = match &e {
             tether_client::Error::Status(s) => s.message().to_owned(),
-            tether_client::Error::Dial(tether_rpc::dial::DialError::Status(s)) => s.message().to_owned(),
+            tether_client::Error::Dial(tether_transport::dial::DialError::Status(s)) => s.message().to_owned(),
             other => other.message(),
         };
         Self::new(e.code(), message)

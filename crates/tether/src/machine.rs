@@ -7,7 +7,7 @@ use anyhow::Context;
 use tether_machine::Machine;
 use tether_machine::config::{Config, DEFAULT_BIND};
 use tether_machine::models::Models;
-use tether_rpc::server::{ServeOptions, TlsConfig};
+use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
 pub struct MachineArgs {
@@ -31,7 +31,7 @@ pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.network.signaling.extend(signaling);
     if let Some((id, key)) = signaling_key {
-        cfg.network.signaling_api_key = Some(tether_rpc::auth::ApiKey { id, key });
+        cfg.network.signaling_api_key = Some(tether_transport::auth::ApiKey { id, key });
     }
     cfg.network.disable_webrtc |= no_webrtc;
     cfg.validate()?;

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     // yield. It matters to webrtc-rs 0.17: its SCTP read loop wakes the task
     // that opens our negotiated data channels and then keeps reading; a
     // caller's first message processed in that gap loses the channel
-    // (tether_rpc::webrtc::peer::open_lost). Measured on a raw pair, a caller
+    // (tether_transport::webrtc::peer::open_lost). Measured on a raw pair, a caller
     // writing the instant it opens: 7-12 of 400 opens lost with the slot,
     // 0-3 of 800 without; unary latency unchanged within noise.
     // (`--cfg tokio_unstable` comes from .cargo/config.toml.)

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tether_rpc::auth::{ApiKey, AuthLayer, AuthServer, Authority};
-use tether_rpc::server::ServeOptions;
 use tether_signaling::{
     CallLimits, CallQueue, KeyGrants, MemoryQueue, RedisQueue, RedisQueueOptions, SignalingServer, TurnRestConfig,
 };
+use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_transport::server::ServeOptions;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
@@ -91,7 +91,7 @@ fn load_auth(path: &std::path::Path) -> anyhow::Result<SignalingAuth> {
 }
 
 fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
-    (&tether_rpc::webrtc::peer::IceServer::parse(url)).into()
+    (&tether_transport::webrtc::peer::IceServer::parse(url)).into()
 }
 
 pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
@@ -128,15 +128,15 @@ pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
     let mut routes = tonic::service::Routes::new(
         signaling
             .into_service()
-            .max_decoding_message_size(tether_rpc::MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(tether_rpc::MAX_MESSAGE_SIZE),
+            .max_decoding_message_size(tether_transport::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(tether_transport::MAX_MESSAGE_SIZE),
     );
     let authority = auth.map(|a| a.authority);
     if let Some(authority) = &authority {
         routes = routes.add_service(AuthServer::new(authority.clone()).into_service());
     }
     let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(authority)).service(routes);
-    let svc = tether_rpc::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
+    let svc = tether_transport::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -149,6 +149,6 @@ pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    tether_rpc::server::serve(listener, svc, ServeOptions::default(), shutdown).await;
+    tether_transport::server::serve(listener, svc, ServeOptions::default(), shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

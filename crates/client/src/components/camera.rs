@@ -8,7 +8,7 @@ use crate::{Result, SessionChannel};
 
 component_client!(
     /// A camera on a machine. Messages up to
-    /// [`tether_rpc::MAX_MESSAGE_SIZE`] are accepted, so large frames fit.
+    /// [`tether_transport::MAX_MESSAGE_SIZE`] are accepted, so large frames fit.
     Camera,
     CameraServiceClient<SessionChannel>,
     CameraServiceClient::new

@@ -76,7 +76,7 @@ macro_rules! component_client {
             pub fn from_robot(robot: &$crate::RobotClient, name: &str) -> Self {
                 Self {
                     name: name.to_owned(),
-                    client: $stub_new(robot.channel()).max_decoding_message_size(tether_rpc::MAX_MESSAGE_SIZE),
+                    client: $stub_new(robot.channel()).max_decoding_message_size(tether_transport::MAX_MESSAGE_SIZE),
                 }
             }
 

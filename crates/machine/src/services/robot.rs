@@ -26,12 +26,14 @@ pub struct RobotServer {
 }
 
 fn owner<T>(r: &Request<T>) -> String {
-    r.extensions().get::<tether_rpc::auth::AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
+    r.extensions().get::<tether_transport::auth::AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
 }
 
 fn peer<T>(r: &Request<T>) -> PeerInfo {
-    match r.extensions().get::<tether_rpc::ConnectionInfo>() {
-        Some(c) => PeerInfo { webrtc: c.kind == tether_rpc::TransportKind::WebRtc, remote: c.remote, local: c.local },
+    match r.extensions().get::<tether_transport::ConnectionInfo>() {
+        Some(c) => {
+            PeerInfo { webrtc: c.kind == tether_transport::TransportKind::WebRtc, remote: c.remote, local: c.local }
+        }
         None => PeerInfo::default(),
     }
 }

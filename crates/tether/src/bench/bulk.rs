@@ -11,9 +11,9 @@ use anyhow::{Context, anyhow, ensure};
 use bytes::Bytes;
 use tether_client::RobotClient;
 use tether_client::components::{Camera, Motor};
-use tether_rpc::webrtc::framing::Limits;
-use tether_rpc::webrtc::peer::{Peer, PeerOptions, new_peer};
-use tether_rpc::webrtc::pipe::{Bounds, HIGH_WATER, Pipe, WRITER_QUEUE};
+use tether_transport::webrtc::framing::Limits;
+use tether_transport::webrtc::peer::{Peer, PeerOptions, new_peer};
+use tether_transport::webrtc::pipe::{Bounds, HIGH_WATER, Pipe, WRITER_QUEUE};
 
 use super::inproc::{self, InProcess};
 use super::latency::{is_powered, sample, sample_within};
@@ -21,7 +21,7 @@ use super::stats::{median, quantile, sorted};
 use super::{Row, Scale};
 
 const MIB: usize = 1 << 20;
-/// Pipe's bounds before they were cut (crates/rpc/src/webrtc/pipe.rs): the
+/// Pipe's bounds before they were cut (crates/transport/src/webrtc/pipe.rs): the
 /// experiment row shows what the cut bought.
 const FORMER_WRITER_QUEUE: usize = 64;
 const FORMER_HIGH_WATER: usize = 1 << 20;

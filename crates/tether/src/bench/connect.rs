@@ -2,7 +2,7 @@
 //! inside the bench's network namespace.
 //!
 //! The phases come from an instrumented copy of the client's dial
-//! (tether_rpc::webrtc::dial::dial): the same steps through the same public
+//! (tether_transport::webrtc::dial::dial): the same steps through the same public
 //! building blocks (signaling client, `new_peer`, `Pipe`, SDP helpers,
 //! `WebRtcChannel`), with timestamps. Its total is reported next to the real
 //! `RobotClient::connect`, so a drift between the two would show.
@@ -14,11 +14,11 @@ use anyhow::{Context, anyhow};
 use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
-use tether_rpc::webrtc::client::WebRtcChannel;
-use tether_rpc::webrtc::framing::Limits;
-use tether_rpc::webrtc::peer::{PeerOptions, new_peer, new_peer_with, setting_engine};
-use tether_rpc::webrtc::pipe::Pipe;
-use tether_rpc::webrtc::sdp::{self, SdpKind};
+use tether_transport::webrtc::client::WebRtcChannel;
+use tether_transport::webrtc::framing::Limits;
+use tether_transport::webrtc::peer::{PeerOptions, new_peer, new_peer_with, setting_engine};
+use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::sdp::{self, SdpKind};
 use tokio::sync::mpsc;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -46,7 +46,7 @@ pub struct Phases {
 /// A signaling request addressed to `host` (the `rpc-host` header).
 pub(super) fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(tether_rpc::metadata::RPC_HOST, host.parse().context("rpc-host")?);
+    req.metadata_mut().insert(tether_transport::metadata::RPC_HOST, host.parse().context("rpc-host")?);
     Ok(req)
 }
 
@@ -59,7 +59,7 @@ struct Marks {
 /// Which peer connection the instrumented dial uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
-    /// `tether_rpc::webrtc::peer::new_peer`, as the client.
+    /// `tether_transport::webrtc::peer::new_peer`, as the client.
     Stock,
     /// The same settings but webrtc-ice 0.17's default peer-reflexive
     /// nomination wait (1 s) instead of `new_peer`'s 0: the experiment that
@@ -71,7 +71,7 @@ pub enum Peer {
 
 /// `new_peer`'s settings except the peer-reflexive nomination wait, left at
 /// webrtc-ice's default.
-async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_rpc::webrtc::peer::Peer> {
+async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_transport::webrtc::peer::Peer> {
     let mut settings = setting_engine(options);
     settings.set_prflx_acceptance_min_wait(None);
     Ok(new_peer_with(options, settings).await?)
@@ -82,13 +82,13 @@ async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<
 pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::Result<Phases> {
     let t0 = Instant::now();
     let since = |t: Instant| ms(t.saturating_duration_since(t0));
-    let channel = tether_rpc::dial::connect_channel(addr, Duration::from_secs(10)).await?;
+    let channel = tether_transport::dial::connect_channel(addr, Duration::from_secs(10)).await?;
     let mut signaling = pb::signaling_service_client::SignalingServiceClient::new(channel);
     let mut ice_servers = Vec::new();
     if let Ok(r) = signaling.optional_web_rtc_config(with_host(pb::OptionalWebRtcConfigRequest {}, host)?).await
         && let Some(config) = r.into_inner().config
     {
-        ice_servers.extend(config.additional_ice_servers.iter().map(tether_rpc::webrtc::peer::IceServer::from));
+        ice_servers.extend(config.additional_ice_servers.iter().map(tether_transport::webrtc::peer::IceServer::from));
     }
     let options = PeerOptions { ice_servers, ..Default::default() };
     let peer = match which {
@@ -199,7 +199,7 @@ pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::R
     RobotServiceClient::new(channel).get_version(GetVersionRequest {}).await?;
     let rpc = Instant::now();
     if std::env::var_os("TETHER_BENCH_DEBUG").is_some() {
-        let pair = tether_rpc::webrtc::selected_pair(&pc).await;
+        let pair = tether_transport::webrtc::selected_pair(&pc).await;
         eprintln!("bench: {which:?} selected pair {pair:?}");
     }
     let _ = pc.close().await;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use bytes::Bytes;
 use tether_client::components::Motor;
-use tether_rpc::webrtc::pipe::Pipe;
+use tether_transport::webrtc::pipe::Pipe;
 
 use super::floor::{self, FloorServer};
 use super::inproc::{self, InProcess};
@@ -59,7 +59,7 @@ struct RawPing {
     out: usize,
     back: usize,
     _far: tokio::task::JoinHandle<()>,
-    _peers: (tether_rpc::webrtc::peer::Peer, tether_rpc::webrtc::peer::Peer),
+    _peers: (tether_transport::webrtc::peer::Peer, tether_transport::webrtc::peer::Peer),
 }
 
 impl RawPing {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tether_rpc::webrtc::sdp::{self, SdpKind};
+use tether_transport::webrtc::sdp::{self, SdpKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -116,7 +116,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let server =
         Server::start(&["signaling", "--listen", "127.0.0.1:0"], "error", &scratch.path("signaling.log")).await?;
     let addr = server.addr.clone();
-    let connect = || tether_rpc::dial::connect_channel(&addr, Duration::from_secs(10));
+    let connect = || tether_transport::dial::connect_channel(&addr, Duration::from_secs(10));
 
     // Memory per registered machine.
     tokio::time::sleep(Duration::from_millis(200)).await;

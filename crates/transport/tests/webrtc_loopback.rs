@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::proto::rpc::v1 as auth_pb;
-use tether_rpc::auth::{ApiKey, AuthServer, Authority};
-use tether_rpc::server::{ConnectionInfo, HttpService, TransportKind};
-use tether_rpc::webrtc::client::WebRtcChannel;
-use tether_rpc::webrtc::framing::Limits;
-use tether_rpc::webrtc::peer::{PeerOptions, new_peer};
-use tether_rpc::webrtc::pipe::Pipe;
+use tether_transport::auth::{ApiKey, AuthServer, Authority};
+use tether_transport::server::{ConnectionInfo, HttpService, TransportKind};
+use tether_transport::webrtc::client::WebRtcChannel;
+use tether_transport::webrtc::framing::Limits;
+use tether_transport::webrtc::peer::{PeerOptions, new_peer};
+use tether_transport::webrtc::pipe::Pipe;
 use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
@@ -38,7 +38,7 @@ async fn pair(svc: HttpService) -> (WebRtcChannel, CancellationToken, Arc<webrtc
 
 /// Two connected peers (non-trickle), each with its `data` channel open
 /// behind a [`Pipe`]: (caller, caller's pipe, answerer, answerer's pipe).
-async fn connected() -> (tether_rpc::webrtc::peer::Peer, Pipe, tether_rpc::webrtc::peer::Peer, Pipe) {
+async fn connected() -> (tether_transport::webrtc::peer::Peer, Pipe, tether_transport::webrtc::peer::Peer, Pipe) {
     let options = PeerOptions { ice_servers: vec![], ..Default::default() };
     let caller = new_peer(&options).await.unwrap();
     let answerer = new_peer(&options).await.unwrap();
@@ -65,7 +65,7 @@ async fn raw_pair(svc: HttpService) -> (Pipe, CancellationToken, Arc<webrtc::pee
     let (caller, caller_pipe, answerer, answerer_pipe) = connected().await;
     let shutdown = CancellationToken::new();
     let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 1 };
-    tokio::spawn(tether_rpc::webrtc::server::serve(
+    tokio::spawn(tether_transport::webrtc::server::serve(
         answerer_pipe,
         svc,
         info,
@@ -82,7 +82,7 @@ async fn unary_calls_without_eos_are_answered() {
     // The TypeScript SDK sends headers and one message for a unary call, and
     // never eos; the handler must run anyway.
     use prost::Message;
-    use tether_rpc::webrtc::framing::{ClientConn, ClientEvent};
+    use tether_transport::webrtc::framing::{ClientConn, ClientEvent};
     let (mut pipe, _shutdown, _pc) = raw_pair(service()).await;
     let mut conn = ClientConn::new(Limits::default());
     let id = conn.start_call("/proto.rpc.v1.AuthService/Authenticate", &[], None).unwrap();

@@ -3,7 +3,7 @@
 //! order, unknown keys ignored).
 //!
 //! ```
-//! use tether_rpc::webrtc::sdp::{decode, encode, SdpKind};
+//! use tether_transport::webrtc::sdp::{decode, encode, SdpKind};
 //! let wire = encode(SdpKind::Offer, "v=0\r\n");
 //! assert_eq!(decode(&wire).unwrap(), (SdpKind::Offer, "v=0\r\n".to_string()));
 //! assert!(decode("not base64!").is_err());
@@ -90,7 +90,7 @@ fn bad_component(line: &str) -> Option<u16> {
 /// holds a certificate with one of them, so they name the peer connection.
 ///
 /// ```
-/// use tether_rpc::webrtc::sdp::fingerprints;
+/// use tether_transport::webrtc::sdp::fingerprints;
 /// let sdp = "v=0\r\na=fingerprint:SHA-256 AB:CD\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
 /// assert_eq!(fingerprints(sdp), vec!["sha-256 ab:cd".to_string()]);
 /// ```

@@ -12,9 +12,9 @@ use common::*;
 use tether_client::components::Motor;
 use tether_client::{Credentials, DialConf, Options, RobotClient};
 use tether_proto::viam::robot::v1 as pb;
-use tether_rpc::auth::{ApiKey, AuthLayer, AuthServer, Authority};
-use tether_rpc::identity::VouchKey;
 use tether_signaling::{KeyGrants, MemoryQueue, SignalingServer, VouchKeys};
+use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_transport::identity::VouchKey;
 use tokio_util::sync::CancellationToken;
 
 const BOT: &str = "id-bot";
@@ -59,7 +59,7 @@ async fn signaler(vouching: Vouching) -> (SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(tether_rpc::server::serve(
+    tokio::spawn(tether_transport::server::serve(
         listener,
         tower::util::BoxCloneSyncService::new(svc),
         Default::default(),
@@ -218,8 +218,8 @@ async fn the_embedded_signaler_vouches_per_machine_key() {
 
     // A key holder cannot answer for the machine at its embedded signaler
     // (it would take the machine's calls).
-    let channel = tether_rpc::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
-    let token = tether_rpc::dial::authenticate(channel.clone(), &Credentials::api_key("k2", "s2")).await.unwrap();
+    let channel = tether_transport::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    let token = tether_transport::dial::authenticate(channel.clone(), &Credentials::api_key("k2", "s2")).await.unwrap();
     let mut signaling =
         tether_proto::proto::rpc::webrtc::v1::signaling_service_client::SignalingServiceClient::new(channel);
     let (_tx, rx) = tokio::sync::mpsc::channel::<tether_proto::proto::rpc::webrtc::v1::AnswerResponse>(1);

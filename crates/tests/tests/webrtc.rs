@@ -222,7 +222,7 @@ async fn garbage_on_the_data_channel_is_dropped_and_the_machine_keeps_serving() 
 async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
     use tether_proto::proto::rpc::webrtc::v1 as pb;
     let m = start(full_config("")).await;
-    let channel = tether_rpc::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    let channel = tether_transport::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
     let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);
     let call = |sdp: &str, host: &str| {
         let mut req = tonic::Request::new(pb::CallRequest { sdp: sdp.into(), disable_trickle: false });
@@ -240,14 +240,14 @@ async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
 
     // A real offer from a peer that then never does ICE: the machine answers,
     // waits until the offer's deadline, and cleans everything up.
-    let peer = tether_rpc::webrtc::peer::new_peer(&tether_rpc::webrtc::peer::PeerOptions {
+    let peer = tether_transport::webrtc::peer::new_peer(&tether_transport::webrtc::peer::PeerOptions {
         ice_servers: vec![],
         ..Default::default()
     })
     .await
     .unwrap();
     let offer = peer.pc.create_offer(None).await.unwrap();
-    let sdp = tether_rpc::webrtc::sdp::encode(tether_rpc::webrtc::sdp::SdpKind::Offer, &offer.sdp);
+    let sdp = tether_transport::webrtc::sdp::encode(tether_transport::webrtc::sdp::SdpKind::Offer, &offer.sdp);
     drop(peer); // never set locally: no candidates, no ICE
     let mut stream = sig.call(call(&sdp, "test-machine")).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
@@ -291,17 +291,17 @@ async fn an_authenticated_machine_requires_credentials_for_webrtc_too() {
 async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool, String> {
     use tether_proto::proto::rpc::webrtc::v1 as pb;
     use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
-    use tether_rpc::webrtc::sdp::{self, SdpKind};
+    use tether_transport::webrtc::sdp::{self, SdpKind};
     use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-    let options = tether_rpc::webrtc::peer::PeerOptions { ice_servers: vec![], ..Default::default() };
-    let peer = tether_rpc::webrtc::peer::new_peer(&options).await.map_err(|e| e.to_string())?;
-    let pipe = tether_rpc::webrtc::pipe::Pipe::attach(peer.data.clone());
+    let options = tether_transport::webrtc::peer::PeerOptions { ice_servers: vec![], ..Default::default() };
+    let peer = tether_transport::webrtc::peer::new_peer(&options).await.map_err(|e| e.to_string())?;
+    let pipe = tether_transport::webrtc::pipe::Pipe::attach(peer.data.clone());
     let offer = peer.pc.create_offer(None).await.map_err(|e| e.to_string())?;
     let mut gathered = peer.pc.gathering_complete_promise().await;
     peer.pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
     let _ = gathered.recv().await;
     let local = peer.pc.local_description().await.ok_or("no offer")?;
-    let channel = tether_rpc::dial::connect_channel(&addr.to_string(), Duration::from_secs(5))
+    let channel = tether_transport::dial::connect_channel(&addr.to_string(), Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
     let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);
@@ -322,7 +322,7 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
         pc.set_remote_description(answer).await.map_err(|e| e.to_string())?;
         opened.cancelled().await;
         let mut robot =
-            RobotServiceClient::new(tether_rpc::webrtc::client::WebRtcChannel::new(pipe, Default::default()));
+            RobotServiceClient::new(tether_transport::webrtc::client::WebRtcChannel::new(pipe, Default::default()));
         // The machine closing the connection fails the call (UNAVAILABLE).
         tokio::select! {
             r = robot.get_version(GetVersionRequest {}) => Ok(r.is_ok()),
@@ -338,7 +338,7 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_writes_the_instant_its_channel_opens_never_hangs() {
     // webrtc-rs 0.17 can lose the machine's side of the negotiated channel to
-    // such a caller's first message (see tether_rpc::webrtc::peer::open_lost).
+    // such a caller's first message (see tether_transport::webrtc::peer::open_lost).
     // Every dial must then end promptly: answered, or closed by the machine
     // (well before the 10 s dial deadline), never stuck.
     let m = start(full_config("")).await;

@@ -3,7 +3,7 @@
 //! and then sends `authorization: Bearer <token>` on every other call.
 //!
 //! ```
-//! use tether_rpc::auth::{ApiKey, Authority};
+//! use tether_transport::auth::{ApiKey, Authority};
 //! let authority = Authority::new("my-machine", vec![ApiKey { id: "key-id".into(), key: "s3cret".into() }]);
 //! let token = authority.authenticate("key-id", "api-key", "s3cret").unwrap();
 //! assert_eq!(authority.verify(&token).unwrap().sub, "key-id");

@@ -43,7 +43,7 @@ impl IceServer {
     /// form (as the CLIs accept them); anything else is a bare URL.
     ///
     /// ```
-    /// use tether_rpc::webrtc::peer::IceServer;
+    /// use tether_transport::webrtc::peer::IceServer;
     /// let s = IceServer::parse("turn:u:p@10.0.0.1:3478?transport=udp");
     /// assert_eq!((s.urls[0].as_str(), s.username.as_str(), s.credential.as_str()), ("turn:10.0.0.1:3478?transport=udp", "u", "p"));
     /// assert_eq!(IceServer::parse("stun:10.0.0.1:3478"), IceServer::url("stun:10.0.0.1:3478"));

@@ -303,7 +303,7 @@ async fn signaling_on(addr: SocketAddr) -> (SocketAddr, tokio_util::sync::Cancel
     };
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
+    tokio::spawn(tether_transport::server::serve(listener, svc, Default::default(), shutdown.clone()));
     (addr, shutdown)
 }
 

@@ -7,7 +7,7 @@ use tether_client::{Credentials, DialConf, Options, RobotClient};
 use tether_machine::Machine;
 use tether_machine::config::Config;
 use tether_machine::models::Models;
-use tether_rpc::server::{ServeOptions, TlsConfig};
+use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -20,7 +20,7 @@
 //! callers never see it, so real Viam SDKs are unaffected.
 //!
 //! ```
-//! use tether_rpc::identity::{CallerClaims, VouchKey};
+//! use tether_transport::identity::{CallerClaims, VouchKey};
 //!
 //! let key = VouchKey::from_secret("the machine's api key secret");
 //! let fp = vec!["sha-256 ab:cd".to_string()];

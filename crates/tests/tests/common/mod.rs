@@ -80,8 +80,8 @@ impl RawResponse {
     pub fn grpc_status(&self) -> Option<tonic::Status> {
         self.trailers
             .as_ref()
-            .and_then(tether_rpc::grpc::status_from_headers)
-            .or_else(|| tether_rpc::grpc::status_from_headers(&self.headers))
+            .and_then(tether_transport::grpc::status_from_headers)
+            .or_else(|| tether_transport::grpc::status_from_headers(&self.headers))
     }
 }
 
@@ -140,7 +140,7 @@ pub async fn standalone_signaling(queue: tether_signaling::MemoryQueue) -> (Sock
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(tether_rpc::server::serve(listener, svc, Default::default(), shutdown.clone()));
+    tokio::spawn(tether_transport::server::serve(listener, svc, Default::default(), shutdown.clone()));
     (addr, shutdown)
 }
 

@@ -22,7 +22,7 @@
 //! calls (TypeScript), or a separate `eos` frame (rust-utils).
 //!
 //! ```
-//! use tether_rpc::webrtc::framing::{ClientConn, ClientEvent, Limits, ServerConn, ServerEvent};
+//! use tether_transport::webrtc::framing::{ClientConn, ClientEvent, Limits, ServerConn, ServerEvent};
 //! let mut client = ClientConn::new(Limits::default());
 //! let mut server = ServerConn::new(Limits::default());
 //! let id = client.start_call("/pkg.Svc/Echo", &[], None).unwrap();
