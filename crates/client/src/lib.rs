@@ -106,8 +106,8 @@ impl WebRtcConf {
         }
     }
 
-    pub(crate) fn options(&self) -> tether_transport::webrtc::dial::WebRtcOptions {
-        let mut o = tether_transport::webrtc::dial::WebRtcOptions::new(&self.signaling_address, &self.host);
+    pub(crate) fn options(&self) -> tether_signaling::caller::WebRtcOptions {
+        let mut o = tether_signaling::caller::WebRtcOptions::new(&self.signaling_address, &self.host);
         o.credentials = self.credentials.clone();
         o.ice_servers = self.ice_servers.clone();
         o.relay_only = self.relay_only;

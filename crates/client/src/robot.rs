@@ -8,8 +8,8 @@ use tether_proto::proto::rpc::v1::auth_service_client::AuthServiceClient;
 use tether_proto::proto::rpc::v1::{AuthenticateRequest, Credentials as PbCredentials};
 use tether_proto::viam::common::v1::ResourceName;
 use tether_proto::viam::robot::v1 as pb;
+use tether_signaling::caller::WebRtcConnection;
 use tether_transport::dial::{DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
-use tether_transport::webrtc::dial::WebRtcConnection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -132,7 +132,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
             o.peer.keepalive = options.liveness.interval;
             o.peer.disconnected_timeout = options.liveness.timeout;
             o.peer.failed_timeout = options.liveness.timeout + Duration::from_secs(2);
-            let connection = tether_transport::webrtc::dial::dial(&o).await?;
+            let connection = tether_signaling::caller::dial(&o).await?;
             if let Err(e) = probe(Transport::WebRtc(connection.channel.clone()), c.dial_timeout).await {
                 connection.close().await;
                 return Err(e);

@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto::viam::component as comp;
 use tether_proto::viam::robot::v1::robot_service_server::RobotServiceServer;
+pub use tether_signaling::answerer::RemoteStatus;
+use tether_signaling::answerer::{PeerEvent, PeerEvents};
 use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
 use tether_transport::server::{HttpService, ServeOptions};
 use tokio::net::TcpListener;
@@ -246,7 +248,7 @@ impl Machine {
     /// port and answers WebRTC calls for the machine's names.
     pub async fn serve(&self, listener: TcpListener, options: ServeOptions, shutdown: CancellationToken) {
         if let Ok(local) = listener.local_addr() {
-            self.start_webrtc(local, options.tls.is_some(), shutdown.clone());
+            self.start_webrtc(local, shutdown.clone());
         }
         tether_transport::server::serve(listener, self.http_service(), options, shutdown).await
     }
@@ -268,16 +270,22 @@ impl Machine {
 
     /// Starts the answerers (embedded signaler on `local`, plus external
     /// signalers) unless WebRTC is disabled.
-    fn start_webrtc(&self, local: std::net::SocketAddr, tls: bool, shutdown: CancellationToken) {
+    fn start_webrtc(&self, local: std::net::SocketAddr, shutdown: CancellationToken) {
         let machine = self.clone();
-        let events: tether_transport::webrtc::answerer::PeerEvents =
-            Arc::new(move |event| machine.on_peer_event(event));
-        let token = self.authority.as_ref().and_then(|a| a.mint(webrtc::INTERNAL_ANSWERER, "__internal").ok());
-        self.webrtc.start(local, tls, token, self.grpc_service(), events, shutdown);
+        let events: PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
+        self.webrtc.start(local, self.authority.is_some(), self.grpc_service(), events, shutdown);
     }
 
-    fn on_peer_event(&self, event: tether_transport::webrtc::answerer::PeerEvent) {
-        let tether_transport::webrtc::answerer::PeerEvent::Closed(info) = event else { return };
+    /// Each external signaling service (`--signaling`) with whether the
+    /// machine answers through it now ([`RemoteStatus::Unreachable`] carries
+    /// the reason: TLS, credentials, DNS, a refused `Answer`, …). Empty until
+    /// [`Self::serve`] has started.
+    pub fn signaling_status(&self) -> Vec<(String, tokio::sync::watch::Receiver<RemoteStatus>)> {
+        self.webrtc.remote_status()
+    }
+
+    fn on_peer_event(&self, event: PeerEvent) {
+        let PeerEvent::Closed(info) = event else { return };
         let lost = self.sessions.connection_closed(info.id);
         spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());
     }

@@ -1,18 +1,19 @@
 //! WebRTC for a machine: the embedded signaling service (on the machine's own
-//! port, answering only for the machine's own names) and the answerers that
-//! hold `Answer` streams to it and to any external signaling services.
+//! port, for the machine's own names only), the in-process answerer that
+//! takes its offers straight from its call queue, and the answerers that hold
+//! `Answer` streams to any external signaling services.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tether_signaling::{Authorizer, HostAllowList, MAX_HOSTS, MemoryQueue, Role, SignalingServer, TurnRestConfig};
-use tether_transport::auth::AuthEntity;
+use tether_signaling::answerer::{self, AnswererConfig, PeerEvents, RemoteSignaler, RemoteStatus};
+use tether_signaling::{HostAllowList, MAX_HOSTS, MemoryQueue, SignalingServer, TurnRestConfig};
 use tether_transport::dial::Credentials;
-use tether_transport::identity::VouchKey;
 use tether_transport::server::HttpService;
-use tether_transport::webrtc::answerer::{self, AnswererConfig, PeerEvents};
 use tether_transport::webrtc::peer::{IceServer, PeerOptions};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// WebRTC settings of a machine.
@@ -36,6 +37,9 @@ pub struct WebRtcSettings {
     /// authenticates the answerers there and verifies the services' caller
     /// assertions (see [`tether_transport::identity`]).
     pub signaling_credentials: Option<Credentials>,
+    /// Extra CA certificate (PEM) for `https://` external signaling services
+    /// (besides the web PKI roots).
+    pub signaling_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for WebRtcSettings {
@@ -48,6 +52,7 @@ impl Default for WebRtcSettings {
             caller_ice_servers: Vec::new(),
             turn: None,
             signaling_credentials: None,
+            signaling_ca_pem: None,
         }
     }
 }
@@ -88,28 +93,8 @@ pub struct WebRtc {
     pub(crate) allowed: HostAllowList,
     pub(crate) signaling: SignalingServer,
     pub(crate) stats: Arc<answerer::AnswererStats>,
-    /// Signs (embedded signaler) and verifies (own answerers) caller
-    /// assertions between the machine's two halves.
-    internal_vouch: VouchKey,
-}
-
-/// Entity of the machine's own answerers at its embedded signaler.
-pub(crate) const INTERNAL_ANSWERER: &str = "machine:answerer";
-
-/// On a machine with auth, only the machine's own answerers may answer at
-/// its embedded signaler (otherwise any key holder could take its calls).
-struct EmbeddedAuthorizer;
-
-#[async_trait::async_trait]
-impl Authorizer for EmbeddedAuthorizer {
-    async fn authorize(&self, entity: Option<&AuthEntity>, host: &str, role: Role) -> Result<(), tonic::Status> {
-        match (role, entity) {
-            (Role::Answerer, Some(AuthEntity(e))) if e != INTERNAL_ANSWERER => {
-                Err(tonic::Status::permission_denied(format!("{e:?} may not answer for host {host:?}")))
-            }
-            _ => Ok(()),
-        }
-    }
+    /// Whether each external signaling service is reachable, once started.
+    remote: Mutex<Vec<(String, watch::Receiver<RemoteStatus>)>>,
 }
 
 impl std::fmt::Debug for WebRtc {
@@ -121,25 +106,25 @@ impl std::fmt::Debug for WebRtc {
 impl WebRtc {
     pub(crate) fn new(settings: WebRtcSettings) -> Self {
         let allowed = HostAllowList::new(Vec::<String>::new());
-        let internal_vouch = VouchKey::random();
-        let vouch = internal_vouch.clone();
+        // The embedded signaler's only answerer is the machine itself, in
+        // this process: nobody may register an Answer stream with it.
         let mut builder = SignalingServer::builder(Arc::new(MemoryQueue::new()))
             .allowed_hosts(allowed.clone())
             .ice_servers(settings.caller_ice_servers.iter().map(pb::IceServer::from))
-            .authorizer(Arc::new(EmbeddedAuthorizer))
-            .vouch_keys(Arc::new(move |answerer: &str| (answerer == INTERNAL_ANSWERER).then(|| vouch.clone())));
+            .in_process_answerers_only();
         if let Some(turn) = &settings.turn {
             builder = builder.turn(turn.clone());
         }
-        Self { signaling: builder.build(), allowed, settings, stats: Arc::default(), internal_vouch }
+        Self { signaling: builder.build(), allowed, settings, stats: Arc::default(), remote: Mutex::default() }
     }
 
-    /// Starts the answerers for a listener on `local`.
+    /// Starts the answerers for a listener on `local`; `require_caller`
+    /// when the machine has API keys (every WebRTC caller must then be one a
+    /// signaler authenticated).
     pub(crate) fn start(
         &self,
         local: SocketAddr,
-        tls: bool,
-        token: Option<String>,
+        require_caller: bool,
         svc: HttpService,
         events: PeerEvents,
         shutdown: CancellationToken,
@@ -151,37 +136,39 @@ impl WebRtc {
         hosts.extend(listen_hosts(local));
         hosts.dedup();
         self.allowed.replace(hosts.clone());
-        let entity = Some(self.settings.hosts.join(":"));
-        // With auth on, every WebRTC caller must be one the signaler
-        // authenticated and vouched for.
-        let require_vouched = token.is_some();
-        let peer = PeerOptions { ice_servers: self.settings.ice_servers.clone(), ..Default::default() };
-        let loopback =
-            if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
-        let scheme = if tls { "https" } else { "http" };
-        // The embedded signaler; one answerer group per five names (the
-        // protocol's limit per Answer stream).
-        for group in hosts.chunks(MAX_HOSTS) {
-            let mut config = AnswererConfig::new(format!("{scheme}://{loopback}"), group.to_vec());
-            config.token = token.clone();
-            config.peer = peer.clone();
-            config.entity = entity.clone();
-            config.vouch = Some(self.internal_vouch.clone());
-            config.require_vouched = require_vouched;
-            config.stats = self.stats.clone();
-            answerer::spawn(config, svc.clone(), events.clone(), shutdown.clone());
-        }
+        let mut config = AnswererConfig::new(hosts.clone());
+        config.entity = Some(self.settings.hosts.join(":"));
+        config.require_caller = require_caller;
+        config.peer = PeerOptions { ice_servers: self.settings.ice_servers.clone(), ..Default::default() };
+        config.stats = self.stats.clone();
+        answerer::spawn_local(
+            self.signaling.queue().clone(),
+            config.clone(),
+            svc.clone(),
+            events.clone(),
+            shutdown.clone(),
+        );
+        let mut remote = self.remote.lock();
         for url in &self.settings.signaling {
+            let mut signaler = RemoteSignaler::new(url.clone());
+            signaler.credentials = self.settings.signaling_credentials.clone();
+            signaler.connection.tls_ca_pem = self.settings.signaling_ca_pem.clone();
+            // One answerer group per five names (the protocol's limit per
+            // Answer stream).
             for group in self.settings.hosts.chunks(MAX_HOSTS) {
-                let mut config = AnswererConfig::new(url.clone(), group.to_vec());
-                config.peer = peer.clone();
-                config.entity = entity.clone();
-                config.credentials = self.settings.signaling_credentials.clone();
-                config.require_vouched = require_vouched;
-                config.stats = self.stats.clone();
-                answerer::spawn(config, svc.clone(), events.clone(), shutdown.clone());
+                let mut config = config.clone();
+                config.hosts = group.to_vec();
+                let status =
+                    answerer::spawn_remote(signaler.clone(), config, svc.clone(), events.clone(), shutdown.clone());
+                remote.push((url.clone(), status));
             }
         }
         tracing::info!(hosts = ?hosts, external = ?self.settings.signaling, "answering WebRTC calls");
+    }
+
+    /// Each external signaling service with whether the machine answers
+    /// through it now.
+    pub(crate) fn remote_status(&self) -> Vec<(String, watch::Receiver<RemoteStatus>)> {
+        self.remote.lock().clone()
     }
 }

@@ -15,7 +15,10 @@
 //!   signaler), [`Authorizer`] is the hook for per-entity host grants
 //!   ([`KeyGrants`] grants API keys hosts to call and to answer for), and
 //!   [`CallLimits`] rate-limits callers and caps pending calls per host;
-//! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials.
+//! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials;
+//! * the two client roles of the protocol: [`answerer`] (a machine taking
+//!   offers, from an in-process queue or over `Answer` streams) and
+//!   [`caller`] (a client dialing a machine).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -30,7 +33,9 @@
 
 #![warn(missing_docs)]
 
+pub mod answerer;
 mod auth;
+pub mod caller;
 mod grants;
 mod host;
 mod ice;
@@ -53,6 +58,6 @@ pub use queue::{
     OfferInit, QueueError,
 };
 pub use server::{
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OFFER_DEADLINE, HEARTBEATS_ALLOWED, HOST_OFFLINE, MAX_HEARTBEAT_INTERVAL,
-    MAX_OFFER_DEADLINE, SignalingConfig, SignalingServer, SignalingServerBuilder, VouchKeys,
+    ANSWERS_IN_PROCESS, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_OFFER_DEADLINE, HEARTBEATS_ALLOWED, HOST_OFFLINE,
+    MAX_HEARTBEAT_INTERVAL, MAX_OFFER_DEADLINE, SignalingConfig, SignalingServer, SignalingServerBuilder, VouchKeys,
 };

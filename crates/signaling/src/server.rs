@@ -75,7 +75,15 @@ pub struct SignalingConfig {
     /// Keys to vouch for authenticated callers with, per answerer entity
     /// (see [`tether_transport::identity`]).
     pub vouch_keys: Option<VouchKeys>,
+    /// Refuse every `Answer` RPC: the only answerer is in this process and
+    /// takes offers from the queue itself (a machine's embedded signaler).
+    pub in_process_answerers_only: bool,
 }
+
+/// Message of the PERMISSION_DENIED with which an embedded signaler refuses
+/// `Answer` streams.
+pub const ANSWERS_IN_PROCESS: &str =
+    "this signaling service answers only for the machine it runs in; no Answer stream may register here";
 
 /// Finds the key with which to vouch for callers towards the answerer that
 /// authenticated as the given entity (`None`: do not vouch).
@@ -92,6 +100,7 @@ impl Default for SignalingConfig {
             authorizer: None,
             call_limits: CallLimits::default(),
             vouch_keys: None,
+            in_process_answerers_only: false,
         }
     }
 }
@@ -107,6 +116,7 @@ impl std::fmt::Debug for SignalingConfig {
             .field("authorizer", &self.authorizer.is_some())
             .field("call_limits", &self.call_limits)
             .field("vouch_keys", &self.vouch_keys.is_some())
+            .field("in_process_answerers_only", &self.in_process_answerers_only)
             .finish()
     }
 }
@@ -193,6 +203,14 @@ impl SignalingServerBuilder {
     /// [`tether_transport::identity`]), so the machine learns who is calling.
     pub fn vouch_keys(mut self, keys: VouchKeys) -> Self {
         self.config.vouch_keys = Some(keys);
+        self
+    }
+
+    /// Refuses every `Answer` RPC (PERMISSION_DENIED): the server's only
+    /// answerer runs in the same process and claims offers from the queue
+    /// directly (see [`crate::answerer::spawn_local`]).
+    pub fn in_process_answerers_only(mut self) -> Self {
+        self.config.in_process_answerers_only = true;
         self
     }
 
@@ -423,6 +441,9 @@ impl SignalingService for SignalingServer {
         request: Request<Streaming<AnswerResponse>>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
         let shared = &self.shared;
+        if shared.config.in_process_answerers_only {
+            return Err(Status::permission_denied(ANSWERS_IN_PROCESS));
+        }
         let hosts = multi_hosts(request.metadata())?;
         shared.check_hosts(&hosts)?;
         shared.authorize(&request, &hosts, Role::Answerer).await?;

@@ -132,7 +132,8 @@ async fn a_foreign_session_id_on_a_raw_call_is_session_expired() {
     Motor::from_robot(&alice, "motor1").set_power(0.5).await.unwrap();
     let alice_sid = alice.session_id().unwrap();
     // Bob authenticates by hand and sends alice's session id himself.
-    let channel = tether_transport::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    let channel =
+        tether_transport::dial::DirectConnection::connect(&m.addr.to_string(), &Default::default()).await.unwrap();
     let token =
         tether_transport::dial::authenticate(channel, &Credentials::api_key("bob-key", "bob-secret")).await.unwrap();
     let body = frame(&prost::Message::encode_to_vec(&tether_proto::viam::component::motor::v1::SetPowerRequest {

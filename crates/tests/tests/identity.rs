@@ -218,7 +218,8 @@ async fn the_embedded_signaler_vouches_per_machine_key() {
 
     // A key holder cannot answer for the machine at its embedded signaler
     // (it would take the machine's calls).
-    let channel = tether_transport::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    let channel =
+        tether_transport::dial::DirectConnection::connect(&m.addr.to_string(), &Default::default()).await.unwrap();
     let token = tether_transport::dial::authenticate(channel.clone(), &Credentials::api_key("k2", "s2")).await.unwrap();
     let mut signaling =
         tether_proto::proto::rpc::webrtc::v1::signaling_service_client::SignalingServiceClient::new(channel);

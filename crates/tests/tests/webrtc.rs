@@ -222,7 +222,8 @@ async fn garbage_on_the_data_channel_is_dropped_and_the_machine_keeps_serving() 
 async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
     use tether_proto::proto::rpc::webrtc::v1 as pb;
     let m = start(full_config("")).await;
-    let channel = tether_transport::dial::connect_channel(&m.addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    let channel =
+        tether_transport::dial::DirectConnection::connect(&m.addr.to_string(), &Default::default()).await.unwrap();
     let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);
     let call = |sdp: &str, host: &str| {
         let mut req = tonic::Request::new(pb::CallRequest { sdp: sdp.into(), disable_trickle: false });
@@ -301,7 +302,7 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
     peer.pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
     let _ = gathered.recv().await;
     let local = peer.pc.local_description().await.ok_or("no offer")?;
-    let channel = tether_transport::dial::connect_channel(&addr.to_string(), Duration::from_secs(5))
+    let channel = tether_transport::dial::DirectConnection::connect(&addr.to_string(), &Default::default())
         .await
         .map_err(|e| e.to_string())?;
     let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);

@@ -1,6 +1,7 @@
-//! Direct dialing: a tonic [`Channel`] to a machine's gRPC port, plus the
-//! credential exchange and a service that stamps the bearer token (and any
-//! extra headers) on every call.
+//! The one HTTP/2 client of tether: [`DirectConnection`] (to a machine's
+//! gRPC port or to a signaling service, plaintext or TLS with one rustls
+//! client configuration), the credential exchange, and a service that stamps
+//! the bearer token (and any extra headers) on every call.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +10,6 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use parking_lot::RwLock;
 use tether_proto::proto::rpc::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
 /// Credentials to authenticate with.
@@ -64,39 +64,6 @@ pub fn normalize_address(addr: &str) -> String {
     if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
 }
 
-/// Opens an HTTP/2 channel to `addr` (eagerly, within `timeout`), with
-/// keepalive pings so that a silently dead link is noticed. Plaintext (h2c)
-/// for `host:port` and `http://`; TLS for `https://`.
-pub async fn connect_channel(addr: &str, timeout: Duration) -> Result<Channel, DialError> {
-    connect_channel_with(addr, timeout, None).await
-}
-
-/// [`connect_channel`], trusting `ca_pem` (a PEM CA certificate) in addition
-/// to the web PKI roots for `https://` addresses.
-pub async fn connect_channel_with(addr: &str, timeout: Duration, ca_pem: Option<&[u8]>) -> Result<Channel, DialError> {
-    let uri = normalize_address(addr);
-    let mut endpoint =
-        Endpoint::from_shared(uri.clone()).map_err(|e| DialError::Address(addr.to_owned(), e.to_string()))?;
-    if uri.starts_with("https://") {
-        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-        if let Some(pem) = ca_pem {
-            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| DialError::Address(addr.to_owned(), source_chain(&e)))?;
-    }
-    let endpoint = endpoint
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Err(_) => Err(DialError::Timeout(uri, timeout)),
-        Ok(Err(e)) => Err(DialError::Connect(uri, source_chain(&e))),
-        Ok(Ok(ch)) => Ok(ch),
-    }
-}
-
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -109,8 +76,14 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Calls `Authenticate` and returns the access token.
-pub async fn authenticate(channel: Channel, creds: &Credentials) -> Result<String, tonic::Status> {
-    let mut client = pb::auth_service_client::AuthServiceClient::new(channel);
+pub async fn authenticate<T>(connection: T, creds: &Credentials) -> Result<String, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<crate::BoxError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<crate::BoxError> + Send,
+{
+    let mut client = pb::auth_service_client::AuthServiceClient::new(connection);
     let resp = client
         .authenticate(pb::AuthenticateRequest {
             entity: creds.entity.clone(),

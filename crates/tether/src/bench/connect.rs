@@ -2,7 +2,7 @@
 //! inside the bench's network namespace.
 //!
 //! The phases come from an instrumented copy of the client's dial
-//! (tether_transport::webrtc::dial::dial): the same steps through the same public
+//! (tether_signaling::caller::dial): the same steps through the same public
 //! building blocks (signaling client, `new_peer`, `Pipe`, SDP helpers,
 //! `WebRtcChannel`), with timestamps. Its total is reported next to the real
 //! `RobotClient::connect`, so a drift between the two would show.
@@ -82,7 +82,7 @@ async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<
 pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::Result<Phases> {
     let t0 = Instant::now();
     let since = |t: Instant| ms(t.saturating_duration_since(t0));
-    let channel = tether_transport::dial::connect_channel(addr, Duration::from_secs(10)).await?;
+    let channel = super::procs::channel(addr).await?;
     let mut signaling = pb::signaling_service_client::SignalingServiceClient::new(channel);
     let mut ice_servers = Vec::new();
     if let Ok(r) = signaling.optional_web_rtc_config(with_host(pb::OptionalWebRtcConfigRequest {}, host)?).await

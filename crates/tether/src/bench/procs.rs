@@ -237,3 +237,12 @@ pub fn repo_root() -> PathBuf {
 pub fn existing(path: PathBuf) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
+
+/// A tonic channel to `addr` (`host:port`), connected eagerly: the bench's
+/// load generators use tonic's own client, as a raw tonic user would.
+pub async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect().await?)
+}

@@ -40,7 +40,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let machine = Server::machine(&scratch, &config, "127.0.0.1:0", "warn").await?;
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        channels.push(tether_transport::dial::connect_channel(&machine.addr, Duration::from_secs(10)).await?);
+        channels.push(super::procs::channel(&machine.addr).await?);
     }
     let client =
         |i: usize| RobotServiceClient::new(channels[i % CONNECTIONS].clone()).max_decoding_message_size(64 << 20);

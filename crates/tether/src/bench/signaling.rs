@@ -116,7 +116,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let server =
         Server::start(&["signaling", "--listen", "127.0.0.1:0"], "error", &scratch.path("signaling.log")).await?;
     let addr = server.addr.clone();
-    let connect = || tether_transport::dial::connect_channel(&addr, Duration::from_secs(10));
+    let connect = || super::procs::channel(&addr);
 
     // Memory per registered machine.
     tokio::time::sleep(Duration::from_millis(200)).await;

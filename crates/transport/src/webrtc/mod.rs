@@ -1,10 +1,9 @@
-//! gRPC over WebRTC data channels: the sans-IO framing, the peer and pipe
-//! plumbing, the server and client drivers, and the two signaling roles
-//! (the machine's answerer and the client's dialer).
+//! gRPC over WebRTC data channels: the peer and pipe plumbing and the
+//! server and client drivers over the sans-IO framing. The signaling roles
+//! that set a connection up (the machine's answerer, the client's caller)
+//! live in `tether-signaling`.
 
-pub mod answerer;
 pub mod client;
-pub mod dial;
 pub mod framing;
 pub mod peer;
 pub mod pipe;

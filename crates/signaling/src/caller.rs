@@ -1,4 +1,4 @@
-//! The caller's side of signaling: ask the signaling service for ICE
+//! The caller role of signaling: ask the signaling service for ICE
 //! servers, send an offer for a host, trickle candidates both ways, and end
 //! up with a [`WebRtcChannel`] once the `data` channel opens.
 
@@ -13,12 +13,12 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
-use super::client::WebRtcChannel;
-use super::framing::Limits;
-use super::peer::{IceServer, PeerOptions, new_peer};
-use super::pipe::Pipe;
-use super::sdp::{self, SdpKind};
-use crate::dial::{Credentials, DialError, HeaderStamp, SharedHeaders};
+use tether_transport::dial::{Credentials, DialError, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
+use tether_transport::webrtc::client::WebRtcChannel;
+use tether_transport::webrtc::framing::Limits;
+use tether_transport::webrtc::peer::{IceServer, PeerOptions, new_peer};
+use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::sdp::{self, SdpKind};
 
 /// How to dial a machine over WebRTC.
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ impl WebRtcOptions {
             signaling_address: signaling_address.into(),
             host: host.into(),
             credentials: None,
-            ice_servers: vec![IceServer::url(super::peer::DEFAULT_STUN)],
+            ice_servers: vec![IceServer::url(tether_transport::webrtc::peer::DEFAULT_STUN)],
             relay_only: false,
             force_p2p: false,
             turn_uri_override: None,
@@ -106,8 +106,8 @@ impl WebRtcConnection {
     }
 
     /// The selected candidate pair.
-    pub async fn selected_pair(&self) -> Option<super::SelectedPair> {
-        super::selected_pair(&self.pc).await
+    pub async fn selected_pair(&self) -> Option<tether_transport::webrtc::SelectedPair> {
+        tether_transport::webrtc::selected_pair(&self.pc).await
     }
 }
 
@@ -132,13 +132,13 @@ pub fn filter_ice_servers(mut servers: Vec<IceServer>, options: &WebRtcOptions) 
     servers
 }
 
-type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<tonic::transport::Channel>>;
+type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<DirectConnection>>;
 
 fn with_host<T>(msg: T, host: &str) -> Result<tonic::Request<T>, DialError> {
     let mut req = tonic::Request::new(msg);
     let v = tonic::metadata::MetadataValue::try_from(host)
         .map_err(|_| DialError::Address(host.to_owned(), "not a valid rpc-host".into()))?;
-    req.metadata_mut().insert(crate::metadata::RPC_HOST, v);
+    req.metadata_mut().insert(tether_transport::metadata::RPC_HOST, v);
     Ok(req)
 }
 
@@ -153,15 +153,15 @@ pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError
 }
 
 async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
-    let channel = crate::dial::connect_channel_with(
-        &options.signaling_address,
-        options.dial_timeout,
-        options.tls_ca_pem.as_deref(),
-    )
-    .await?;
+    let connection = DirectOptions {
+        connect_timeout: options.dial_timeout,
+        tls_ca_pem: options.tls_ca_pem.clone(),
+        ..DirectOptions::default()
+    };
+    let channel = DirectConnection::connect(&options.signaling_address, &connection).await?;
     let headers = SharedHeaders::default();
     if let Some(creds) = &options.credentials {
-        let token = crate::dial::authenticate(channel.clone(), creds).await?;
+        let token = tether_transport::dial::authenticate(channel.clone(), creds).await?;
         headers.set_bearer(&token).map_err(|e| tonic::Status::internal(e.to_string()))?;
     }
     let mut signaling: Signaling =

@@ -1,0 +1,727 @@
+//! The answerer role: a machine takes offers for its names and turns each into a peer connection
+//! that serves the machine's router over its data channel.
+//!
+//! Offers reach an answerer from one of two places:
+//!
+//! * **in process** ([`spawn_local`]): the machine's embedded signaler keeps its calls in a
+//!   [`CallQueue`] in the same process; the answerer registers its names with that queue and
+//!   claims offers from it directly. No HTTP connection, token or assertion is involved: the
+//!   signaler that authenticated the caller is this process, so the offer's caller *is* the
+//!   caller.
+//! * **over gRPC** ([`spawn_remote`]): the answerer holds `Answer` streams to an external
+//!   signaling service. Each worker keeps one *waiting* stream; when an offer arrives the
+//!   exchange moves to its own task and the worker opens a fresh stream, so concurrent calls
+//!   never queue behind one stream. Lost connections are re-established with capped, jittered
+//!   exponential backoff; a signaler the machine cannot reach is logged at WARN once per change
+//!   of state and reported through [`RemoteStatus`].
+//!
+//! Both feed the same exchange: decode the offer, answer it, trickle candidates both ways, send
+//! `done` once our side of the `data` channel is open, then serve the router until the peer dies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tether_proto::google::rpc::Status as RpcStatus;
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tether_transport::auth::AuthEntity;
+use tether_transport::dial::{Credentials, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
+use tether_transport::identity::VouchKey;
+use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
+use tether_transport::webrtc::framing::Limits;
+use tether_transport::webrtc::peer::{PeerOptions, new_peer, open_lost};
+use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::sdp::{self, SdpKind};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+use crate::queue::{AnswererEvent, AnswererResponder, CallQueue, CallerEvent, QueueError};
+
+/// What every answerer of a machine shares, wherever its offers come from.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AnswererConfig {
+    /// Every host name this machine answers for.
+    pub hosts: Vec<String>,
+    /// Peer connection settings.
+    pub peer: PeerOptions,
+    /// Framing limits of served connections.
+    pub limits: Limits,
+    /// Identity given to calls over WebRTC when the signaler does not name
+    /// the caller.
+    pub entity: Option<String>,
+    /// Refuse offers whose caller the signaler did not authenticate (a
+    /// machine that requires authentication must not let anonymous peers in).
+    pub require_caller: bool,
+    /// Counters shared by every answerer of a machine.
+    pub stats: Arc<AnswererStats>,
+}
+
+impl AnswererConfig {
+    /// An answerer for `hosts` with defaults.
+    pub fn new(hosts: Vec<String>) -> Self {
+        Self {
+            hosts,
+            peer: PeerOptions::default(),
+            limits: Limits::default(),
+            entity: None,
+            require_caller: false,
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// An external signaling service to hold `Answer` streams to.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RemoteSignaler {
+    /// Signaling service address (`host:port` or URL).
+    pub address: String,
+    /// Credentials for the signaling service, if it requires them.
+    pub credentials: Option<Credentials>,
+    /// Key to verify the signaler's caller assertions with (see
+    /// [`tether_transport::identity`]). Derived from `credentials` when they
+    /// are an API key and this is `None`.
+    pub vouch: Option<VouchKey>,
+    /// Number of concurrently waiting `Answer` streams.
+    pub workers: usize,
+    /// Connection settings (timeouts, an extra CA for `https://`).
+    pub connection: DirectOptions,
+}
+
+impl RemoteSignaler {
+    /// The signaler at `address`, without credentials.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            credentials: None,
+            vouch: None,
+            workers: 2,
+            connection: DirectOptions::default(),
+        }
+    }
+}
+
+/// Live counts of an answerer's work (for leak checks and status).
+#[derive(Debug, Default)]
+pub struct AnswererStats {
+    /// Offers being answered (signaling exchange and ICE in progress).
+    pub exchanges: AtomicUsize,
+    /// Connected peers being served.
+    pub peers: AtomicUsize,
+}
+
+impl AnswererStats {
+    /// `(exchanges, peers)` now.
+    pub fn snapshot(&self) -> (usize, usize) {
+        (self.exchanges.load(Ordering::Acquire), self.peers.load(Ordering::Acquire))
+    }
+}
+
+/// Increments a counter for as long as it lives.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::AcqRel);
+        Self(c)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Something that happened to a peer connection served by the answerer.
+#[derive(Clone, Debug)]
+pub enum PeerEvent {
+    /// The data channel opened; calls on it carry this connection info.
+    Opened(ConnectionInfo),
+    /// The connection is gone (closed, ICE failed or consent lost): every
+    /// call on it was cancelled.
+    Closed(ConnectionInfo),
+}
+
+/// Receives [`PeerEvent`]s.
+pub type PeerEvents = Arc<dyn Fn(PeerEvent) + Send + Sync>;
+
+/// Whether an answerer reaches its external signaling service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteStatus {
+    /// No attempt has finished yet.
+    Connecting,
+    /// An `Answer` stream is open: callers of the signaler reach the machine.
+    Answering,
+    /// The last attempt failed, for this reason (TLS, credentials, DNS, a
+    /// refused `Answer`, …); the answerer keeps retrying.
+    Unreachable(String),
+}
+
+/// The machine's side of one offer, however it arrived.
+struct IncomingOffer {
+    uuid: String,
+    /// Encoded SDP offer.
+    sdp: String,
+    disable_trickle: bool,
+    deadline: Option<SystemTime>,
+    caller: Caller,
+    caller_events: BoxStream<'static, CallerEvent>,
+    responder: Box<dyn AnswererResponder>,
+}
+
+/// Who the signaler says is calling.
+enum Caller {
+    /// The in-process signaler's own word: the entity it authenticated
+    /// (`None`: the call was not authenticated).
+    Local(Option<String>),
+    /// An external signaler's caller assertion (empty: none), to be verified
+    /// with this key.
+    Asserted(String, Option<VouchKey>),
+}
+
+/// Starts answering the offers for `config.hosts` that `queue` (the
+/// in-process signaler's) receives; runs until `shutdown`.
+pub fn spawn_local(
+    queue: Arc<dyn CallQueue>,
+    config: AnswererConfig,
+    svc: HttpService,
+    events: PeerEvents,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(Context { config, svc, events, shutdown });
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        while !ctx.shutdown.is_cancelled() {
+            let mut session = match queue.register_answerer(ctx.config.hosts.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot register with the embedded signaler: {e}");
+                    if !ctx.pause(attempt).await {
+                        return;
+                    }
+                    attempt += 1;
+                    continue;
+                }
+            };
+            loop {
+                let exchange = tokio::select! {
+                    x = session.recv_offer() => x,
+                    _ = ctx.shutdown.cancelled() => return,
+                };
+                match exchange {
+                    Ok(x) => {
+                        attempt = 0;
+                        let offer = IncomingOffer {
+                            uuid: x.offer.uuid,
+                            sdp: x.offer.sdp,
+                            disable_trickle: x.offer.disable_trickle,
+                            deadline: Some(x.offer.deadline),
+                            caller: Caller::Local(x.offer.caller),
+                            caller_events: x.caller_events,
+                            responder: x.responder,
+                        };
+                        tokio::spawn(ctx.clone().run(offer));
+                    }
+                    Err(e) => {
+                        tracing::warn!("the embedded signaler's queue failed: {e}");
+                        break;
+                    }
+                }
+            }
+            if !ctx.pause(attempt).await {
+                return;
+            }
+            attempt += 1;
+        }
+    });
+}
+
+/// Starts the workers that hold `Answer` streams to `remote` for
+/// `config.hosts` (1–5 names, the protocol's limit per stream); they run
+/// until `shutdown`. The returned watch follows whether the signaler is
+/// reachable.
+pub fn spawn_remote(
+    mut remote: RemoteSignaler,
+    config: AnswererConfig,
+    svc: HttpService,
+    events: PeerEvents,
+    shutdown: CancellationToken,
+) -> watch::Receiver<RemoteStatus> {
+    if remote.vouch.is_none()
+        && let Some(creds) = remote.credentials.as_ref().filter(|c| c.r#type == tether_transport::auth::API_KEY)
+    {
+        remote.vouch = Some(VouchKey::from_secret(&creds.payload));
+    }
+    let (status_tx, status_rx) = watch::channel(RemoteStatus::Connecting);
+    let worker = Arc::new(RemoteWorker { remote, status: status_tx });
+    let ctx = Arc::new(Context { config, svc, events, shutdown });
+    for n in 0..worker.remote.workers.max(1) {
+        tokio::spawn(worker.clone().run(n, ctx.clone()));
+    }
+    status_rx
+}
+
+/// Capped exponential backoff with full jitter, from 100 ms to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100).saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(5));
+    cap.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// What every exchange of one answerer needs.
+struct Context {
+    config: AnswererConfig,
+    svc: HttpService,
+    events: PeerEvents,
+    shutdown: CancellationToken,
+}
+
+impl Context {
+    /// Waits out the backoff of `attempt`; `false` on shutdown.
+    async fn pause(&self, attempt: u32) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt)) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+}
+
+type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<DirectConnection>>;
+type Inbound = tonic::Streaming<pb::AnswerRequest>;
+
+struct RemoteWorker {
+    remote: RemoteSignaler,
+    status: watch::Sender<RemoteStatus>,
+}
+
+impl RemoteWorker {
+    /// Records the signaler's state; logs only when it changes.
+    fn report(&self, status: RemoteStatus) {
+        let address = &self.remote.address;
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            match &status {
+                RemoteStatus::Unreachable(reason) => {
+                    tracing::warn!(signaling = %address, "cannot answer through this signaling service: {reason}");
+                }
+                RemoteStatus::Answering if matches!(current, RemoteStatus::Unreachable(_)) => {
+                    tracing::info!(signaling = %address, "answering through this signaling service again");
+                }
+                _ => {}
+            }
+            *current = status;
+            true
+        });
+    }
+
+    async fn connect(&self) -> Result<Signaling, tonic::Status> {
+        let remote = &self.remote;
+        let conn = DirectConnection::connect(&remote.address, &remote.connection).await.map_err(|e| e.to_status())?;
+        let headers = SharedHeaders::default();
+        if let Some(creds) = &remote.credentials {
+            let token = tether_transport::dial::authenticate(conn.clone(), creds).await?;
+            headers.set_bearer(&token).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        }
+        Ok(pb::signaling_service_client::SignalingServiceClient::new(HeaderStamp::new(conn, headers)))
+    }
+
+    async fn run(self: Arc<Self>, worker: usize, ctx: Arc<Context>) {
+        let mut attempt = 0u32;
+        loop {
+            let mut client = match tokio::select! { c = self.connect() => c, _ = ctx.shutdown.cancelled() => return } {
+                Ok(c) => c,
+                Err(e) => {
+                    self.report(RemoteStatus::Unreachable(describe(&e)));
+                    if !ctx.pause(attempt).await {
+                        return;
+                    }
+                    attempt += 1;
+                    continue;
+                }
+            };
+            // One Answer stream per offer, until the connection breaks.
+            loop {
+                let result = tokio::select! {
+                    r = self.wait_for_offer(&mut client, &ctx.config.hosts) => r,
+                    _ = ctx.shutdown.cancelled() => return,
+                };
+                match result {
+                    Ok(Some(offer)) => {
+                        attempt = 0;
+                        tokio::spawn(ctx.clone().run(offer));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(worker, "answer stream ended: {e}");
+                        self.report(RemoteStatus::Unreachable(describe(&e)));
+                        break;
+                    }
+                }
+            }
+            if !ctx.pause(attempt).await {
+                return;
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Opens an `Answer` stream and waits for an offer. `Ok(None)` when the
+    /// stream ended without one (the signaler recycles idle streams).
+    async fn wait_for_offer(
+        &self,
+        client: &mut Signaling,
+        hosts: &[String],
+    ) -> Result<Option<IncomingOffer>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(32);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        for host in hosts {
+            let v = tonic::metadata::MetadataValue::try_from(host.as_str())
+                .map_err(|_| tonic::Status::invalid_argument(format!("bad host {host:?}")))?;
+            request.metadata_mut().append(tether_transport::metadata::RPC_HOST, v);
+        }
+        request.metadata_mut().insert(crate::HEARTBEATS_ALLOWED, tonic::metadata::MetadataValue::from_static("true"));
+        let mut inbound = client.answer(request).await?.into_inner();
+        self.report(RemoteStatus::Answering);
+        loop {
+            let Some(msg) = inbound.message().await? else { return Ok(None) };
+            match msg.stage {
+                Some(pb::answer_request::Stage::Heartbeat(_)) | None => continue,
+                Some(pb::answer_request::Stage::Init(init)) => {
+                    let disable_trickle = init.optional_config.as_ref().is_some_and(|c| c.disable_trickle);
+                    let deadline = init.deadline.and_then(|d| SystemTime::try_from(d).ok());
+                    return Ok(Some(IncomingOffer {
+                        uuid: msg.uuid.clone(),
+                        sdp: init.sdp,
+                        disable_trickle,
+                        deadline,
+                        caller: Caller::Asserted(init.tether_caller_assertion, self.remote.vouch.clone()),
+                        caller_events: caller_events(inbound),
+                        responder: Box::new(GrpcResponder { uuid: msg.uuid, tx }),
+                    }));
+                }
+                Some(_) => {
+                    let _ = tx
+                        .send(error_response(&msg.uuid, tonic::Code::InvalidArgument, "expected an init stage first"))
+                        .await;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// A status as one line for the log (tonic's Display adds details and
+/// metadata).
+fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// The caller's events of one exchange on an `Answer` stream.
+fn caller_events(inbound: Inbound) -> BoxStream<'static, CallerEvent> {
+    futures::stream::unfold(Some(inbound), |inbound| async move {
+        let mut inbound = inbound?;
+        loop {
+            let msg = inbound.message().await.ok().flatten()?;
+            let event = match msg.stage {
+                Some(pb::answer_request::Stage::Update(u)) => match u.candidate {
+                    Some(c) => CallerEvent::Candidate(c),
+                    None => continue,
+                },
+                Some(pb::answer_request::Stage::Done(_)) => CallerEvent::Done,
+                Some(pb::answer_request::Stage::Error(e)) => CallerEvent::Error(e.status.unwrap_or_default()),
+                _ => continue,
+            };
+            // Keep reading after a terminal event: the signaler ends the
+            // stream, and a dropped request stream would reset the RPC.
+            return Some((event, Some(inbound)));
+        }
+    })
+    .boxed()
+}
+
+/// Sends the answerer's events of one exchange on its `Answer` stream.
+struct GrpcResponder {
+    uuid: String,
+    tx: mpsc::Sender<pb::AnswerResponse>,
+}
+
+#[async_trait]
+impl AnswererResponder for GrpcResponder {
+    async fn respond(&self, event: AnswererEvent) -> Result<(), QueueError> {
+        use pb::answer_response::Stage;
+        let stage = match event {
+            AnswererEvent::Answer(sdp) => Stage::Init(pb::AnswerResponseInitStage { sdp }),
+            AnswererEvent::Candidate(c) => Stage::Update(pb::AnswerResponseUpdateStage { candidate: Some(c) }),
+            AnswererEvent::Done => Stage::Done(pb::AnswerResponseDoneStage {}),
+            AnswererEvent::Error(status) => Stage::Error(pb::AnswerResponseErrorStage { status: Some(status) }),
+        };
+        let msg = pb::AnswerResponse { uuid: self.uuid.clone(), stage: Some(stage) };
+        self.tx.send(msg).await.map_err(|_| QueueError::Unavailable("signaling stream closed".into()))
+    }
+}
+
+fn error_response(uuid: &str, code: tonic::Code, message: &str) -> pb::AnswerResponse {
+    pb::AnswerResponse {
+        uuid: uuid.to_owned(),
+        stage: Some(pb::answer_response::Stage::Error(pb::AnswerResponseErrorStage {
+            status: Some(rpc_status(code, message)),
+        })),
+    }
+}
+
+fn rpc_status(code: tonic::Code, message: &str) -> RpcStatus {
+    RpcStatus { code: code as i32, message: message.to_owned(), details: Vec::new() }
+}
+
+/// Drains what is left of an exchange's caller events for at most `limit`,
+/// keeping `responder` alive meanwhile (dropping it early would end the
+/// exchange, or reset the `Answer` RPC, before the last event is delivered).
+async fn linger(mut events: BoxStream<'static, CallerEvent>, responder: Box<dyn AnswererResponder>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async { while events.next().await.is_some() {} }).await;
+    drop(responder);
+}
+
+impl Context {
+    /// The exchange's deadline: the offer's, but at least 5 s from now.
+    fn deadline(offer: &IncomingOffer) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match offer.deadline {
+            Some(d) => {
+                let left = d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                (now + left).max(now + Duration::from_secs(5))
+            }
+            None => now + Duration::from_secs(10),
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut offer: IncomingOffer) {
+        let exchanging = Gauge::new(&self.config.stats.exchanges);
+        let deadline = Self::deadline(&offer);
+        if let Err(status) = self.answer(&mut offer, deadline, exchanging).await {
+            tracing::debug!(uuid = %offer.uuid, "answering failed: {status}");
+            let _ = offer.responder.respond(AnswererEvent::Error(rpc_status(status.code(), status.message()))).await;
+            // Let the signaler end the exchange.
+            linger(offer.caller_events, offer.responder, Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Who is calling: the caller the signaler authenticated (an external
+    /// signaler's assertion is verified against this offer), else the
+    /// configured shared identity, unless a caller is required.
+    fn caller_entity(&self, offer: &IncomingOffer, offer_sdp: &str) -> Result<Option<AuthEntity>, tonic::Status> {
+        match &offer.caller {
+            Caller::Local(Some(caller)) => return Ok(Some(AuthEntity(caller.clone()))),
+            Caller::Asserted(assertion, Some(key)) if !assertion.is_empty() => {
+                let claims = key.verify(assertion, &self.config.hosts, &offer.uuid, &sdp::fingerprints(offer_sdp))?;
+                return Ok(Some(AuthEntity(claims.sub)));
+            }
+            _ => {}
+        }
+        if self.config.require_caller {
+            return Err(tonic::Status::permission_denied(
+                "this machine requires authenticated callers, and the signaling service did not vouch for this one",
+            ));
+        }
+        Ok(self.config.entity.clone().map(AuthEntity))
+    }
+
+    async fn answer(
+        &self,
+        offer: &mut IncomingOffer,
+        deadline: tokio::time::Instant,
+        exchanging: Gauge<'_>,
+    ) -> Result<(), tonic::Status> {
+        let (kind, offer_sdp) = sdp::decode(&offer.sdp)?;
+        if kind != SdpKind::Offer {
+            return Err(tonic::Status::invalid_argument("expected an offer"));
+        }
+        let entity = self.caller_entity(offer, &offer_sdp)?;
+        let trickle = !offer.disable_trickle;
+        let peer =
+            new_peer(&self.config.peer).await.map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
+        let pc = peer.pc.clone();
+        let pipe = Pipe::attach(peer.data.clone());
+        let failed = CancellationToken::new();
+        let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
+            Box::pin(async {})
+        }));
+        {
+            let failed = failed.clone();
+            pc.on_peer_connection_state_change(Box::new(move |s| {
+                if matches!(
+                    s,
+                    RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Closed
+                        | RTCPeerConnectionState::Disconnected
+                ) {
+                    failed.cancel();
+                }
+                Box::pin(async {})
+            }));
+        }
+        let setup = async {
+            let remote = RTCSessionDescription::offer(offer_sdp)
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad offer: {e}")))?;
+            pc.set_remote_description(remote)
+                .await
+                .map_err(|e| tonic::Status::invalid_argument(format!("bad offer: {e}")))?;
+            let answer =
+                pc.create_answer(None).await.map_err(|e| tonic::Status::internal(format!("creating answer: {e}")))?;
+            let mut gathered = pc.gathering_complete_promise().await;
+            pc.set_local_description(answer)
+                .await
+                .map_err(|e| tonic::Status::internal(format!("setting answer: {e}")))?;
+            if !trickle {
+                let _ = gathered.recv().await;
+            }
+            let local = pc.local_description().await.ok_or_else(|| tonic::Status::internal("no local description"))?;
+            Ok::<_, tonic::Status>(local.sdp)
+        };
+        let answer_sdp = match tokio::time::timeout_at(deadline, setup).await {
+            Ok(r) => r?,
+            Err(_) => return Err(tonic::Status::deadline_exceeded("answering took too long")),
+        };
+        offer
+            .responder
+            .respond(AnswererEvent::Answer(sdp::encode(SdpKind::Answer, &answer_sdp)))
+            .await
+            .map_err(|_| tonic::Status::unavailable("the signaling exchange ended before the answer was sent"))?;
+
+        let mut done_sent = false;
+        let mut gathering_done = !trickle;
+        let opened = pipe.opened.clone();
+        let lost = open_lost(&peer.data, &peer.negotiation);
+        tokio::pin!(lost);
+        let mut open_was_lost = false;
+        loop {
+            tokio::select! {
+                _ = opened.cancelled(), if !done_sent => {
+                    let _ = offer.responder.respond(AnswererEvent::Done).await;
+                    done_sent = true;
+                    break;
+                }
+                c = cand_rx.recv(), if !gathering_done => match c {
+                    Some(Some(c)) if trickle => {
+                        let _ = offer.responder.respond(AnswererEvent::Candidate(sdp::candidate_to_pb(&c))).await;
+                    }
+                    Some(Some(_)) => {}
+                    Some(None) | None => gathering_done = true,
+                },
+                ev = offer.caller_events.next() => match ev {
+                    Some(CallerEvent::Candidate(c)) => {
+                        if let Some(c) = sdp::candidate_from_pb(&c)
+                            && let Err(e) = pc.add_ice_candidate(c).await
+                        {
+                            tracing::debug!("ignoring a bad remote candidate: {e}");
+                        }
+                    }
+                    Some(CallerEvent::Error(status)) => {
+                        let _ = pc.close().await;
+                        pipe.close();
+                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
+                    }
+                    // The caller is done, or the signaler ended the exchange:
+                    // wait for the channel to open.
+                    Some(CallerEvent::Done) | None => {
+                        tokio::select! {
+                            _ = opened.cancelled() => {
+                                let _ = offer.responder.respond(AnswererEvent::Done).await;
+                                done_sent = true;
+                            }
+                            _ = tokio::time::sleep_until(deadline) => {}
+                            _ = failed.cancelled() => {}
+                            _ = &mut lost => open_was_lost = true,
+                        }
+                        break;
+                    }
+                },
+                _ = failed.cancelled() => break,
+                _ = &mut lost => {
+                    open_was_lost = true;
+                    break;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        if open_was_lost {
+            tracing::warn!(
+                "the caller's first message overtook our side of the data channel open and was lost (webrtc-rs 0.17 \
+                 negotiated-channel race); closing the connection so the caller fails fast instead of hanging"
+            );
+            let _ = pc.close().await;
+            pipe.close();
+            return Err(tonic::Status::unavailable(
+                "the data channel could not be opened: the caller's first message arrived before it",
+            ));
+        }
+        if !done_sent || !opened.is_cancelled() {
+            let _ = pc.close().await;
+            pipe.close();
+            return Err(tonic::Status::deadline_exceeded("the data channel did not open in time"));
+        }
+        // Connected: serve the router on the data channel until the peer dies.
+        let pair = tether_transport::webrtc::selected_pair(&pc).await;
+        let info = ConnectionInfo {
+            kind: TransportKind::WebRtc,
+            remote: pair.as_ref().and_then(|p| p.remote),
+            local: pair.as_ref().and_then(|p| p.local),
+            id: next_connection_id(),
+        };
+        tracing::info!(
+            remote = ?info.remote,
+            pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)),
+            caller = entity.as_ref().map(|e| e.0.as_str()),
+            "webrtc peer connected"
+        );
+        drop(exchanging);
+        let _serving = Gauge::new(&self.config.stats.peers);
+        (self.events)(PeerEvent::Opened(info.clone()));
+        let closed = pipe.closed.clone();
+        let stop = CancellationToken::new();
+        let serve = tokio::spawn(tether_transport::webrtc::server::serve(
+            pipe,
+            self.svc.clone(),
+            info.clone(),
+            entity,
+            self.config.limits,
+            stop.clone(),
+        ));
+        // Let the signaler finish the exchange in the background.
+        let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
+        let responder = std::mem::replace(&mut offer.responder, Box::new(Finished));
+        tokio::spawn(linger(events, responder, Duration::from_secs(10)));
+        tokio::select! {
+            _ = closed.cancelled() => {}
+            _ = failed.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        stop.cancel();
+        let _ = serve.await;
+        let _ = pc.close().await;
+        tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
+        (self.events)(PeerEvent::Closed(info));
+        Ok(())
+    }
+}
+
+/// The responder of an exchange whose signaling part is over.
+struct Finished;
+
+#[async_trait]
+impl AnswererResponder for Finished {
+    async fn respond(&self, _event: AnswererEvent) -> Result<(), QueueError> {
+        Err(QueueError::Unavailable("the signaling exchange is over".into()))
+    }
+}
