@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tether_machine::Machine;
 use tether_machine::config::{Config, DEFAULT_BIND};
 use tether_machine::models::Models;
+use tether_machine::{Machine, RemoteStatus};
 use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +60,36 @@ pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    tokio::spawn(report_signalers(machine.clone()));
     machine.serve(listener, ServeOptions { tls }, shutdown).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long start-up waits for each external signaling service's first
+/// verdict before it says "still connecting".
+const FIRST_VERDICT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Prints, once at start-up, whether the machine answers through each
+/// external signaling service (the answerers keep retrying and log every
+/// change at WARN/INFO).
+async fn report_signalers(machine: Machine) {
+    // `serve` starts the answerers as its first step (and names the hosts).
+    for _ in 0..100 {
+        if !machine.webrtc_hosts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (url, mut status) in machine.signaling_status() {
+        let verdict = tokio::time::timeout(FIRST_VERDICT, status.wait_for(|s| *s != RemoteStatus::Connecting)).await;
+        let line = match verdict.ok().and_then(Result::ok).map(|s| s.clone()) {
+            Some(RemoteStatus::Answering) => format!("signaling {url}: answering"),
+            Some(RemoteStatus::Unreachable(reason)) => format!("signaling {url}: unreachable ({reason}); retrying"),
+            _ => format!("signaling {url}: still connecting"),
+        };
+        if seen.insert(line.clone()) {
+            println!("{line}");
+        }
+    }
 }

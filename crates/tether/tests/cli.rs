@@ -747,3 +747,62 @@ fn webrtc_sessionless_client_killed_is_stopped_by_connection_loss() {
     let took = killed.elapsed();
     eprintln!("sessionless webrtc client SIGKILLed: motor stopped after {took:?}");
 }
+
+/// A machine whose external signaler refuses its key says so at start-up
+/// (stdout) and logs it at WARN once, and keeps serving direct callers and
+/// WebRTC callers of its embedded signaler.
+#[test]
+fn an_unreachable_external_signaler_is_reported_and_the_machine_keeps_serving() {
+    let (_sig, url) = authorized_signaling(SIGNALING_AUTH);
+    let mut child = Command::new(BIN)
+        .args(["machine", "--listen", "127.0.0.1:0", "--host", "cli-bot", "--signaling", &url])
+        .args(["--signaling-key-id", "bot", "--signaling-key", "not-the-secret"])
+        .env("TETHER_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tether machine");
+    let (tx, rx) = mpsc::channel::<(&str, String)>();
+    for (name, pipe) in [
+        ("stdout", Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>),
+        ("stderr", Box::new(child.stderr.take().expect("stderr"))),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send((name, line));
+            }
+        });
+    }
+    let mut machine = Machine { child, addr: String::new(), _config: None };
+    let (mut report, mut warnings) = (None, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while report.is_none() || warnings.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((name, line)) = rx.recv_timeout(left) else {
+            panic!("no start-up report or WARN line: report {report:?}, warnings {warnings:?}");
+        };
+        match name {
+            "stdout" if line.starts_with("listening on ") => machine.addr = line["listening on ".len()..].to_owned(),
+            "stdout" if line.starts_with("signaling ") => report = Some(line),
+            "stderr" if line.contains("WARN") && line.contains("cannot answer through this signaling service") => {
+                warnings.push(line)
+            }
+            _ => {}
+        }
+    }
+    let report = report.expect("report");
+    assert!(report.contains(&url) && report.contains("unreachable") && report.contains("Unauthenticated"), "{report}");
+    assert!(warnings[0].contains("Unauthenticated"), "{warnings:?}");
+    // Still serving: directly, and over WebRTC through its own signaler.
+    machine.call(&["motor1", "set-power", "0.5"]).success();
+    let powered = machine.call(&["motor1", "is-powered", "--json", "--webrtc", "--no-stun"]).json();
+    assert_eq!(powered["is_on"], true, "{powered}");
+    // Retries of the same failure are not logged again.
+    std::thread::sleep(Duration::from_secs(1));
+    let again: Vec<String> =
+        rx.try_iter().filter(|(n, l)| *n == "stderr" && l.contains("cannot answer")).map(|(_, l)| l).collect();
+    assert!(again.is_empty(), "the same failure was logged again: {again:?}");
+}
