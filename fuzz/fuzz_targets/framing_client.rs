@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether_transport::webrtc::framing::{ClientConn, ClientEvent, Code, Limits};
+use tether_wire::framing::{ClientConn, ClientEvent, Code, Limits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_message: 4096, max_streams: 4, ..Limits::default() };

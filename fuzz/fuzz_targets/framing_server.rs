@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether_transport::webrtc::framing::{Code, Limits, ServerConn, ServerEvent};
+use tether_wire::framing::{Code, Limits, ServerConn, ServerEvent};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_message: 4096, max_streams: 8, max_stream_buffer: 8192, ..Limits::default() };

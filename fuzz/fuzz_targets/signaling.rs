@@ -37,12 +37,12 @@ use tether_proto::proto::rpc::webrtc::v1::{
     OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse, answer_request, answer_response, call_response,
     call_update_request, signaling_service_server::SignalingServiceServer,
 };
-use tether_transport::auth::AuthEntity;
-use tether_transport::identity::VouchKey;
-use tether_transport::webrtc::sdp;
 use tether_signaling::{
     CallLimits, HostAllowList, KeyGrants, MemoryQueue, SignalingServer, TurnRestConfig, ice_server,
 };
+use tether_transport::auth::AuthEntity;
+use tether_transport::identity::VouchKey;
+use tether_transport::webrtc::sdp;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::codegen::Service;

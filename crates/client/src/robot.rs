@@ -97,7 +97,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
             let work = async {
                 let conn = DirectConnection::connect(address, &direct).await?;
                 if let Some(creds) = credentials {
-                    headers.remove(tether_transport::metadata::AUTHORIZATION);
+                    headers.remove(tether_wire::metadata::AUTHORIZATION);
                     let mut auth = AuthServiceClient::new(conn.clone());
                     let token = auth
                         .authenticate(AuthenticateRequest {

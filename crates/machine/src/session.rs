@@ -1,4 +1,4 @@
-//! Sessions and safety monitoring (spec §2–§3), independent of any transport.
+//! Sessions and safety monitoring, independent of any transport.
 //!
 //! A client starts a session, then heartbeats within the session's window.
 //! Safety-monitored calls carrying the session id make that session the
@@ -58,7 +58,7 @@ impl From<SessionError> for tonic::Status {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Malformed(_) => tonic::Status::invalid_argument(e.to_string()),
-            SessionError::Expired => tonic::Status::invalid_argument(tether_transport::metadata::SESSION_EXPIRED),
+            SessionError::Expired => tonic::Status::invalid_argument(tether_wire::metadata::SESSION_EXPIRED),
         }
     }
 }

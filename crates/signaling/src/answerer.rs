@@ -31,10 +31,10 @@ use tether_transport::auth::AuthEntity;
 use tether_transport::dial::{Credentials, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
 use tether_transport::identity::VouchKey;
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
-use tether_transport::webrtc::framing::Limits;
 use tether_transport::webrtc::peer::{PeerOptions, new_peer, open_lost};
 use tether_transport::webrtc::pipe::Pipe;
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_wire::framing::Limits;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -386,7 +386,7 @@ impl RemoteWorker {
         for host in hosts {
             let v = tonic::metadata::MetadataValue::try_from(host.as_str())
                 .map_err(|_| tonic::Status::invalid_argument(format!("bad host {host:?}")))?;
-            request.metadata_mut().append(tether_transport::metadata::RPC_HOST, v);
+            request.metadata_mut().append(tether_wire::metadata::RPC_HOST, v);
         }
         request.metadata_mut().insert(crate::HEARTBEATS_ALLOWED, tonic::metadata::MetadataValue::from_static("true"));
         let mut inbound = client.answer(request).await?.into_inner();
@@ -540,7 +540,7 @@ impl Context {
         deadline: tokio::time::Instant,
         exchanging: Gauge<'_>,
     ) -> Result<(), tonic::Status> {
-        let (kind, offer_sdp) = sdp::decode(&offer.sdp)?;
+        let (kind, offer_sdp) = sdp::decode(&offer.sdp).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         if kind != SdpKind::Offer {
             return Err(tonic::Status::invalid_argument("expected an offer"));
         }

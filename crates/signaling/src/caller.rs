@@ -15,10 +15,10 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use tether_transport::dial::{Credentials, DialError, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
 use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::framing::Limits;
 use tether_transport::webrtc::peer::{IceServer, PeerOptions, new_peer};
 use tether_transport::webrtc::pipe::Pipe;
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_wire::framing::Limits;
 
 /// How to dial a machine over WebRTC.
 #[derive(Clone, Debug)]
@@ -138,7 +138,7 @@ fn with_host<T>(msg: T, host: &str) -> Result<tonic::Request<T>, DialError> {
     let mut req = tonic::Request::new(msg);
     let v = tonic::metadata::MetadataValue::try_from(host)
         .map_err(|_| DialError::Address(host.to_owned(), "not a valid rpc-host".into()))?;
-    req.metadata_mut().insert(tether_transport::metadata::RPC_HOST, v);
+    req.metadata_mut().insert(tether_wire::metadata::RPC_HOST, v);
     Ok(req)
 }
 
@@ -249,7 +249,7 @@ async fn exchange(
     let Some(pb::call_response::Stage::Init(init)) = first.stage else {
         return Err(tonic::Status::internal("signaling sent a candidate before the answer").into());
     };
-    let (kind, answer) = sdp::decode(&init.sdp).map_err(tonic::Status::from)?;
+    let (kind, answer) = sdp::decode(&init.sdp).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     if kind != SdpKind::Answer {
         return Err(tonic::Status::internal("the machine did not send an answer").into());
     }

@@ -8,7 +8,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 /// Metadata key naming the target machine(s).
-pub const RPC_HOST: &str = tether_transport::metadata::RPC_HOST;
+pub const RPC_HOST: &str = tether_wire::metadata::RPC_HOST;
 
 /// Most `rpc-host` values accepted on `Answer` and `OptionalWebRTCConfig`.
 pub const MAX_HOSTS: usize = 5;

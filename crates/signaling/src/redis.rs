@@ -5,7 +5,7 @@
 //! A caller whose `Call` lands on instance B reaches a machine whose `Answer`
 //! stream is held by instance A: the offer, the claim and every exchange
 //! message live in Redis; the instances only talk to Redis, never to each
-//! other. The design follows the reference's MongoDB queue (spec §2.3: an
+//! other. The design follows goutils' MongoDB-backed queue (an
 //! operator id per instance, online tracking with expiring entries, an atomic
 //! claim, per-call records that expire) with Redis primitives.
 //!

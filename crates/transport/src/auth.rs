@@ -1,4 +1,4 @@
-//! Authentication as the wire contract describes it (spec §5): a client
+//! Authentication as the wire contract describes it: a client
 //! exchanges credentials for a JWT with `proto.rpc.v1.AuthService/Authenticate`
 //! and then sends `authorization: Bearer <token>` on every other call.
 //!
@@ -186,7 +186,7 @@ impl pb::auth_service_server::AuthService for AuthServer {
     ) -> Result<tonic::Response<pb::AuthenticateResponse>, Status> {
         let already = request
             .metadata()
-            .get(crate::metadata::AUTHORIZATION)
+            .get(tether_wire::metadata::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("Bearer "));
         if already {
@@ -249,7 +249,7 @@ where
             && req.uri().path() != AUTHENTICATE_PATH
             && req.extensions().get::<AuthEntity>().is_none()
         {
-            let header = req.headers().get(crate::metadata::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let header = req.headers().get(tether_wire::metadata::AUTHORIZATION).and_then(|v| v.to_str().ok());
             match authority.check_header(header) {
                 Ok(entity) => {
                     req.extensions_mut().insert(entity);

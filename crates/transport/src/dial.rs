@@ -106,7 +106,7 @@ impl SharedHeaders {
     /// Sets `authorization: Bearer <token>`.
     pub fn set_bearer(&self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
         let v = HeaderValue::from_str(&format!("Bearer {token}"))?;
-        self.set(HeaderName::from_static(crate::metadata::AUTHORIZATION), v);
+        self.set(HeaderName::from_static(tether_wire::metadata::AUTHORIZATION), v);
         Ok(())
     }
     /// Removes a header.

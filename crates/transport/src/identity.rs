@@ -1,7 +1,7 @@
 //! Caller identity over WebRTC: how a machine learns, verifiably, who placed
 //! a call that reached it through a signaling service.
 //!
-//! The wire contract carries no credentials on the data channel (spec §4.8):
+//! The wire contract carries no credentials on the data channel :
 //! upstream machines give every WebRTC peer one shared identity. tether's
 //! signaling service, which has authenticated the caller, *vouches* for it:
 //! with the offer it hands the answerer a caller assertion, a compact JWT
@@ -35,68 +35,16 @@
 //! assert!(VouchKey::from_secret("guess").verify(&token, &hosts, "call-uuid", &fp).is_err());
 //! ```
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+pub use tether_wire::identity::{ASSERTION_TYPE, CallerClaims};
+use tether_wire::identity::{ISSUER, LEEWAY_SECS};
 use tonic::Status;
 
-/// JWT `typ` of caller assertions (so an access token can never pass as one).
-pub const ASSERTION_TYPE: &str = "tether-caller+jwt";
-/// Issuer claim of caller assertions.
-const ISSUER: &str = "tether-signaling";
-/// Clock skew tolerated between signaler and machine, in seconds.
-const LEEWAY_SECS: u64 = 30;
 /// Domain separation: the key that signs assertions is not the API key
 /// secret itself.
 const KDF_LABEL: &[u8] = b"tether caller assertion v1";
-
-/// What a caller assertion states.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallerClaims {
-    /// The caller's authenticated entity (API key id).
-    pub sub: String,
-    /// The host the caller asked for (`rpc-host`).
-    pub host: String,
-    /// Uuid of the call.
-    pub call: String,
-    /// DTLS fingerprints of the caller's offer (see [`crate::webrtc::sdp::fingerprints`]).
-    pub fp: Vec<String>,
-    /// Issuer.
-    pub iss: String,
-    /// Issued at (seconds since the epoch).
-    pub iat: u64,
-    /// Expires at (seconds since the epoch).
-    pub exp: u64,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-impl CallerClaims {
-    /// Claims issued now, valid for `ttl_secs`.
-    pub fn new(
-        caller: impl Into<String>,
-        host: impl Into<String>,
-        call: impl Into<String>,
-        fp: Vec<String>,
-        ttl_secs: u64,
-    ) -> Self {
-        let iat = now_secs();
-        Self {
-            sub: caller.into(),
-            host: host.into(),
-            call: call.into(),
-            fp,
-            iss: ISSUER.to_owned(),
-            iat,
-            exp: iat.saturating_add(ttl_secs.max(1)),
-        }
-    }
-}
 
 /// The key a signaler signs caller assertions with for one answerer, and the
 /// answerer verifies them with: HMAC-SHA256 of a fixed label keyed by the
@@ -117,11 +65,6 @@ impl VouchKey {
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(KDF_LABEL);
         Self(mac.finalize().into_bytes().into())
-    }
-
-    /// A fresh random key (for a machine's own answerer and embedded signaler).
-    pub fn random() -> Self {
-        Self(rand::random())
     }
 
     /// Signs an assertion.
@@ -158,18 +101,7 @@ impl VouchKey {
                 _ => deny("invalid"),
             })?
             .claims;
-        if claims.sub.is_empty() {
-            return Err(deny("empty subject"));
-        }
-        if !hosts.iter().any(|h| h == &claims.host) {
-            return Err(deny("issued for another host"));
-        }
-        if claims.call != call {
-            return Err(deny("issued for another call"));
-        }
-        if claims.fp.is_empty() || claims.fp != fingerprints {
-            return Err(deny("issued for another peer (DTLS fingerprint mismatch)"));
-        }
+        claims.check(hosts, call, fingerprints).map_err(deny)?;
         Ok(claims)
     }
 }
@@ -246,6 +178,5 @@ mod tests {
     fn keys_differ_per_secret_and_are_stable() {
         assert_eq!(VouchKey::from_secret("a").0, VouchKey::from_secret("a").0);
         assert_ne!(VouchKey::from_secret("a").0, VouchKey::from_secret("b").0);
-        assert_ne!(VouchKey::random().0, VouchKey::random().0);
     }
 }

@@ -17,15 +17,12 @@ pub mod auth;
 pub mod dial;
 pub mod grpc;
 pub mod identity;
-pub mod metadata;
 pub mod server;
 pub mod webrtc;
 
 pub use server::{ConnectionInfo, TransportKind};
 
-/// The largest gRPC message accepted or sent by tether (32 MiB, as the wire
-/// contract says for every transport).
-pub const MAX_MESSAGE_SIZE: usize = 32 << 20;
+pub use tether_wire::MAX_MESSAGE_SIZE;
 
 /// Boxed error used across tower services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -59,8 +59,8 @@ pub fn grpc_web(svc: HttpService) -> HttpService {
         "grpc-status",
         "grpc-message",
         "grpc-status-details-bin",
-        crate::metadata::OPERATION_ID,
-        crate::metadata::SAFETY_MONITORED_RESOURCES,
+        tether_wire::metadata::OPERATION_ID,
+        tether_wire::metadata::SAFETY_MONITORED_RESOURCES,
     ]
     .into_iter()
     .map(HeaderName::from_static)

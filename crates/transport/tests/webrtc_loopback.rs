@@ -8,9 +8,9 @@ use tether_proto::proto::rpc::v1 as auth_pb;
 use tether_transport::auth::{ApiKey, AuthServer, Authority};
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind};
 use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::framing::Limits;
 use tether_transport::webrtc::peer::{PeerOptions, new_peer};
 use tether_transport::webrtc::pipe::Pipe;
+use tether_wire::framing::Limits;
 use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
@@ -82,7 +82,7 @@ async fn unary_calls_without_eos_are_answered() {
     // The TypeScript SDK sends headers and one message for a unary call, and
     // never eos; the handler must run anyway.
     use prost::Message;
-    use tether_transport::webrtc::framing::{ClientConn, ClientEvent};
+    use tether_wire::framing::{ClientConn, ClientEvent};
     let (mut pipe, _shutdown, _pc) = raw_pair(service()).await;
     let mut conn = ClientConn::new(Limits::default());
     let id = conn.start_call("/proto.rpc.v1.AuthService/Authenticate", &[], None).unwrap();
@@ -104,7 +104,7 @@ async fn unary_calls_without_eos_are_answered() {
     assert!(matches!(events[0], ClientEvent::Headers { .. }));
     let ClientEvent::Message { message, .. } = &events[1] else { panic!("{events:?}") };
     assert!(!auth_pb::AuthenticateResponse::decode(message.as_ref()).unwrap().access_token.is_empty());
-    assert!(matches!(events[2], ClientEvent::Trailers { code: tonic::Code::Ok, .. }));
+    assert!(matches!(events[2], ClientEvent::Trailers { code: tether_wire::Code::Ok, .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

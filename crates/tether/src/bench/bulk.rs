@@ -11,9 +11,9 @@ use anyhow::{Context, anyhow, ensure};
 use bytes::Bytes;
 use tether_client::RobotClient;
 use tether_client::components::{Camera, Motor};
-use tether_transport::webrtc::framing::Limits;
 use tether_transport::webrtc::peer::{Peer, PeerOptions, new_peer};
 use tether_transport::webrtc::pipe::{Bounds, HIGH_WATER, Pipe, WRITER_QUEUE};
+use tether_wire::framing::Limits;
 
 use super::inproc::{self, InProcess};
 use super::latency::{is_powered, sample, sample_within};

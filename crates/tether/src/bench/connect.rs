@@ -15,10 +15,10 @@ use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
 use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::framing::Limits;
 use tether_transport::webrtc::peer::{PeerOptions, new_peer, new_peer_with, setting_engine};
 use tether_transport::webrtc::pipe::Pipe;
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_wire::framing::Limits;
 use tokio::sync::mpsc;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -46,7 +46,7 @@ pub struct Phases {
 /// A signaling request addressed to `host` (the `rpc-host` header).
 pub(super) fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(tether_transport::metadata::RPC_HOST, host.parse().context("rpc-host")?);
+    req.metadata_mut().insert(tether_wire::metadata::RPC_HOST, host.parse().context("rpc-host")?);
     Ok(req)
 }
 

@@ -103,7 +103,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
                         Ok(()) => {}
                         Err(s) => {
                             errors.fetch_add(1, Ordering::Relaxed);
-                            if s.message().contains(tether_transport::metadata::SESSION_EXPIRED) {
+                            if s.message().contains(tether_wire::metadata::SESSION_EXPIRED) {
                                 expired.fetch_add(1, Ordering::Relaxed);
                                 return lat;
                             }

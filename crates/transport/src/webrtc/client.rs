@@ -20,9 +20,9 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower_service::Service;
 
-use super::framing::{ClientConn, ClientEvent, Limits, Metadata};
 use super::pipe::{Credit, Pipe};
 use crate::BoxError;
+use tether_wire::framing::{ClientConn, ClientEvent, Limits, Metadata};
 
 enum Command {
     Start {
@@ -130,7 +130,7 @@ async fn drive(mut pipe: Pipe, mut commands: mpsc::UnboundedReceiver<Command>, l
         dispatch(&mut conn, &mut streams);
     }
     pipe.close();
-    conn.close_all(Code::Unavailable, closed_status().message());
+    conn.close_all(tether_wire::Code::Unavailable, closed_status().message());
     dispatch(&mut conn, &mut streams);
     // Calls that start from now on fail at once.
     commands.close();
@@ -144,7 +144,7 @@ async fn drive(mut pipe: Pipe, mut commands: mpsc::UnboundedReceiver<Command>, l
 fn apply(command: Command, conn: &mut ClientConn, streams: &mut HashMap<u64, Stream>) {
     match command {
         Command::Start { method, metadata, timeout, events, credit, reply } => {
-            let result = conn.start_call(&method, &metadata, timeout);
+            let result = conn.start_call(&method, &metadata, timeout).map_err(crate::grpc::to_status);
             if let Ok(id) = &result {
                 streams.insert(*id, Stream { events, credit });
             }
@@ -234,6 +234,11 @@ fn header_map(md: &Metadata) -> HeaderMap {
         }
     }
     h
+}
+
+/// The tonic code of a code of the sans-IO layer.
+fn tonic_code(code: tether_wire::Code) -> Code {
+    Code::from_i32(code as i32)
 }
 
 fn trailers(code: Code, message: &str, md: &Metadata) -> HeaderMap {
@@ -326,7 +331,7 @@ impl Service<Request<Body>> for WebRtcChannel {
                 Some(ClientEvent::Trailers { code, message, metadata, .. }) => {
                     let mut guard = guard;
                     guard.armed = false;
-                    let mut response = Status::new(code, message).into_http();
+                    let mut response = Status::new(tonic_code(code), message).into_http();
                     for (k, v) in header_map(&metadata) {
                         if let Some(k) = k {
                             response.headers_mut().append(k, v);
@@ -450,7 +455,7 @@ impl HttpBody for ResponseBody {
             }
             Poll::Ready(Some(ClientEvent::Trailers { code, message, metadata, .. })) => {
                 self.finish();
-                Poll::Ready(Some(Ok(Frame::trailers(trailers(code, &message, &metadata)))))
+                Poll::Ready(Some(Ok(Frame::trailers(trailers(tonic_code(code), &message, &metadata)))))
             }
             Poll::Ready(Some(ClientEvent::Headers { .. })) => {
                 cx.waker().wake_by_ref();

@@ -4,7 +4,6 @@
 //! live in `tether-signaling`.
 
 pub mod client;
-pub mod framing;
 pub mod peer;
 pub mod pipe;
 pub mod sdp;

@@ -16,16 +16,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
+use tether_wire::Code;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tonic::body::Body;
 use tower::ServiceExt;
 
-use super::framing::{Limits, Metadata, ServerConn, ServerEvent};
 use super::pipe::{Credit, Pipe};
 use crate::auth::AuthEntity;
 use crate::server::{ConnectionInfo, HttpService};
+use tether_wire::framing::{Limits, Metadata, ServerConn, ServerEvent};
 
 /// What the driver receives from call tasks.
 enum Output {
@@ -274,12 +274,17 @@ async fn forward(
     let _ = out.send(Output::Headers(stream, metadata_of(&parts.headers)));
     if let Some(status) = crate::grpc::status_from_headers(&parts.headers) {
         // Trailers-only response.
-        let _ = out.send(Output::Trailers(stream, status.code(), status.message().to_owned(), Vec::new()));
+        let _ = out.send(Output::Trailers(
+            stream,
+            Code::from_i32(status.code() as i32),
+            status.message().to_owned(),
+            Vec::new(),
+        ));
         return Ok(());
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|s| (s.code(), s.message().to_owned()))?;
+        let frame = frame.map_err(|s| (Code::from_i32(s.code() as i32), s.message().to_owned()))?;
         match frame.into_data() {
             Ok(data) => {
                 buf.extend_from_slice(&data);
@@ -298,7 +303,7 @@ async fn forward(
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     let (code, message) = match crate::grpc::status_from_headers(&trailers) {
-                        Some(s) => (s.code(), s.message().to_owned()),
+                        Some(s) => (Code::from_i32(s.code() as i32), s.message().to_owned()),
                         None => (Code::Unknown, "response trailers without grpc-status".into()),
                     };
                     let _ = out.send(Output::Trailers(stream, code, message, metadata_of(&trailers)));

@@ -1,4 +1,4 @@
-//! gRPC over a WebRTC data channel, as a sans-IO state machine (spec §4).
+//! gRPC over a WebRTC data channel, as a sans-IO state machine.
 //!
 //! Bytes in, events out; calls in, data-channel messages out. No sockets, no
 //! clocks, no tasks: the transport feeds every received data-channel message
@@ -22,7 +22,7 @@
 //! calls (TypeScript), or a separate `eos` frame (rust-utils).
 //!
 //! ```
-//! use tether_transport::webrtc::framing::{ClientConn, ClientEvent, Limits, ServerConn, ServerEvent};
+//! use tether_wire::framing::{ClientConn, ClientEvent, Code, Limits, ServerConn, ServerEvent};
 //! let mut client = ClientConn::new(Limits::default());
 //! let mut server = ServerConn::new(Limits::default());
 //! let id = client.start_call("/pkg.Svc/Echo", &[], None).unwrap();
@@ -31,21 +31,21 @@
 //! assert!(matches!(server.poll_event(), Some(ServerEvent::Call { method, .. }) if method == "/pkg.Svc/Echo"));
 //! let Some(ServerEvent::Message { message, .. }) = server.poll_event() else { panic!() };
 //! server.send_message(id, &message);
-//! server.send_trailers(id, tonic::Code::Ok, "", &[]);
+//! server.send_trailers(id, Code::Ok, "", &[]);
 //! while let Some(packet) = server.poll_transmit() { client.handle_incoming(&packet).unwrap(); }
 //! assert!(matches!(client.poll_event(), Some(ClientEvent::Headers { .. })));
 //! assert!(matches!(client.poll_event(), Some(ClientEvent::Message { message, .. }) if &message[..] == b"hello"));
-//! assert!(matches!(client.poll_event(), Some(ClientEvent::Trailers { code: tonic::Code::Ok, .. })));
+//! assert!(matches!(client.poll_event(), Some(ClientEvent::Trailers { code: Code::Ok, .. })));
 //! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+pub use crate::status::{Code, Status};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-pub use tonic::Code;
 
 /// Metadata as ordered `(key, value)` pairs (keys lower-case).
 pub type Metadata = Vec<(String, String)>;
@@ -550,9 +550,9 @@ impl ClientConn {
         method: &str,
         metadata: &[(String, String)],
         timeout: Option<Duration>,
-    ) -> Result<u64, tonic::Status> {
+    ) -> Result<u64, Status> {
         if self.streams.len() >= self.limits.max_streams {
-            return Err(tonic::Status::resource_exhausted("too many concurrent streams on this connection"));
+            return Err(Status::new(Code::ResourceExhausted, "too many concurrent streams on this connection"));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -571,19 +571,22 @@ impl ClientConn {
 
     /// Sends one request message; with `eos` it is also the last one (every
     /// packet then carries eos, as the Go client does for unary calls).
-    pub fn send_message(&mut self, stream: u64, message: &[u8], eos: bool) -> Result<(), tonic::Status> {
+    pub fn send_message(&mut self, stream: u64, message: &[u8], eos: bool) -> Result<(), Status> {
         let Some(s) = self.streams.get_mut(&stream) else {
-            return Err(tonic::Status::failed_precondition("stream is closed"));
+            return Err(Status::new(Code::FailedPrecondition, "stream is closed"));
         };
         if s.send_closed {
-            return Err(tonic::Status::failed_precondition("stream already half-closed"));
+            return Err(Status::new(Code::FailedPrecondition, "stream already half-closed"));
         }
         if message.len() > self.limits.max_message {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "request message of {} bytes exceeds the limit of {} bytes",
-                message.len(),
-                self.limits.max_message
-            )));
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "request message of {} bytes exceeds the limit of {} bytes",
+                    message.len(),
+                    self.limits.max_message
+                ),
+            ));
         }
         s.send_closed = eos;
         let size = chunk_size(&self.limits);
