@@ -10,7 +10,8 @@
 //!   heartbeats with empty uuid, OK for late `CallUpdate`s, …);
 //! * [`CallQueue`] is the seam that matches callers with answerers, with
 //!   [`MemoryQueue`] as the in-process implementation (the embedded default)
-//!   and [`RedisQueue`] for many signaling instances sharing one Redis;
+//!   and `RedisQueue` (cargo feature `redis`) for many signaling instances
+//!   sharing one Redis;
 //! * [`HostAllowList`] restricts a server to some hosts (a machine's embedded
 //!   signaler), [`Authorizer`] is the hook for per-entity host grants
 //!   ([`KeyGrants`] grants API keys hosts to call and to answer for), and
@@ -41,9 +42,11 @@ mod host;
 mod ice;
 mod memory;
 mod queue;
+#[cfg(feature = "redis")]
 pub mod redis;
 mod server;
 
+#[cfg(feature = "redis")]
 pub use self::redis::{
     DEFAULT_KEY_PREFIX, DEFAULT_POLL_INTERVAL, DEFAULT_PRESENCE_TTL, DEFAULT_RECORD_SLACK, DEFAULT_REFRESH_INTERVAL,
     RedisQueue, RedisQueueError, RedisQueueOptions, default_instance_id,
