@@ -1,12 +1,102 @@
-//! Component APIs as Rust traits, one per kind, and fake models of each.
+//! The driver API of tether: one Rust trait per component kind, fake models
+//! of each, the model registry and the named set of a machine's components.
 //!
-//! A real driver implements the trait of its kind (e.g. [`Motor`]) and is
-//! registered with a [`crate::resource::Resources`]; the gRPC services call
-//! the trait, so drivers never see protobuf framing. Errors are
-//! [`tonic::Status`] values so a driver chooses the code the client sees.
+//! A driver author depends on this crate only: it has no gRPC, HTTP, TLS or
+//! WebRTC in it. The machine (`tether-machine`) serves the traits over the
+//! Viam component APIs, so a driver never sees protobuf framing or status
+//! codes: it returns [`Error`]s, whose [`ErrorKind`] the client sees as the
+//! status code and whose message it sees as it is.
+//!
+//! # Writing a driver
+//!
+//! Implement the trait of the component's kind ([`Motor`], [`Arm`],
+//! [`Camera`], …; every kind is in [`for_each_kind!`]). The traits are
+//! async ([`async_trait`]); methods that most models answer the same way
+//! (`do_command`, `status`, `geometries`, …) have defaults. Validate
+//! arguments with [`finite`] and [`in_range`], and answer a call the
+//! hardware cannot do with [`unimplemented`].
+//!
+//! # Registering a model
+//!
+//! A model is a constructor from the component's JSON `attributes` to a
+//! [`Component`], registered under the kind's subtype and a model name in a
+//! [`Models`] registry. The machine builds each component of its config
+//! with [`Models::construct`]. The `attr_*` helpers read attributes and say
+//! which one is wrong.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use parking_lot::Mutex;
+//! use tether_components::{Component, Error, Extra, Models, Motor, MotorProperties, Result, attr_f64, finite};
+//!
+//! /// A motor that only remembers its power.
+//! struct Stepper {
+//!     max_rpm: f64,
+//!     power: Mutex<f64>,
+//! }
+//!
+//! #[tether_components::async_trait]
+//! impl Motor for Stepper {
+//!     async fn set_power(&self, power_pct: f64, _extra: Extra) -> Result<()> {
+//!         *self.power.lock() = tether_components::in_range("power_pct", power_pct, -1.0..=1.0)?;
+//!         Ok(())
+//!     }
+//!     async fn go_for(&self, rpm: f64, _revolutions: f64, _extra: Extra) -> Result<()> {
+//!         if finite("rpm", rpm)?.abs() > self.max_rpm {
+//!             return Err(Error::out_of_range(format!("rpm must be at most {}", self.max_rpm)));
+//!         }
+//!         Ok(())
+//!     }
+//!     async fn go_to(&self, _rpm: f64, _position: f64, _extra: Extra) -> Result<()> {
+//!         Err(tether_components::unimplemented("GoTo"))
+//!     }
+//!     async fn set_rpm(&self, _rpm: f64, _extra: Extra) -> Result<()> {
+//!         Err(tether_components::unimplemented("SetRPM"))
+//!     }
+//!     async fn reset_zero_position(&self, _offset: f64, _extra: Extra) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     async fn position(&self, _extra: Extra) -> Result<f64> {
+//!         Ok(0.0)
+//!     }
+//!     async fn properties(&self, _extra: Extra) -> Result<MotorProperties> {
+//!         Ok(MotorProperties { position_reporting: false })
+//!     }
+//!     async fn stop(&self, _extra: Extra) -> Result<()> {
+//!         *self.power.lock() = 0.0;
+//!         Ok(())
+//!     }
+//!     async fn is_powered(&self, _extra: Extra) -> Result<(bool, f64)> {
+//!         let p = *self.power.lock();
+//!         Ok((p != 0.0, p))
+//!     }
+//!     async fn is_moving(&self) -> Result<bool> {
+//!         Ok(*self.power.lock() != 0.0)
+//!     }
+//! }
+//!
+//! let mut models = Models::builtin();
+//! models.register("motor", "acme:motors:stepper", |attributes| {
+//!     let max_rpm = attr_f64(attributes, "max_rpm", 200.0)?;
+//!     Ok(Component::Motor(Arc::new(Stepper { max_rpm, power: Mutex::new(0.0) })))
+//! });
+//! let motor = models.construct("motor", "acme:motors:stepper", &serde_json::json!({"max_rpm": 60})).unwrap();
+//! assert_eq!(motor.subtype(), "motor");
+//! let wrong = models.construct("motor", "acme:motors:stepper", &serde_json::json!({"max_rpm": "fast"}));
+//! assert_eq!(wrong.unwrap_err().to_string(), "attribute \"max_rpm\" must be a number");
+//! ```
+//!
+//! A machine is then started with the registry (in `tether-machine`:
+//! `Machine::from_config(&config, &models)`), and a config entry
+//! `{"name": "m1", "api": "rdk:component:motor", "model": "acme:motors:stepper"}`
+//! builds the driver. [`Resources`] is the named set of components the
+//! machine serves; a program can also fill one by hand.
+
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 
+pub use async_trait::async_trait;
 pub use prost_types::Struct;
 use prost_types::Value;
 use prost_types::value::Kind;
@@ -16,10 +106,13 @@ pub mod arm;
 pub mod base;
 pub mod button;
 pub mod camera;
+pub mod error;
 pub mod gantry;
 pub mod generic;
 pub mod gripper;
+pub mod models;
 pub mod motor;
+pub mod resource;
 pub mod sensor;
 pub mod servo;
 pub(crate) mod sim;
@@ -29,13 +122,60 @@ pub use arm::{Arm, FakeArm, MoveOptions, TrajectoryBatches, TrajectoryPoint};
 pub use base::{Base, BaseProperties, FakeBase};
 pub use button::{Button, FakeButton};
 pub use camera::{Camera, CameraProperties, FakeCamera, Image, Images};
+pub use error::{Error, ErrorKind, Result};
 pub use gantry::{FakeGantry, Gantry};
 pub use generic::{FakeGeneric, Generic};
 pub use gripper::{FakeGripper, Gripper, HoldingStatus};
+pub use models::{ConstructError, Constructor, FAKE, Models};
 pub use motor::{FakeMotor, Motor, MotorProperties};
+pub use resource::{Component, Resources, SUBTYPES};
 pub use sensor::{FakeSensor, Readings, Sensor};
 pub use servo::{FakeServo, Servo};
 pub use switch::{FakeSwitch, Switch, SwitchPositions};
+
+/// The component kinds, listed once: calls `$callback! { … }` with one
+/// entry per kind,
+///
+/// ```text
+/// Kind => module, "subtype", "fully.qualified.Service", stub_module::StubServer;
+/// ```
+///
+/// where `Kind` is both the [`Component`] variant and the trait (e.g.
+/// [`Motor`]), `module` is the kind's module here and in `tether-proto`
+/// (`tether_proto::viam::component::<module>::v1`), and the last two
+/// identifiers name the tonic server `tether-proto` generates for the kind
+/// with its `grpc` feature (relative to that `v1` module). This crate
+/// derives [`Component`], [`SUBTYPES`] and the typed lookups of
+/// [`Resources`] from it; the machine derives its gRPC routes.
+///
+/// ```
+/// macro_rules! subtypes {
+///     ($( $kind:ident => $module:ident, $subtype:literal, $service:literal, $stub:ident :: $server:ident; )*) => {
+///         [$( $subtype ),*]
+///     };
+/// }
+/// let all = tether_components::for_each_kind!(subtypes);
+/// assert_eq!(all.len(), tether_components::SUBTYPES.len());
+/// assert!(all.contains(&"motor"));
+/// ```
+#[macro_export]
+macro_rules! for_each_kind {
+    ($callback:ident) => {
+        $callback! {
+            Arm => arm, "arm", "viam.component.arm.v1.ArmService", arm_service_server::ArmServiceServer;
+            Base => base, "base", "viam.component.base.v1.BaseService", base_service_server::BaseServiceServer;
+            Button => button, "button", "viam.component.button.v1.ButtonService", button_service_server::ButtonServiceServer;
+            Camera => camera, "camera", "viam.component.camera.v1.CameraService", camera_service_server::CameraServiceServer;
+            Gantry => gantry, "gantry", "viam.component.gantry.v1.GantryService", gantry_service_server::GantryServiceServer;
+            Generic => generic, "generic", "viam.component.generic.v1.GenericService", generic_service_server::GenericServiceServer;
+            Gripper => gripper, "gripper", "viam.component.gripper.v1.GripperService", gripper_service_server::GripperServiceServer;
+            Motor => motor, "motor", "viam.component.motor.v1.MotorService", motor_service_server::MotorServiceServer;
+            Sensor => sensor, "sensor", "viam.component.sensor.v1.SensorService", sensor_service_server::SensorServiceServer;
+            Servo => servo, "servo", "viam.component.servo.v1.ServoService", servo_service_server::ServoServiceServer;
+            Switch => switch, "switch", "viam.component.switch.v1.SwitchService", switch_service_server::SwitchServiceServer;
+        }
+    };
+}
 
 /// A kinematic model, as `GetKinematics` returns it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,21 +191,15 @@ pub struct Kinematics {
 /// The `extra` argument of most calls: free-form driver parameters.
 pub type Extra = Option<Struct>;
 
-/// Result of a driver call.
-pub type Result<T> = std::result::Result<T, tonic::Status>;
-
-/// The status a driver returns for a method it does not support.
-pub fn unimplemented(what: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!("{what} is not supported by this model"))
+/// The error a driver returns for a method it does not support
+/// (UNIMPLEMENTED, "`what` is not supported by this model").
+pub fn unimplemented(what: &str) -> Error {
+    Error::unimplemented(format!("{what} is not supported by this model"))
 }
 
-/// Rejects NaN and infinities in a numeric argument.
+/// Rejects NaN and infinities in a numeric argument (INVALID_ARGUMENT).
 pub fn finite(name: &str, v: f64) -> Result<f64> {
-    if v.is_finite() {
-        Ok(v)
-    } else {
-        Err(tonic::Status::invalid_argument(format!("{name} must be a finite number, got {v}")))
-    }
+    if v.is_finite() { Ok(v) } else { Err(Error::invalid_argument(format!("{name} must be a finite number, got {v}"))) }
 }
 
 /// Builds a `Struct` from `(key, value)` pairs.
@@ -167,16 +301,13 @@ pub fn attr_positive(attrs: &serde_json::Value, key: &str, default: f64) -> std:
     if v > 0.0 { Ok(v) } else { Err(format!("attribute {key:?} must be greater than 0, got {v}")) }
 }
 
-/// Rejects a number outside `range`, naming the argument.
+/// Rejects a number outside `range`, naming the argument
+/// (INVALID_ARGUMENT).
 pub fn in_range(name: &str, v: f64, range: std::ops::RangeInclusive<f64>) -> Result<f64> {
     let v = finite(name, v)?;
     if range.contains(&v) {
         Ok(v)
     } else {
-        Err(tonic::Status::invalid_argument(format!(
-            "{name} must be within [{}, {}], got {v}",
-            range.start(),
-            range.end()
-        )))
+        Err(Error::invalid_argument(format!("{name} must be within [{}, {}], got {v}", range.start(), range.end())))
     }
 }
