@@ -11,10 +11,13 @@
 //!
 //! Implement the trait of the component's kind ([`Motor`], [`Arm`],
 //! [`Camera`], …; every kind is in [`for_each_kind!`]). The traits are
-//! async ([`async_trait`]); methods that most models answer the same way
-//! (`do_command`, `status`, `geometries`, …) have defaults. Validate
-//! arguments with [`finite`] and [`in_range`], and answer a call the
-//! hardware cannot do with [`unimplemented`].
+//! async, with [`async_trait`](macro@async_trait) (re-exported here);
+//! methods that most models answer the same way (`do_command`, `status`,
+//! `geometries`, …) have defaults. Validate arguments with [`finite`] and
+//! [`in_range`], and answer a call the hardware cannot do with
+//! [`unimplemented()`]. Stop methods must be quick and safe to call at any
+//! time: the machine calls them (with no `extra`) when a client's session
+//! lapses.
 //!
 //! # Registering a model
 //!
