@@ -1,8 +1,9 @@
 //! Compiles every `.proto` file under the workspace's `proto/` directory with
-//! protox (pure Rust, no system `protoc`) and generates prost messages plus
-//! tonic clients and servers. The encoded descriptor set, with custom options
-//! such as `safety_heartbeat_monitored` preserved, is written next to the
-//! generated code for reflection and for the safety-monitoring lookup.
+//! protox (pure Rust, no system `protoc`) and generates prost messages, plus
+//! tonic clients and servers when the `grpc` feature is on. The encoded
+//! descriptor set, with custom options such as `safety_heartbeat_monitored`
+//! preserved, is written next to the generated code for reflection and for
+//! the safety-monitoring lookup.
 
 use std::path::{Path, PathBuf};
 
@@ -36,10 +37,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.open_files(&relative)?;
     let encoded = compiler.encode_file_descriptor_set();
     let fds = compiler.file_descriptor_set();
+    let packages: std::collections::BTreeSet<String> = fds.file.iter().map(|f| f.package().to_owned()).collect();
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("tether_descriptor.bin"), &encoded)?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // Without `grpc` only the messages are generated, so the crate needs no
+    // tonic at all. With it, the stubs are generated without the
+    // `tonic::transport` conveniences (`connect`): clients are built over a
+    // channel the caller supplies.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure().build_client(grpc).build_server(grpc).build_transport(false).compile_fds(fds)?;
+    // A package with services but no messages (viam.component.generic.v1)
+    // yields no file without the stubs; src/lib.rs includes every package.
+    for package in packages {
+        let file = out.join(format!("{package}.rs"));
+        if !package.is_empty() && !file.exists() {
+            std::fs::write(file, "")?;
+        }
+    }
     Ok(())
 }

@@ -51,15 +51,22 @@ fn check(text: &str) {
         }
     }
     for addr in &settings.signaling {
-        let _ = tonic::transport::Endpoint::from_shared(tether_transport::dial::normalize_address(addr));
+        // DirectConnection parses signaling addresses as URIs.
+        let _ = tether_transport::dial::normalize_address(addr).parse::<http::Uri>();
     }
-    let _ = Models::builtin().build(&cfg);
+    let _ = cfg.build(&Models::builtin());
 }
 
 // ---- the structure-aware generator ----
 
-const KINDS: [&str; 12] =
-    ["motor", "arm", "base", "gripper", "servo", "gantry", "button", "switch", "sensor", "camera", "generic", "board"];
+/// Every component subtype (from the one list of kinds), and `board`, which
+/// is none.
+macro_rules! kinds {
+    ($( $kind:ident => $module:ident, $subtype:literal, $service:literal, $stub:ident :: $server:ident; )*) => {
+        [$( $subtype, )* "board"]
+    };
+}
+const KINDS: &[&str] = &tether_machine::components::for_each_kind!(kinds);
 const ATTRIBUTES: [&str; 21] = [
     "max_rpm",
     "speed_degs_per_sec",
@@ -195,15 +202,15 @@ fn component(u: &mut Unstructured) -> AResult<Value> {
     }
     if u.ratio(3, 4)? {
         let api = match u.int_in_range(0..=5)? {
-            0 => format!("rdk:service:{}", u.choose(&KINDS)?),
-            1 => (*u.choose(&KINDS)?).to_owned(),
+            0 => format!("rdk:service:{}", u.choose(KINDS)?),
+            1 => (*u.choose(KINDS)?).to_owned(),
             2 => u.arbitrary()?,
-            _ => format!("rdk:component:{}", u.choose(&KINDS)?),
+            _ => format!("rdk:component:{}", u.choose(KINDS)?),
         };
         c.insert("api".into(), Value::String(api));
     }
     if u.ratio(1, 4)? {
-        c.insert("type".into(), Value::String(pick_or_any(u, &KINDS)?));
+        c.insert("type".into(), Value::String(pick_or_any(u, KINDS)?));
     }
     if u.ratio(7, 8)? {
         c.insert("model".into(), Value::String(pick_or_any(u, &["rdk:builtin:fake", "fake", "acme:x:y", ""])?));

@@ -20,6 +20,8 @@ use serde::Deserialize;
 use tether_transport::auth::ApiKey;
 use tether_transport::webrtc::peer::IceServer;
 
+use crate::models::{ConstructError, Models};
+use crate::resource::Resources;
 use crate::session::{DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW};
 
 /// A configuration error, naming the offending field.
@@ -226,6 +228,23 @@ impl Config {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Builds every component the config lists with `models`; errors name
+    /// the entry's field (`components[i].model`, `.attributes`, `.name`).
+    pub fn build(&self, models: &Models) -> Result<Resources, ConfigError> {
+        let mut resources = Resources::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let subtype = c.subtype(i)?;
+            let component = models.construct(&subtype, &c.model, &c.attributes).map_err(|e| match e {
+                ConstructError::Attributes(message) => ConfigError::new(format!("components[{i}].attributes"), message),
+                e => ConfigError::new(format!("components[{i}].model"), e.to_string()),
+            })?;
+            resources
+                .insert(c.name.clone(), component)
+                .map_err(|e| ConfigError::new(format!("components[{i}].name"), e))?;
+        }
+        Ok(resources)
     }
 
     /// Checks every field that can be checked without building components.

@@ -2,6 +2,10 @@
 //! in), the robot service with sessions, safety stops and operations, served
 //! over gRPC (HTTP/2) and gRPC-Web by one tonic router.
 //!
+//! The component traits, the fakes and the model registry live in
+//! `tether-components` (the crate a driver author depends on) and are
+//! re-exported here as [`components`], [`models`] and [`resource`].
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use tether_machine::{Machine, config::Config, models::Models};
@@ -25,15 +29,15 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-pub mod components;
 pub mod config;
-pub mod models;
 pub mod monitor;
 pub mod operations;
-pub mod resource;
 pub mod services;
 pub mod session;
 pub mod webrtc;
+
+pub use tether_components as components;
+pub use tether_components::{models, resource};
 
 use config::{Config, ConfigError};
 use models::Models;
@@ -157,7 +161,7 @@ impl Machine {
     /// Builds the components a config lists with `models`, and the machine.
     pub fn from_config(cfg: &Config, models: &Models) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let resources = models.build(cfg)?;
+        let resources = cfg.build(models)?;
         let options = MachineOptions {
             heartbeat_window: cfg.heartbeat_window(),
             api_keys: cfg.api_keys(),
@@ -211,18 +215,14 @@ impl Machine {
             .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .expect("the compiled descriptor set is valid");
-        let mut routes = tonic::service::Routes::new(limits!(RobotServiceServer::new(robot)))
-            .add_service(limits!(comp::arm::v1::arm_service_server::ArmServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::base::v1::base_service_server::BaseServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::button::v1::button_service_server::ButtonServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::camera::v1::camera_service_server::CameraServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::gantry::v1::gantry_service_server::GantryServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::generic::v1::generic_service_server::GenericServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::gripper::v1::gripper_service_server::GripperServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::motor::v1::motor_service_server::MotorServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::sensor::v1::sensor_service_server::SensorServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::servo::v1::servo_service_server::ServoServiceServer::new(cs.clone())))
-            .add_service(limits!(comp::switch::v1::switch_service_server::SwitchServiceServer::new(cs.clone())))
+        // One route per component kind, from the list in tether-components.
+        macro_rules! component_routes {
+            ($( $kind:ident => $module:ident, $subtype:literal, $service:literal, $stub:ident :: $server:ident; )*) => {
+                tonic::service::Routes::new(limits!(RobotServiceServer::new(robot)))
+                    $( .add_service(limits!(comp::$module::v1::$stub::$server::new(cs.clone()))) )*
+            };
+        }
+        let mut routes = tether_components::for_each_kind!(component_routes)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(limits!(self.webrtc.signaling.clone().into_service()));

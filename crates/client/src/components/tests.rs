@@ -33,6 +33,20 @@ async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { robot, shutdown })
 }
 
+/// Names, for every kind in tether-components' list, this module's typed
+/// client of the same name: a kind added there without a client here does
+/// not compile.
+macro_rules! clients_of_every_kind {
+    ($( $kind:ident => $module:ident, $subtype:literal, $service:literal, $stub:ident :: $server:ident; )*) => {
+        $( let _: fn(&RobotClient, &str) -> $module::$kind = <$module::$kind as FromRobot>::from_robot; )*
+    };
+}
+
+#[test]
+fn every_kind_has_a_client() {
+    tether_machine::components::for_each_kind!(clients_of_every_kind);
+}
+
 fn point(ms: u64, j0: f64) -> anyhow::Result<arm_pb::TrajectoryPoint> {
     Ok(arm_pb::TrajectoryPoint {
         time: Some(Duration::from_millis(ms).try_into()?),

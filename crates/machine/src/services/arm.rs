@@ -12,9 +12,10 @@ use tether_proto::viam::component::arm::v1::{self as pb, arm_service_server::Arm
 use tonic::{Request, Status, Streaming};
 
 use super::{
-    ComponentService, Reply, do_command_response, geometries_response, kinematics_response, msg, ok, status_response,
+    ComponentService, Reply, do_command_response, driver_error, geometries_response, kinematics_response, msg, ok,
+    status, status_response,
 };
-use crate::components::{MoveOptions, TrajectoryPoint};
+use crate::components::{Error, MoveOptions, TrajectoryPoint};
 use crate::monitor::CallContext;
 
 fn values(p: Option<pb::JointPositions>) -> Vec<f64> {
@@ -32,11 +33,11 @@ fn move_options(o: Option<pb::MoveOptions>) -> MoveOptions {
     }
 }
 
-fn trajectory_point(p: pb::TrajectoryPoint) -> Result<TrajectoryPoint, Status> {
+fn trajectory_point(p: pb::TrajectoryPoint) -> tether_components::Result<TrajectoryPoint> {
     let time = match p.time {
         None => std::time::Duration::ZERO,
         Some(d) => std::time::Duration::try_from(d)
-            .map_err(|e| Status::invalid_argument(format!("trajectory point time is invalid: {e}")))?,
+            .map_err(|e| Error::invalid_argument(format!("trajectory point time is invalid: {e}")))?,
     };
     let (velocities, accelerations) = match p.constraints {
         None => (None, None),
@@ -51,15 +52,15 @@ type Responses = BoxStream<'static, Result<pb::MoveThroughJointPositionsStreamed
 impl ArmService for ComponentService {
     async fn get_end_position(&self, r: Request<pb::GetEndPositionRequest>) -> Reply<pb::GetEndPositionResponse> {
         let r = msg(r);
-        let pose = self.resources.arm(&r.name)?.end_position(r.extra).await?;
+        let pose = self.arm(&r.name)?.end_position(r.extra).await.map_err(status)?;
         ok(pb::GetEndPositionResponse { pose: Some(pose) })
     }
 
     async fn move_to_position(&self, r: Request<pb::MoveToPositionRequest>) -> Reply<pb::MoveToPositionResponse> {
         let r = msg(r);
-        let arm = self.resources.arm(&r.name)?;
+        let arm = self.arm(&r.name)?;
         let pose = r.to.ok_or_else(|| Status::invalid_argument("the target pose `to` is missing"))?;
-        arm.move_to_position(pose, r.extra).await?;
+        arm.move_to_position(pose, r.extra).await.map_err(status)?;
         ok(pb::MoveToPositionResponse {})
     }
 
@@ -68,7 +69,7 @@ impl ArmService for ComponentService {
         r: Request<pb::GetJointPositionsRequest>,
     ) -> Reply<pb::GetJointPositionsResponse> {
         let r = msg(r);
-        let values = self.resources.arm(&r.name)?.joint_positions(r.extra).await?;
+        let values = self.arm(&r.name)?.joint_positions(r.extra).await.map_err(status)?;
         ok(pb::GetJointPositionsResponse { positions: Some(pb::JointPositions { values }) })
     }
 
@@ -77,7 +78,7 @@ impl ArmService for ComponentService {
         r: Request<pb::MoveToJointPositionsRequest>,
     ) -> Reply<pb::MoveToJointPositionsResponse> {
         let r = msg(r);
-        self.resources.arm(&r.name)?.move_to_joint_positions(values(r.positions), r.extra).await?;
+        self.arm(&r.name)?.move_to_joint_positions(values(r.positions), r.extra).await.map_err(status)?;
         ok(pb::MoveToJointPositionsResponse {})
     }
 
@@ -87,7 +88,10 @@ impl ArmService for ComponentService {
     ) -> Reply<pb::MoveThroughJointPositionsResponse> {
         let r = msg(r);
         let positions = r.positions.into_iter().map(|p| p.values).collect();
-        self.resources.arm(&r.name)?.move_through_joint_positions(positions, move_options(r.options), r.extra).await?;
+        self.arm(&r.name)?
+            .move_through_joint_positions(positions, move_options(r.options), r.extra)
+            .await
+            .map_err(status)?;
         ok(pb::MoveThroughJointPositionsResponse {})
     }
 
@@ -108,7 +112,7 @@ impl ArmService for ComponentService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the stream ended before its init message"))?;
-        let arm = self.resources.arm(&first.name)?;
+        let arm = self.arm(&first.name)?;
         let extra = match first.message {
             Some(In::Init(init)) => init.extra,
             _ => return Err(Status::invalid_argument("the first message must carry init")),
@@ -118,10 +122,10 @@ impl ArmService for ComponentService {
         let batches = inbound
             .filter_map(move |m| {
                 ready(match m {
-                    Err(e) => Some(Err(e)),
+                    Err(e) => Some(Err(driver_error(&e))),
                     Ok(m) => match m.message {
                         None => None,
-                        Some(In::Init(_)) => Some(Err(Status::invalid_argument("init may only be sent once, first"))),
+                        Some(In::Init(_)) => Some(Err(Error::invalid_argument("init may only be sent once, first"))),
                         Some(In::Batch(b)) => {
                             let points = b.points.into_iter().map(trajectory_point).collect::<Result<Vec<_>, _>>();
                             if points.is_ok() {
@@ -137,7 +141,7 @@ impl ArmService for ComponentService {
             .boxed();
         let follow = async move {
             tokio::select! {
-                r = arm.follow_trajectory(batches, extra) => r,
+                r = arm.follow_trajectory(batches, extra) => r.map_err(status),
                 _ = cancel.cancelled() => Err(Status::cancelled("operation cancelled")),
             }
         };
@@ -148,39 +152,39 @@ impl ArmService for ComponentService {
 
     async fn stop(&self, r: Request<pb::StopRequest>) -> Reply<pb::StopResponse> {
         let r = msg(r);
-        self.resources.arm(&r.name)?.stop(r.extra).await?;
+        self.arm(&r.name)?.stop(r.extra).await.map_err(status)?;
         ok(pb::StopResponse {})
     }
 
     async fn is_moving(&self, r: Request<pb::IsMovingRequest>) -> Reply<pb::IsMovingResponse> {
         let r = msg(r);
-        let is_moving = self.resources.arm(&r.name)?.is_moving().await?;
+        let is_moving = self.arm(&r.name)?.is_moving().await.map_err(status)?;
         ok(pb::IsMovingResponse { is_moving })
     }
 
     async fn do_command(&self, r: Request<common::DoCommandRequest>) -> Reply<common::DoCommandResponse> {
         let r = msg(r);
-        do_command_response(self.resources.arm(&r.name)?.do_command(r.command.unwrap_or_default()).await?)
+        do_command_response(self.arm(&r.name)?.do_command(r.command.unwrap_or_default()).await.map_err(status)?)
     }
 
     async fn get_status(&self, r: Request<common::GetStatusRequest>) -> Reply<common::GetStatusResponse> {
         let r = msg(r);
-        status_response(self.resources.arm(&r.name)?.status().await?)
+        status_response(self.arm(&r.name)?.status().await.map_err(status)?)
     }
 
     async fn get_kinematics(&self, r: Request<common::GetKinematicsRequest>) -> Reply<common::GetKinematicsResponse> {
         let r = msg(r);
-        kinematics_response(self.resources.arm(&r.name)?.kinematics(r.extra).await?)
+        kinematics_response(self.arm(&r.name)?.kinematics(r.extra).await.map_err(status)?)
     }
 
     async fn get_geometries(&self, r: Request<common::GetGeometriesRequest>) -> Reply<common::GetGeometriesResponse> {
         let r = msg(r);
-        geometries_response(self.resources.arm(&r.name)?.geometries(r.extra).await?)
+        geometries_response(self.arm(&r.name)?.geometries(r.extra).await.map_err(status)?)
     }
 
     async fn get3_d_models(&self, r: Request<common::Get3DModelsRequest>) -> Reply<common::Get3DModelsResponse> {
         let r = msg(r);
-        let models = self.resources.arm(&r.name)?.models_3d(r.extra).await?;
+        let models = self.arm(&r.name)?.models_3d(r.extra).await.map_err(status)?;
         ok(common::Get3DModelsResponse { models })
     }
 }

@@ -4,7 +4,7 @@ use tether_proto::viam::common::v1 as common;
 use tether_proto::viam::component::camera::v1::{self as pb, camera_service_server::CameraService};
 use tonic::Request;
 
-use super::{ComponentService, Reply, do_command_response, geometries_response, msg, ok, status_response};
+use super::{ComponentService, Reply, do_command_response, geometries_response, msg, ok, status, status_response};
 
 #[tonic::async_trait]
 impl CameraService for ComponentService {
@@ -12,7 +12,7 @@ impl CameraService for ComponentService {
     /// used by older clients).
     async fn get_image(&self, r: Request<pb::GetImageRequest>) -> Reply<pb::GetImageResponse> {
         let r = msg(r);
-        let image = self.resources.camera(&r.name)?.image(r.mime_type, r.extra).await?;
+        let image = self.camera(&r.name)?.image(r.mime_type, r.extra).await.map_err(status)?;
         ok(pb::GetImageResponse { mime_type: image.mime_type, image: image.data })
     }
 
@@ -21,7 +21,7 @@ impl CameraService for ComponentService {
     async fn get_images(&self, r: Request<pb::GetImagesRequest>) -> Reply<pb::GetImagesResponse> {
         let r = msg(r);
         let filter = r.filter_source_names.clone();
-        let got = self.resources.camera(&r.name)?.images(r.filter_source_names, r.extra).await?;
+        let got = self.camera(&r.name)?.images(r.filter_source_names, r.extra).await.map_err(status)?;
         let images = got
             .images
             .into_iter()
@@ -43,13 +43,13 @@ impl CameraService for ComponentService {
 
     async fn get_point_cloud(&self, r: Request<pb::GetPointCloudRequest>) -> Reply<pb::GetPointCloudResponse> {
         let r = msg(r);
-        let (mime_type, point_cloud) = self.resources.camera(&r.name)?.point_cloud(r.mime_type, r.extra).await?;
+        let (mime_type, point_cloud) = self.camera(&r.name)?.point_cloud(r.mime_type, r.extra).await.map_err(status)?;
         ok(pb::GetPointCloudResponse { mime_type, point_cloud })
     }
 
     async fn get_properties(&self, r: Request<pb::GetPropertiesRequest>) -> Reply<pb::GetPropertiesResponse> {
         let r = msg(r);
-        let p = self.resources.camera(&r.name)?.properties().await?;
+        let p = self.camera(&r.name)?.properties().await.map_err(status)?;
         ok(pb::GetPropertiesResponse {
             supports_pcd: p.supports_pcd,
             intrinsic_parameters: p.intrinsics,
@@ -62,16 +62,16 @@ impl CameraService for ComponentService {
 
     async fn do_command(&self, r: Request<common::DoCommandRequest>) -> Reply<common::DoCommandResponse> {
         let r = msg(r);
-        do_command_response(self.resources.camera(&r.name)?.do_command(r.command.unwrap_or_default()).await?)
+        do_command_response(self.camera(&r.name)?.do_command(r.command.unwrap_or_default()).await.map_err(status)?)
     }
 
     async fn get_status(&self, r: Request<common::GetStatusRequest>) -> Reply<common::GetStatusResponse> {
         let r = msg(r);
-        status_response(self.resources.camera(&r.name)?.status().await?)
+        status_response(self.camera(&r.name)?.status().await.map_err(status)?)
     }
 
     async fn get_geometries(&self, r: Request<common::GetGeometriesRequest>) -> Reply<common::GetGeometriesResponse> {
         let r = msg(r);
-        geometries_response(self.resources.camera(&r.name)?.geometries(r.extra).await?)
+        geometries_response(self.camera(&r.name)?.geometries(r.extra).await.map_err(status)?)
     }
 }

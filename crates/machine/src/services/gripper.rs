@@ -5,32 +5,33 @@ use tether_proto::viam::component::gripper::v1::{self as pb, gripper_service_ser
 use tonic::Request;
 
 use super::{
-    ComponentService, Reply, do_command_response, geometries_response, kinematics_response, msg, ok, status_response,
+    ComponentService, Reply, do_command_response, geometries_response, kinematics_response, msg, ok, status,
+    status_response,
 };
 
 #[tonic::async_trait]
 impl GripperService for ComponentService {
     async fn open(&self, r: Request<pb::OpenRequest>) -> Reply<pb::OpenResponse> {
         let r = msg(r);
-        self.resources.gripper(&r.name)?.open(r.extra).await?;
+        self.gripper(&r.name)?.open(r.extra).await.map_err(status)?;
         ok(pb::OpenResponse {})
     }
 
     async fn grab(&self, r: Request<pb::GrabRequest>) -> Reply<pb::GrabResponse> {
         let r = msg(r);
-        let success = self.resources.gripper(&r.name)?.grab(r.extra).await?;
+        let success = self.gripper(&r.name)?.grab(r.extra).await.map_err(status)?;
         ok(pb::GrabResponse { success, extra: None })
     }
 
     async fn stop(&self, r: Request<pb::StopRequest>) -> Reply<pb::StopResponse> {
         let r = msg(r);
-        self.resources.gripper(&r.name)?.stop(r.extra).await?;
+        self.gripper(&r.name)?.stop(r.extra).await.map_err(status)?;
         ok(pb::StopResponse {})
     }
 
     async fn is_moving(&self, r: Request<pb::IsMovingRequest>) -> Reply<pb::IsMovingResponse> {
         let r = msg(r);
-        let is_moving = self.resources.gripper(&r.name)?.is_moving().await?;
+        let is_moving = self.gripper(&r.name)?.is_moving().await.map_err(status)?;
         ok(pb::IsMovingResponse { is_moving })
     }
 
@@ -39,39 +40,39 @@ impl GripperService for ComponentService {
         r: Request<pb::IsHoldingSomethingRequest>,
     ) -> Reply<pb::IsHoldingSomethingResponse> {
         let r = msg(r);
-        let h = self.resources.gripper(&r.name)?.is_holding_something(r.extra).await?;
+        let h = self.gripper(&r.name)?.is_holding_something(r.extra).await.map_err(status)?;
         ok(pb::IsHoldingSomethingResponse { is_holding_something: h.is_holding_something, meta: h.meta })
     }
 
     async fn get_current_inputs(&self, r: Request<pb::GetCurrentInputsRequest>) -> Reply<pb::GetCurrentInputsResponse> {
         let r = msg(r);
-        let values = self.resources.gripper(&r.name)?.current_inputs(r.extra).await?;
+        let values = self.gripper(&r.name)?.current_inputs(r.extra).await.map_err(status)?;
         ok(pb::GetCurrentInputsResponse { values })
     }
 
     async fn go_to_inputs(&self, r: Request<pb::GoToInputsRequest>) -> Reply<pb::GoToInputsResponse> {
         let r = msg(r);
-        self.resources.gripper(&r.name)?.go_to_inputs(r.values, r.extra).await?;
+        self.gripper(&r.name)?.go_to_inputs(r.values, r.extra).await.map_err(status)?;
         ok(pb::GoToInputsResponse {})
     }
 
     async fn do_command(&self, r: Request<common::DoCommandRequest>) -> Reply<common::DoCommandResponse> {
         let r = msg(r);
-        do_command_response(self.resources.gripper(&r.name)?.do_command(r.command.unwrap_or_default()).await?)
+        do_command_response(self.gripper(&r.name)?.do_command(r.command.unwrap_or_default()).await.map_err(status)?)
     }
 
     async fn get_status(&self, r: Request<common::GetStatusRequest>) -> Reply<common::GetStatusResponse> {
         let r = msg(r);
-        status_response(self.resources.gripper(&r.name)?.status().await?)
+        status_response(self.gripper(&r.name)?.status().await.map_err(status)?)
     }
 
     async fn get_geometries(&self, r: Request<common::GetGeometriesRequest>) -> Reply<common::GetGeometriesResponse> {
         let r = msg(r);
-        geometries_response(self.resources.gripper(&r.name)?.geometries(r.extra).await?)
+        geometries_response(self.gripper(&r.name)?.geometries(r.extra).await.map_err(status)?)
     }
 
     async fn get_kinematics(&self, r: Request<common::GetKinematicsRequest>) -> Reply<common::GetKinematicsResponse> {
         let r = msg(r);
-        kinematics_response(self.resources.gripper(&r.name)?.kinematics(r.extra).await?)
+        kinematics_response(self.gripper(&r.name)?.kinematics(r.extra).await.map_err(status)?)
     }
 }

@@ -311,3 +311,35 @@ async fn invalid_arguments_and_unknown_names() {
     assert_eq!(n.number_of_positions, 3);
     assert_eq!(n.labels.len(), 3);
 }
+
+#[test]
+fn driver_errors_keep_their_code_and_message() {
+    use tether_components::{Error, ErrorKind};
+    for kind in ErrorKind::ALL {
+        let e = Error::new(kind, format!("{kind} from the driver"));
+        let s = super::status(e.clone());
+        // The variants of ErrorKind and tonic::Code have the same names.
+        assert_eq!(format!("{:?}", s.code()), format!("{kind:?}"));
+        assert_eq!(s.message(), e.message());
+        assert_eq!(super::driver_error(&s), e);
+    }
+    let ok = tonic::Status::new(Code::Ok, "odd");
+    assert_eq!(super::driver_error(&ok).kind(), ErrorKind::Unknown);
+}
+
+#[test]
+fn config_errors_name_the_component_field() {
+    let build = |json: &str| Config::from_json(json).unwrap().build(&Models::builtin()).unwrap_err();
+    let e = build(r#"{"components": [{"name": "m", "api": "rdk:component:motor", "model": "acme:x:y"}]}"#);
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("components[0].model", r#"no model "acme:x:y" for rdk:component:motor"#)
+    );
+    let e = build(
+        r#"{"components": [{"name": "m", "api": "rdk:component:motor", "model": "fake", "attributes": {"max_rpm": "x"}}]}"#,
+    );
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("components[0].attributes", r#"attribute "max_rpm" must be a number"#)
+    );
+}

@@ -702,7 +702,7 @@ mod tests {
 
     #[test]
     fn every_kind_lists_shared_actions() {
-        for kind in ["motor", "arm", "base", "gripper", "servo", "gantry", "button", "switch", "sensor", "camera"] {
+        for (kind, _) in tether_machine::resource::SUBTYPES {
             let a = actions(kind);
             assert!(a.iter().any(|x| x == "do-command JSON"), "{kind}");
             assert!(a.iter().any(|x| x == "status"), "{kind}");

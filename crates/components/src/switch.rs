@@ -78,7 +78,7 @@ impl FakeSwitch {
 impl Switch for FakeSwitch {
     async fn set_position(&self, position: u32, _extra: Extra) -> Result<()> {
         if position >= self.positions.count {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(crate::Error::invalid_argument(format!(
                 "position must be within [0, {}], got {position}",
                 self.positions.count - 1
             )));
@@ -118,7 +118,7 @@ mod tests {
         s.set_position(2, None).await.unwrap();
         assert_eq!(s.position(None).await.unwrap(), 2);
         let e = s.set_position(3, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         assert_eq!(s.position(None).await.unwrap(), 2);
         assert_eq!(s.status().await.unwrap().fields.get("label"), Some(&string("high")));
 

@@ -176,7 +176,7 @@ impl FakeMotor {
     async fn go_to_target(&self, rpm: f64, target: f64) -> Result<()> {
         let rpm = self.clamp_rpm(rpm);
         if rpm == 0.0 {
-            return Err(tonic::Status::invalid_argument("rpm must not be 0"));
+            return Err(crate::Error::invalid_argument("rpm must not be 0"));
         }
         let generation = self.command(Mode::Goal { rpm, target });
         let mut guard = StopOnDrop { motor: self, generation, armed: true };
@@ -203,7 +203,7 @@ impl FakeMotor {
         if *self.inner.generation.borrow() == generation {
             Ok(())
         } else {
-            Err(tonic::Status::cancelled("motor command superseded by a newer command"))
+            Err(crate::Error::cancelled("motor command superseded by a newer command"))
         }
     }
 }
@@ -213,7 +213,7 @@ impl Motor for FakeMotor {
     async fn set_power(&self, power_pct: f64, _extra: Extra) -> Result<()> {
         let power = finite("power_pct", power_pct)?;
         if !(-1.0..=1.0).contains(&power) {
-            return Err(tonic::Status::invalid_argument(format!("power_pct must be within [-1, 1], got {power}")));
+            return Err(crate::Error::invalid_argument(format!("power_pct must be within [-1, 1], got {power}")));
         }
         let mode = if power == 0.0 { Mode::Idle } else { Mode::Run { rpm: power * self.inner.max_rpm, power } };
         self.command(mode);
@@ -328,7 +328,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         m.set_power(0.25, None).await.unwrap();
         let err = long.await.unwrap().unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Cancelled);
+        assert_eq!(err.kind(), crate::ErrorKind::Cancelled);
         assert!(m.is_moving().await.unwrap(), "the newer command keeps running");
 
         let m3 = m.clone();

@@ -142,7 +142,7 @@ impl Gripper for FakeGripper {
 
     async fn go_to_inputs(&self, inputs: Vec<f64>, _extra: Extra) -> Result<()> {
         let [opening] = inputs[..] else {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(crate::Error::invalid_argument(format!(
                 "expected 1 input (the opening in mm), got {}",
                 inputs.len()
             )));
@@ -200,14 +200,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(g.is_moving().await.unwrap());
         g.stop(None).await.unwrap();
-        assert_eq!(grab.await.unwrap().unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(grab.await.unwrap().unwrap_err().kind(), crate::ErrorKind::Cancelled);
         assert!(!g.is_moving().await.unwrap());
         assert!((g.opening() - 50.0).abs() < 1e-6);
         assert!(!g.is_holding_something(None).await.unwrap().is_holding_something);
 
         for bad in [vec![], vec![1.0, 2.0], vec![-1.0], vec![101.0], vec![f64::NAN]] {
             let e = g.go_to_inputs(bad, None).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         }
         g.go_to_inputs(vec![70.0], None).await.unwrap();
         assert_eq!(g.current_inputs(None).await.unwrap(), vec![70.0]);

@@ -1,16 +1,16 @@
-//! Model constructors: how a config entry (`api` + `model` + `attributes`)
-//! becomes a component. The built-in fakes are registered by
-//! [`Models::builtin`]; real drivers register their own constructors.
+//! Model constructors: how a component's subtype, model and `attributes`
+//! (one entry of a machine's config) become a component. The built-in fakes
+//! are registered by [`Models::builtin`]; real drivers register their own
+//! constructors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::components::{
+use crate::resource::Component;
+use crate::{
     BaseProperties, FakeArm, FakeBase, FakeButton, FakeCamera, FakeGantry, FakeGeneric, FakeGripper, FakeMotor,
     FakeSensor, FakeServo, FakeSwitch, attr_f64, attr_f64_list, attr_positive, attr_strings, attr_u32,
 };
-use crate::config::{Config, ConfigError};
-use crate::resource::{Component, Resources};
 
 /// Builds a component from its attributes; errors describe the attribute.
 pub type Constructor = Arc<dyn Fn(&serde_json::Value) -> Result<Component, String> + Send + Sync>;
@@ -21,8 +21,26 @@ pub struct Models {
     map: HashMap<(String, String), Constructor>,
 }
 
-/// The name of the built-in fake model.
+/// The name of the built-in fake model (`fake` for short).
 pub const FAKE: &str = "rdk:builtin:fake";
+
+/// Why [`Models::construct`] built no component.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConstructError {
+    /// No constructor is registered for the subtype and model.
+    #[error("no model {model:?} for rdk:component:{subtype}")]
+    UnknownModel {
+        /// The subtype asked for, e.g. `motor`.
+        subtype: String,
+        /// The model asked for, as given.
+        model: String,
+    },
+    /// The constructor rejected the attributes; the message names the
+    /// attribute.
+    #[error("{0}")]
+    Attributes(String),
+}
 
 impl Models {
     /// No models at all.
@@ -133,24 +151,54 @@ impl Models {
         self.map.insert((subtype.to_owned(), model.to_owned()), Arc::new(f));
     }
 
-    /// Builds every component of `cfg`.
-    pub fn build(&self, cfg: &Config) -> Result<Resources, ConfigError> {
-        let mut resources = Resources::new();
-        for (i, c) in cfg.components.iter().enumerate() {
-            let subtype = c.subtype(i)?;
-            let model = if c.model == "fake" { FAKE } else { c.model.as_str() };
-            let ctor = self.map.get(&(subtype.clone(), model.to_owned())).ok_or_else(|| {
-                ConfigError::new(
-                    format!("components[{i}].model"),
-                    format!("no model {:?} for rdk:component:{subtype}", c.model),
-                )
-            })?;
-            let component =
-                ctor(&c.attributes).map_err(|e| ConfigError::new(format!("components[{i}].attributes"), e))?;
-            resources
-                .insert(c.name.clone(), component)
-                .map_err(|e| ConfigError::new(format!("components[{i}].name"), e))?;
+    /// The constructor registered for `subtype` and `model` (`fake` is
+    /// short for [`FAKE`]).
+    pub fn get(&self, subtype: &str, model: &str) -> Option<&Constructor> {
+        let model = if model == "fake" { FAKE } else { model };
+        self.map.get(&(subtype.to_owned(), model.to_owned()))
+    }
+
+    /// Builds one component of `subtype` and `model` from its `attributes`.
+    pub fn construct(
+        &self,
+        subtype: &str,
+        model: &str,
+        attributes: &serde_json::Value,
+    ) -> Result<Component, ConstructError> {
+        let ctor = self
+            .get(subtype, model)
+            .ok_or_else(|| ConstructError::UnknownModel { subtype: subtype.to_owned(), model: model.to_owned() })?;
+        ctor(attributes).map_err(ConstructError::Attributes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_has_a_fake_of_every_kind() {
+        let models = Models::builtin();
+        for (subtype, service) in crate::SUBTYPES {
+            for model in [FAKE, "fake"] {
+                let c = models.construct(subtype, model, &serde_json::Value::Null).unwrap();
+                assert_eq!((c.subtype(), c.service()), (*subtype, *service));
+            }
         }
-        Ok(resources)
+    }
+
+    #[test]
+    fn construct_errors() {
+        let models = Models::builtin();
+        assert_eq!(
+            models.construct("board", "fake", &serde_json::Value::Null).err(),
+            Some(ConstructError::UnknownModel { subtype: "board".into(), model: "fake".into() })
+        );
+        let bad = serde_json::json!({"max_rpm": "fast"});
+        assert_eq!(
+            models.construct("motor", FAKE, &bad).err(),
+            Some(ConstructError::Attributes("attribute \"max_rpm\" must be a number".into()))
+        );
+        assert!(Models::empty().get("motor", FAKE).is_none());
     }
 }

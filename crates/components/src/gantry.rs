@@ -78,8 +78,8 @@ impl FakeGantry {
     }
 }
 
-fn count_error(what: &str, want: usize, got: usize) -> tonic::Status {
-    tonic::Status::invalid_argument(format!("expected {want} {what} (one per axis), got {got}"))
+fn count_error(what: &str, want: usize, got: usize) -> crate::Error {
+    crate::Error::invalid_argument(format!("expected {want} {what} (one per axis), got {got}"))
 }
 
 #[async_trait::async_trait]
@@ -104,7 +104,7 @@ impl Gantry for FakeGantry {
             in_range(&format!("positions_mm[{i}]"), *p, 0.0..=*len)?;
             let s = finite(&format!("speeds_mm_per_sec[{i}]"), *s)?;
             if s < 0.0 || (s == 0.0 && p != c) {
-                return Err(tonic::Status::invalid_argument(format!(
+                return Err(crate::Error::invalid_argument(format!(
                     "speeds_mm_per_sec[{i}] must be greater than 0, got {s}"
                 )));
             }
@@ -159,7 +159,7 @@ impl Gantry for FakeGantry {
         });
         Ok(Kinematics {
             format: KinematicsFileFormat::Sva,
-            data: serde_json::to_vec(&model).map_err(|e| tonic::Status::internal(e.to_string()))?,
+            data: serde_json::to_vec(&model).map_err(|e| crate::Error::internal(e.to_string()))?,
             meshes_by_urdf_filepath: Default::default(),
         })
     }
@@ -210,7 +210,7 @@ mod tests {
             (vec![1.0, 1.0, 1.0], vec![10.0, f64::INFINITY, 10.0]),
         ] {
             let e = g.move_to_position(p.clone(), s.clone(), None).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{p:?} {s:?}");
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{p:?} {s:?}");
         }
         // A zero speed is fine for an axis that stays put.
         g.move_to_position(vec![1000.0, 0.0, 0.0], vec![1000.0, 0.0, 0.0], None).await.unwrap();
@@ -224,7 +224,7 @@ mod tests {
         let mv = tokio::spawn(async move { g2.move_to_position(vec![1000.0, 1000.0, 1000.0], vec![], None).await });
         tokio::time::sleep(Duration::from_secs(2)).await;
         g.stop(None).await.unwrap();
-        assert_eq!(mv.await.unwrap().unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(mv.await.unwrap().unwrap_err().kind(), crate::ErrorKind::Cancelled);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(g.position(None).await.unwrap(), vec![200.0; 3]);
         assert!(!g.is_moving().await.unwrap());

@@ -141,7 +141,7 @@ impl<P: Plant> Sim<P> {
             }
         };
         guard.armed = false;
-        if reached { Ok(()) } else { Err(tonic::Status::cancelled("superseded by a newer command or a stop")) }
+        if reached { Ok(()) } else { Err(crate::Error::cancelled("superseded by a newer command or a stop")) }
     }
 }
 

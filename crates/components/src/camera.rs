@@ -73,12 +73,12 @@ pub trait Camera: Send + Sync + 'static {
             .images
             .into_iter()
             .next()
-            .ok_or_else(|| tonic::Status::unavailable("the camera returned no image"))?;
+            .ok_or_else(|| crate::Error::unavailable("the camera returned no image"))?;
         let wanted = mime_type.strip_suffix("+lazy").unwrap_or(&mime_type);
         if wanted.is_empty() || wanted == image.mime_type {
             Ok(image)
         } else {
-            Err(tonic::Status::invalid_argument(format!(
+            Err(crate::Error::invalid_argument(format!(
                 "mime type {mime_type:?} is not supported (this camera produces {})",
                 image.mime_type
             )))
@@ -116,7 +116,7 @@ impl Encoding {
         match mime_type.strip_suffix("+lazy").unwrap_or(mime_type) {
             "" | MIME_JPEG => Ok(Self::Jpeg),
             MIME_PNG => Ok(Self::Png),
-            other => Err(tonic::Status::invalid_argument(format!(
+            other => Err(crate::Error::invalid_argument(format!(
                 "mime type {other:?} is not supported (supported: {MIME_JPEG}, {MIME_PNG})"
             ))),
         }
@@ -212,7 +212,7 @@ impl FakeCamera {
             Encoding::Jpeg => img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)),
             Encoding::Png => img.write_with_encoder(image::codecs::png::PngEncoder::new(&mut out)),
         };
-        encoded.map_err(|e| tonic::Status::internal(format!("encoding the frame: {e}")))?;
+        encoded.map_err(|e| crate::Error::internal(format!("encoding the frame: {e}")))?;
         self.cache.lock().insert(encoding, (frame, out.clone()));
         Ok(out)
     }
@@ -240,7 +240,7 @@ impl Camera for FakeCamera {
     async fn point_cloud(&self, mime_type: String, _extra: Extra) -> Result<(String, Vec<u8>)> {
         let wanted = mime_type.strip_suffix("+lazy").unwrap_or(&mime_type);
         if !wanted.is_empty() && wanted != MIME_PCD {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(crate::Error::invalid_argument(format!(
                 "point cloud mime type {mime_type:?} is not supported (supported: {MIME_PCD})"
             )));
         }
@@ -322,7 +322,7 @@ mod tests {
         assert_ne!(later.images[0].data, img.data);
 
         let e = cam.image("image/gif".into(), None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 
     #[tokio::test(start_paused = true)]

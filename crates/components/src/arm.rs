@@ -207,7 +207,7 @@ pub fn inverse_kinematics(pose: &Pose, current: &[f64]) -> Result<Vec<f64>> {
     let distance = reach.hypot(height);
     let cos_elbow = (distance * distance - UPPER_ARM * UPPER_ARM - FOREARM * FOREARM) / (2.0 * UPPER_ARM * FOREARM);
     if !(-1.0 - 1e-9..=1.0 + 1e-9).contains(&cos_elbow) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(crate::Error::invalid_argument(format!(
             "pose ({x}, {y}, {z}) is out of reach: it is {distance:.1} mm from the shoulder at (0, 0, {BASE_HEIGHT}), \
              the arm reaches {:.1} to {:.1} mm",
             (UPPER_ARM - FOREARM).abs(),
@@ -249,7 +249,7 @@ pub fn inverse_kinematics(pose: &Pose, current: &[f64]) -> Result<Vec<f64>> {
 /// Validates a full set of joint positions of the fake arm.
 fn check_joints(values: &[f64]) -> Result<()> {
     if values.len() != FakeArm::JOINTS {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(crate::Error::invalid_argument(format!(
             "expected {} joint positions, got {}",
             FakeArm::JOINTS,
             values.len()
@@ -316,12 +316,12 @@ impl FakeArm {
             if v > 0.0 {
                 Ok(v)
             } else {
-                Err(tonic::Status::invalid_argument(format!("{name} must be greater than 0, got {v}")))
+                Err(crate::Error::invalid_argument(format!("{name} must be greater than 0, got {v}")))
             }
         };
         if !options.max_vel_degs_per_sec_joints.is_empty() {
             if options.max_vel_degs_per_sec_joints.len() != Self::JOINTS {
-                return Err(tonic::Status::invalid_argument(format!(
+                return Err(crate::Error::invalid_argument(format!(
                     "max_vel_degs_per_sec_joints needs {} values, got {}",
                     Self::JOINTS,
                     options.max_vel_degs_per_sec_joints.len()
@@ -388,18 +388,18 @@ impl Arm for FakeArm {
         while let Some(batch) = batches.next().await {
             for point in batch? {
                 check_joints(&point.positions).map_err(|e| {
-                    tonic::Status::invalid_argument(format!("trajectory point {index}: {}", e.message()))
+                    crate::Error::invalid_argument(format!("trajectory point {index}: {}", e.message()))
                 })?;
                 let generation = match last_time {
                     None if point.time != Duration::ZERO => {
-                        return Err(tonic::Status::invalid_argument(format!(
+                        return Err(crate::Error::invalid_argument(format!(
                             "the first trajectory point must have time 0, got {:?}",
                             point.time
                         )));
                     }
                     None => self.start_move(point.positions, vec![self.speed; Self::JOINTS]),
                     Some(previous) if point.time <= previous => {
-                        return Err(tonic::Status::invalid_argument(format!(
+                        return Err(crate::Error::invalid_argument(format!(
                             "trajectory point {index}: time {:?} is not after the previous point's {previous:?}",
                             point.time
                         )));
@@ -463,15 +463,15 @@ mod tests {
         let arm = FakeArm::default();
         for bad in [vec![0.0; 5], vec![0.0, 0.0, f64::NAN, 0.0, 0.0, 0.0], vec![0.0, 400.0, 0.0, 0.0, 0.0, 0.0]] {
             let e = arm.move_to_joint_positions(bad, None).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e:?}");
         }
         let far = Pose { x: 5000.0, o_z: 1.0, ..Default::default() };
         let e = arm.move_to_position(far, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         assert!(e.message().contains("out of reach"));
         let opts = MoveOptions { max_vel_degs_per_sec: Some(0.0), ..Default::default() };
         let e = arm.move_through_joint_positions(vec![vec![0.0; 6]], opts, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         assert!(!arm.is_moving().await.unwrap());
     }
 
@@ -507,7 +507,7 @@ mod tests {
         let p = forward_kinematics(&j);
         assert!((p.o_x - p.o_y).abs() < 1e-9 && p.o_z.abs() < 1e-9, "{p:?}");
         let e = inverse_kinematics(&Pose { x: f64::MAX, ..pose }, &[0.0; 6]).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 
     #[tokio::test(start_paused = true)]
@@ -531,7 +531,7 @@ mod tests {
             tokio::spawn(async move { a2.move_to_joint_positions(vec![100.0, 0.0, 0.0, 0.0, 0.0, 0.0], None).await });
         tokio::time::sleep(Duration::from_secs(2)).await;
         arm.stop(None).await.unwrap();
-        assert_eq!(mv.await.unwrap().unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(mv.await.unwrap().unwrap_err().kind(), crate::ErrorKind::Cancelled);
         let at = arm.joint_positions(None).await.unwrap()[0];
         assert!((at - 20.0).abs() < 1e-6, "{at}");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -581,9 +581,9 @@ mod tests {
 
         let bad: Vec<Result<Vec<TrajectoryPoint>>> = vec![Ok(vec![point(0, 90.0), point(0, 80.0)])];
         let e = arm.follow_trajectory(futures::stream::iter(bad).boxed(), None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         let bad: Vec<Result<Vec<TrajectoryPoint>>> = vec![Ok(vec![point(10, 90.0)])];
         let e = arm.follow_trajectory(futures::stream::iter(bad).boxed(), None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 }

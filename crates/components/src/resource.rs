@@ -1,37 +1,40 @@
-//! The machine's resources: named components behind their kind's trait.
+//! A machine's resources: named components behind their kind's trait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tether_proto::viam::common::v1::ResourceName;
-use tonic::Status;
 
-use crate::components::{
-    self, Arm, Base, Button, Camera, Extra, Gantry, Generic, Gripper, Motor, Sensor, Servo, Switch,
-};
+use crate::{Error, Extra, Result};
 
-/// Generates [`Component`] and the typed lookups of [`Resources`] for every
-/// component kind.
+/// Generates [`Component`], [`SUBTYPES`] and the typed lookups of
+/// [`Resources`] from [`crate::for_each_kind!`].
 macro_rules! kinds {
-    ($( $variant:ident => $accessor:ident : $trait_:ident, $subtype:literal, $service:literal; )*) => {
+    ($( $kind:ident => $module:ident, $subtype:literal, $service:literal, $stub:ident :: $server:ident; )*) => {
         /// One component, behind the trait of its kind.
         #[derive(Clone)]
         pub enum Component {
             $(
                 #[doc = concat!("`rdk:component:", $subtype, "`")]
-                $variant(Arc<dyn $trait_>),
+                $kind(Arc<dyn crate::$kind>),
             )*
         }
 
         impl Component {
             /// The API subtype, e.g. `motor`.
             pub fn subtype(&self) -> &'static str {
-                match self { $( Component::$variant(_) => $subtype, )* }
+                match self { $( Component::$kind(_) => $subtype, )* }
             }
 
             /// The fully-qualified gRPC service of the kind.
             pub fn service(&self) -> &'static str {
-                match self { $( Component::$variant(_) => $service, )* }
+                match self { $( Component::$kind(_) => $service, )* }
+            }
+        }
+
+        impl std::fmt::Debug for Component {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self { $( Component::$kind(_) => f.write_str(concat!(stringify!($kind), "(..)")), )* }
             }
         }
 
@@ -41,9 +44,9 @@ macro_rules! kinds {
         impl Resources {
             $(
                 #[doc = concat!("The ", $subtype, " called `name`, or NOT_FOUND.")]
-                pub fn $accessor(&self, name: &str) -> Result<Arc<dyn $trait_>, Status> {
+                pub fn $module(&self, name: &str) -> Result<Arc<dyn crate::$kind>> {
                     match self.by_name.get(name) {
-                        Some(Component::$variant(c)) => Ok(c.clone()),
+                        Some(Component::$kind(c)) => Ok(c.clone()),
                         _ => Err(not_found($subtype, name)),
                     }
                 }
@@ -52,25 +55,13 @@ macro_rules! kinds {
     };
 }
 
-kinds! {
-    Arm => arm: Arm, "arm", "viam.component.arm.v1.ArmService";
-    Base => base: Base, "base", "viam.component.base.v1.BaseService";
-    Button => button: Button, "button", "viam.component.button.v1.ButtonService";
-    Camera => camera: Camera, "camera", "viam.component.camera.v1.CameraService";
-    Gantry => gantry: Gantry, "gantry", "viam.component.gantry.v1.GantryService";
-    Generic => generic: Generic, "generic", "viam.component.generic.v1.GenericService";
-    Gripper => gripper: Gripper, "gripper", "viam.component.gripper.v1.GripperService";
-    Motor => motor: Motor, "motor", "viam.component.motor.v1.MotorService";
-    Sensor => sensor: Sensor, "sensor", "viam.component.sensor.v1.SensorService";
-    Servo => servo: Servo, "servo", "viam.component.servo.v1.ServoService";
-    Switch => switch: Switch, "switch", "viam.component.switch.v1.SwitchService";
-}
+crate::for_each_kind!(kinds);
 
 impl Component {
     /// Stops an actuator (a safety stop passes no extra parameters).
     /// `None` when the kind has nothing to stop (button, camera, generic,
     /// sensor, switch).
-    pub async fn stop(&self, extra: Extra) -> Option<components::Result<()>> {
+    pub async fn stop(&self, extra: Extra) -> Option<Result<()>> {
         match self {
             Component::Arm(c) => Some(c.stop(extra).await),
             Component::Base(c) => Some(c.stop(extra).await),
@@ -87,7 +78,7 @@ impl Component {
     }
 
     /// Whether an actuator is moving; `None` for kinds that do not move.
-    pub async fn is_moving(&self) -> Option<components::Result<bool>> {
+    pub async fn is_moving(&self) -> Option<Result<bool>> {
         match self {
             Component::Arm(c) => Some(c.is_moving().await),
             Component::Base(c) => Some(c.is_moving().await),
@@ -104,8 +95,8 @@ impl Component {
     }
 }
 
-fn not_found(subtype: &str, name: &str) -> Status {
-    Status::not_found(format!("resource rdk:component:{subtype}/{name} not found"))
+fn not_found(subtype: &str, name: &str) -> Error {
+    Error::not_found(format!("resource rdk:component:{subtype}/{name} not found"))
 }
 
 /// The named components of a machine.
@@ -127,7 +118,7 @@ impl Resources {
     }
 
     /// Adds a component; names are unique across kinds.
-    pub fn insert(&mut self, name: impl Into<String>, component: Component) -> Result<(), String> {
+    pub fn insert(&mut self, name: impl Into<String>, component: Component) -> std::result::Result<(), String> {
         let name = name.into();
         if name.is_empty() {
             return Err("component name must not be empty".into());

@@ -206,7 +206,7 @@ impl Base for FakeBase {
             return Ok(());
         }
         if speed == 0.0 {
-            return Err(tonic::Status::invalid_argument("mm_per_sec must not be 0"));
+            return Err(crate::Error::invalid_argument("mm_per_sec must not be 0"));
         }
         let distance = distance_mm as f64;
         let velocity = speed.abs() * (distance * speed).signum();
@@ -220,7 +220,7 @@ impl Base for FakeBase {
             return Ok(());
         }
         if speed == 0.0 {
-            return Err(tonic::Status::invalid_argument("degs_per_sec must not be 0"));
+            return Err(crate::Error::invalid_argument("degs_per_sec must not be 0"));
         }
         let rate = speed.abs() * (angle * speed).signum();
         self.run_for(0.0, rate, angle.abs() / speed.abs()).await
@@ -326,12 +326,12 @@ mod tests {
         assert!(near(base.pose().y, -100.0));
         for (l, a) in [(v(0.0, 1.5, 0.0), v(0.0, 0.0, 0.0)), (v(0.0, 0.0, 0.0), v(0.0, 0.0, f64::NAN))] {
             let e = base.set_power(l, a, None).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         }
         let e = base.move_straight(100, 0.0, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         let e = base.spin(f64::INFINITY, 10.0, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 
     #[tokio::test(start_paused = true)]
@@ -360,7 +360,7 @@ mod tests {
         let mv = tokio::spawn(async move { b2.move_straight(10_000, 100.0, None).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         base.set_velocity(v(0.0, 0.0, 0.0), v(0.0, 0.0, 10.0), None).await.unwrap();
-        assert_eq!(mv.await.unwrap().unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(mv.await.unwrap().unwrap_err().kind(), crate::ErrorKind::Cancelled);
         assert!(base.is_moving().await.unwrap(), "the newer command keeps running");
 
         let b2 = base.clone();

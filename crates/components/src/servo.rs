@@ -75,7 +75,7 @@ impl FakeServo {
 impl Servo for FakeServo {
     async fn move_to(&self, angle_deg: u32, _extra: Extra) -> Result<()> {
         if !(self.min_deg..=self.max_deg).contains(&angle_deg) {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(crate::Error::invalid_argument(format!(
                 "angle_deg must be within [{}, {}], got {angle_deg}",
                 self.min_deg, self.max_deg
             )));
@@ -126,14 +126,14 @@ mod tests {
     async fn rejects_out_of_range_and_stop_holds() {
         let s = FakeServo::default();
         let e = s.move_to(181, None).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
         assert!(s.move_to(180, None).await.is_ok());
 
         let s2 = s.clone();
         let mv = tokio::spawn(async move { s2.move_to(0, None).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         s.stop(None).await.unwrap();
-        assert_eq!(mv.await.unwrap().unwrap_err().code(), tonic::Code::Cancelled);
+        assert_eq!(mv.await.unwrap().unwrap_err().kind(), crate::ErrorKind::Cancelled);
         assert_eq!(s.position(None).await.unwrap(), 150);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(s.position(None).await.unwrap(), 150);
