@@ -3,8 +3,9 @@
 //! server, and Chromium gathers no candidates without a default route. The
 //! namespace has `lo` and a veth pair whose both ends stay inside
 //! (198.18.3.1/24, 198.18.3.2/24) with a default route into it, as in
-//! docs/interop-notes. `tether bench` re-runs itself there (`ip netns exec …
-//! tether bench --in-netns IP --only 3,10 --json FILE`) and merges the rows.
+//! docs/interop-notes. `tether-bench` re-runs itself there (`ip netns exec …
+//! tether-bench --in-netns IP --only 3,10 --json FILE`, with `TETHER_BIN` set
+//! to the tether binary it found) and merges the rows.
 //!
 //! Inside: one `tether machine` process on 198.18.3.1; tether's own client
 //! (in the bench process), the Python SDK and Chromium all measured against
@@ -19,7 +20,7 @@ use tether_client::{DialConf, Options, RobotClient};
 
 use super::connect::{Phases, instrumented_dial};
 use super::latency::{is_powered, sample};
-use super::procs::{Scratch, Server, machine_config};
+use super::procs::{Scratch, Server, TETHER_BIN, machine_config, tether_bin};
 use super::python::{Browser, BrowserRun, Sdk, SdkTimes, which};
 use super::stats::{Runs, median, ms, quantile, sorted};
 use super::{Row, Scale, Selection, read_json};
@@ -123,12 +124,13 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
     let ns = Namespace::create()?;
     let scratch = Scratch::new("netns")?;
     let json = scratch.path("rows.json");
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
+    let exe = std::env::current_exe().context("cannot find the tether-bench executable")?;
     let mut cmd = tokio::process::Command::new("ip");
     cmd.args(["netns", "exec", &ns.name])
         .arg(exe)
-        .args(["bench", "--in-netns", IP, "--only", &selection.to_arg(&[3, 10]), "--json"])
+        .args(["--in-netns", IP, "--only", &selection.to_arg(&[3, 10]), "--json"])
         .arg(&json)
+        .env(TETHER_BIN, tether_bin()?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

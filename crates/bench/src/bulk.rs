@@ -28,10 +28,7 @@ const FORMER_HIGH_WATER: usize = 1 << 20;
 const FORMER_LOW_WATER: usize = 256 << 10;
 
 fn former_bounds() -> PipeOptions {
-    PipeOptions::default()
-        .writer_queue(FORMER_WRITER_QUEUE)
-        .high_water(FORMER_HIGH_WATER)
-        .low_water(FORMER_LOW_WATER)
+    PipeOptions::default().writer_queue(FORMER_WRITER_QUEUE).high_water(FORMER_HIGH_WATER).low_water(FORMER_LOW_WATER)
 }
 
 fn bulk_machine_config() -> String {
