@@ -137,11 +137,12 @@ fn setting_engine(options: &PeerOptions) -> SettingEngine {
     // A caller's host candidates often reach us only as prflx (mDNS-obscured
     // or learned from its first check before its trickled candidate arrives):
     // the stock wait put ~30 % of loopback dials at ~1 s (p90 1,013 -> 7 ms
-    // without it, measured by the bench's connect row, docs/PERFORMANCE.md). Through NATs the pair is srflx:
-    // `tether call` over STUN between two NATed namespaces went from 0.65 s to
-    // 0.27-0.47 s (tests/nat.rs). Higher-priority (host) pairs are checked
-    // first, so they still win where they work. Relayed pairs keep their
-    // wait (2 s) unless relay-only, so a direct path gets its chance.
+    // without it, by the bench's connect row, docs/PERFORMANCE.md). Through
+    // NATs the pair is srflx: `tether call` over STUN between two NATed
+    // namespaces went from 0.65 s to 0.27-0.47 s (tests/nat.rs).
+    // Higher-priority (host) pairs are checked first, so they still win where
+    // they work. Relayed pairs keep their wait (2 s) unless relay-only, so a
+    // direct path gets its chance.
     settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
     settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
     if options.relay_only {

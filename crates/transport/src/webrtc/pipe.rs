@@ -24,9 +24,8 @@ const HIGH_WATER: usize = 128 << 10;
 const LOW_WATER: usize = 32 << 10;
 
 /// Packets handed to the writer but not yet given to the channel (the default
-/// `writer_queue`). Packets wait in the framing state machine
-/// instead, where the round-robin scheduler can still put another stream's
-/// packet first.
+/// `writer_queue`). Packets wait in the framing state machine instead, where
+/// the round-robin scheduler can still put another stream's packet first.
 const WRITER_QUEUE: usize = 4;
 
 /// How much a [`Pipe`] lets pile up on the sending side before senders wait.
@@ -86,9 +85,9 @@ impl PipeOptions {
 /// A data channel's message queue and writer.
 ///
 /// Sending takes the shortest way that keeps order and back-pressure: while
-/// nothing waits in the writer and the channel buffers at most
-/// the high-water mark ([`PipeOptions`]), a packet goes straight to the channel from the sending
-/// task; otherwise it queues for the writer task, which waits for the
+/// nothing waits in the writer and the channel buffers at most the high-water
+/// mark ([`PipeOptions`]), a packet goes straight to the channel from the
+/// sending task; otherwise it queues for the writer task, which waits for the
 /// channel to drain below the low-water mark. (The writer alone costs a task
 /// hand-off per packet, about a tenth of a unary call over WebRTC.)
 pub struct Pipe {
