@@ -1,4 +1,4 @@
-"""Timing helper of `tether bench` (rows 3 and 10): the real Viam Python SDK as a client of a tether machine.
+"""Timing helper of `tether-bench` (rows 3 and 10): the real Viam Python SDK as a client of a tether machine.
 
 usage: bench_sdk.py ADDRESS [--webrtc] [--connects N] [--warm-connects N] [--calls N] [--runs R] [--warmup W]
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod call;
 mod demo;
 mod machine;
@@ -56,9 +55,6 @@ enum Command {
     /// Show the whole stack in a few seconds: a machine, clients over WebRTC
     /// and direct gRPC, a killed client and cut connections.
     Demo(demo::DemoArgs),
-    /// Measure the stack against its baselines (raw tonic, the raw data
-    /// channel, Chromium, the Viam Python SDK) and print one markdown table.
-    Bench(bench::BenchArgs),
 }
 
 /// Logs go to stderr, filtered by `TETHER_LOG` (an `EnvFilter` directive)
@@ -89,7 +85,7 @@ fn main() -> ExitCode {
     init_tracing(match cli.command {
         Command::Machine { .. } | Command::Signaling(_) => "info",
         Command::Call(_) => "warn",
-        Command::Demo(_) | Command::Bench(_) => "error",
+        Command::Demo(_) => "error",
     });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -120,7 +116,6 @@ fn main() -> ExitCode {
             Command::Signaling(args) => signaling::run(args).await,
             Command::Call(args) => call::run(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -196,7 +196,7 @@ async fn calls_fail_with_unavailable_when_the_peer_goes_away() {
 async fn packets_keep_their_order_between_the_direct_path_and_the_writer() {
     // 24 MiB in 16 KiB packets, sent faster than the channel drains: the
     // first ones go straight to the channel, later ones queue for the writer
-    // while the channel buffers more than HIGH_WATER, then the direct path
+    // while the channel buffers more than the high-water mark, then the direct path
     // opens again once it drains. Every packet must arrive, in order.
     const PACKET: usize = 16 << 10;
     const COUNT: u32 = 1536;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Timing helper of `tether bench` (row 3): how fast Chromium opens a data channel to itself.
+// Timing helper of `tether-bench` (row 3): how fast Chromium opens a data channel to itself.
 //
 //   node bench/dc_open.mjs [COUNT] [WARMUP]
 //
@@ -10,7 +10,7 @@
 // records, in ms since the first peer was created: `signaling` (both descriptions applied), `ice`
 // (the offerer's ICE connected), `dtls` (its connectionState connected), `open` (its channel open)
 // and `first` (a message echoed back by the other side). Run it where Chromium can gather
-// candidates (a default route; `tether bench` runs it in its network namespace).
+// candidates (a default route; `tether-bench` runs it in its network namespace).
 //
 // Prints one JSON line: {"runs": [{signaling, ice, dtls, open, first}, ...]} (warm-up runs dropped).
 import { mkdtempSync, rmSync } from 'node:fs';

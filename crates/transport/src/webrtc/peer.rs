@@ -121,15 +121,8 @@ pub struct Peer {
     pub negotiation: Arc<RTCDataChannel>,
 }
 
-/// Creates a peer connection and both negotiated channels.
-pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
-    new_peer_with(options, setting_engine(options)).await
-}
-
-/// The webrtc-rs settings [`new_peer`] uses for `options` (exposed so an
-/// experiment can change one of them and build the peer with
-/// [`new_peer_with`]).
-pub fn setting_engine(options: &PeerOptions) -> SettingEngine {
+/// The webrtc-rs settings [`new_peer`] uses for `options`.
+fn setting_engine(options: &PeerOptions) -> SettingEngine {
     let mut settings = SettingEngine::default();
     settings.set_ice_timeouts(
         Some(options.disconnected_timeout),
@@ -144,11 +137,12 @@ pub fn setting_engine(options: &PeerOptions) -> SettingEngine {
     // A caller's host candidates often reach us only as prflx (mDNS-obscured
     // or learned from its first check before its trickled candidate arrives):
     // the stock wait put ~30 % of loopback dials at ~1 s (p90 1,013 -> 7 ms
-    // without it, `tether bench --only 3`). Through NATs the pair is srflx:
-    // `tether call` over STUN between two NATed namespaces went from 0.65 s to
-    // 0.27-0.47 s (tests/nat.rs). Higher-priority (host) pairs are checked
-    // first, so they still win where they work. Relayed pairs keep their
-    // wait (2 s) unless relay-only, so a direct path gets its chance.
+    // without it, by the bench's connect row, docs/PERFORMANCE.md). Through
+    // NATs the pair is srflx: `tether call` over STUN between two NATed
+    // namespaces went from 0.65 s to 0.27-0.47 s (tests/nat.rs).
+    // Higher-priority (host) pairs are checked first, so they still win where
+    // they work. Relayed pairs keep their wait (2 s) unless relay-only, so a
+    // direct path gets its chance.
     settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
     settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
     if options.relay_only {
@@ -157,9 +151,9 @@ pub fn setting_engine(options: &PeerOptions) -> SettingEngine {
     settings
 }
 
-/// [`new_peer`] with the given settings instead of [`setting_engine`]'s.
-pub async fn new_peer_with(options: &PeerOptions, settings: SettingEngine) -> Result<Peer, webrtc::Error> {
-    let api = APIBuilder::new().with_setting_engine(settings).build();
+/// Creates a peer connection and both negotiated channels.
+pub async fn new_peer(options: &PeerOptions) -> Result<Peer, webrtc::Error> {
+    let api = APIBuilder::new().with_setting_engine(setting_engine(options)).build();
     let config = RTCConfiguration {
         ice_servers: options
             .ice_servers

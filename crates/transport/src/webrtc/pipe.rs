@@ -10,48 +10,84 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::RTCDataChannel;
 
-/// Pause writing while the channel has more than this buffered.
+/// Pause writing while the channel has more than this buffered (the default
+/// `high_water` of [`PipeOptions`]).
 ///
 /// Small on purpose: every byte buffered here is a byte a small call on
 /// another stream must wait behind (SCTP sends one channel's data in order).
 /// 128 KiB is still several round trips of data at loopback rates, so bulk
-/// throughput does not drop (measured with `tether bench --only 4,5`: 1 MiB
+/// throughput does not drop (measured with `tether-bench --only 4,5`: 1 MiB
 /// buffered took a small call's p50 behind an 8 MiB transfer from 7 to 41 ms
 /// with no throughput gain).
-pub const HIGH_WATER: usize = 128 << 10;
-/// Resume below this.
-pub const LOW_WATER: usize = 32 << 10;
+const HIGH_WATER: usize = 128 << 10;
+/// Resume below this (the default `low_water`).
+const LOW_WATER: usize = 32 << 10;
 
-/// Packets handed to the writer but not yet given to the channel (bounds the
-/// writer queue). Packets wait in the framing state machine instead, where the
-/// round-robin scheduler can still put another stream's packet first.
-pub const WRITER_QUEUE: usize = 4;
+/// Packets handed to the writer but not yet given to the channel (the default
+/// `writer_queue`). Packets wait in the framing state machine instead, where
+/// the round-robin scheduler can still put another stream's packet first.
+const WRITER_QUEUE: usize = 4;
 
-/// How much a [`Pipe`] lets pile up on the sending side: the defaults are
-/// [`WRITER_QUEUE`], [`HIGH_WATER`] and [`LOW_WATER`] (other values are for
-/// experiments, e.g. `tether bench` comparing them).
+/// How much a [`Pipe`] lets pile up on the sending side before senders wait.
+///
+/// The default suits tether's client and machine: little buffered, so a small
+/// call on one stream does not wait long behind a bulk transfer on another.
+/// The cost shows on long paths: webrtc-rs counts a byte as buffered until the
+/// peer acknowledges it, so `high_water` also bounds the
+/// bytes in flight, and one channel moves at most about that much per round
+/// trip (128 KiB per 50 ms is about 2.6 MB/s). Raise it for bulk transfers
+/// over such links, at the price of that head-of-line wait.
+///
+/// ```
+/// use tether_transport::webrtc::pipe::PipeOptions;
+/// let bulk = PipeOptions::default().high_water(1 << 20).low_water(256 << 10);
+/// assert_eq!((bulk.high_water, bulk.writer_queue), (1 << 20, PipeOptions::default().writer_queue));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bounds {
-    /// Packets the writer task may hold.
-    pub queue: usize,
-    /// Pause sending while the channel buffers more than this.
+#[non_exhaustive]
+pub struct PipeOptions {
+    /// Packets the writer task may hold (default 4; at least 1 is used).
+    pub writer_queue: usize,
+    /// Pause sending while the channel buffers more than this many bytes
+    /// (default 128 KiB).
     pub high_water: usize,
-    /// Resume below this.
+    /// Resume once it buffers at most this many (default 32 KiB; at most
+    /// `high_water` is used).
     pub low_water: usize,
 }
 
-impl Default for Bounds {
+impl Default for PipeOptions {
     fn default() -> Self {
-        Self { queue: WRITER_QUEUE, high_water: HIGH_WATER, low_water: LOW_WATER }
+        Self { writer_queue: WRITER_QUEUE, high_water: HIGH_WATER, low_water: LOW_WATER }
+    }
+}
+
+impl PipeOptions {
+    /// Sets `writer_queue`.
+    pub fn writer_queue(mut self, packets: usize) -> Self {
+        self.writer_queue = packets;
+        self
+    }
+
+    /// Sets `high_water`.
+    pub fn high_water(mut self, bytes: usize) -> Self {
+        self.high_water = bytes;
+        self
+    }
+
+    /// Sets `low_water`.
+    pub fn low_water(mut self, bytes: usize) -> Self {
+        self.low_water = bytes;
+        self
     }
 }
 
 /// A data channel's message queue and writer.
 ///
 /// Sending takes the shortest way that keeps order and back-pressure: while
-/// nothing waits in the writer and the channel buffers at most
-/// the high-water mark ([`Bounds`]), a packet goes straight to the channel from the sending
-/// task; otherwise it queues for the writer task, which waits for the
+/// nothing waits in the writer and the channel buffers at most the high-water
+/// mark ([`PipeOptions`]), a packet goes straight to the channel from the
+/// sending task; otherwise it queues for the writer task, which waits for the
 /// channel to drain below the low-water mark. (The writer alone costs a task
 /// hand-off per packet, about a tenth of a unary call over WebRTC.)
 pub struct Pipe {
@@ -94,14 +130,15 @@ impl Pipe {
     /// Attaches to `dc`. Must be called before the channel can receive
     /// anything (right after creating it), so no message is lost.
     pub fn attach(dc: Arc<RTCDataChannel>) -> Self {
-        Self::with_bounds(dc, Bounds::default())
+        Self::attach_with(dc, PipeOptions::default())
     }
 
-    /// [`Pipe::attach`] with other [`Bounds`].
-    pub fn with_bounds(dc: Arc<RTCDataChannel>, bounds: Bounds) -> Self {
-        let Bounds { queue, high_water, low_water } = bounds;
+    /// [`Pipe::attach`] with other [`PipeOptions`].
+    pub fn attach_with(dc: Arc<RTCDataChannel>, options: PipeOptions) -> Self {
+        let high_water = options.high_water;
+        let low_water = options.low_water.min(high_water);
         let (in_tx, incoming) = mpsc::unbounded_channel();
-        let (queue, mut out_rx) = mpsc::channel::<Bytes>(queue);
+        let (queue, mut out_rx) = mpsc::channel::<Bytes>(options.writer_queue.max(1));
         let backlog = Arc::new(AtomicUsize::new(0));
         let opened = CancellationToken::new();
         let closed = CancellationToken::new();

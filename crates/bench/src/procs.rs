@@ -1,9 +1,10 @@
 //! Processes the rows measure from outside: `tether machine` and `tether
-//! signaling` started from this same executable, their CPU time and
-//! resident memory read from /proc, and scratch files.
+//! signaling` started from the tether binary ([`tether_bin`]), their CPU time
+//! and resident memory read from /proc, and scratch files.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,38 @@ impl Drop for Scratch {
     }
 }
 
+/// The variable that names the tether binary.
+pub const TETHER_BIN: &str = "TETHER_BIN";
+
+/// The `tether` binary the rows start: `$TETHER_BIN`, else `tether` next to
+/// this executable (cargo builds both into target/<profile>/). Looked up
+/// once.
+pub fn tether_bin() -> anyhow::Result<&'static Path> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Ok(p);
+    }
+    let path = if let Some(p) = std::env::var_os(TETHER_BIN) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("{TETHER_BIN}={} is not a file (it names the tether binary the bench starts)", p.display());
+        }
+        p
+    } else {
+        let exe = std::env::current_exe().context("cannot find the tether-bench executable")?;
+        let p = exe.with_file_name("tether");
+        if !p.is_file() {
+            bail!(
+                "no tether binary at {} (the bench starts `tether machine`, `tether signaling` and `tether call` \
+                 processes): build it with `cargo build --release -p tether`, or set {TETHER_BIN}",
+                p.display()
+            );
+        }
+        p
+    };
+    Ok(FOUND.get_or_init(|| path))
+}
+
 /// A `tether` child process serving on an address; killed when dropped.
 pub struct Server {
     child: tokio::process::Child,
@@ -137,7 +170,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Runs `tether ARGS…` (this executable), its log (at `log_filter`) to
+    /// Runs `tether ARGS…` ([`tether_bin`]), its log (at `log_filter`) to
     /// `log`, and waits for its `listening on ADDR` line.
     pub async fn start(args: &[&str], log_filter: &str, log: &Path) -> anyhow::Result<Self> {
         let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -168,11 +201,10 @@ impl Server {
     }
 }
 
-/// Runs `tether ARGS…` (this executable) with `TETHER_LOG=log_filter`,
+/// Runs `tether ARGS…` ([`tether_bin`]) with `TETHER_LOG=log_filter`,
 /// stdout piped (see [`await_line`]) and stderr to `stderr`; killed on drop.
 pub fn spawn_tether(args: &[&str], log_filter: &str, stderr: Stdio) -> anyhow::Result<tokio::process::Child> {
-    let exe = std::env::current_exe().context("cannot find the tether executable")?;
-    tokio::process::Command::new(exe)
+    tokio::process::Command::new(tether_bin()?)
         .args(args)
         .env("TETHER_LOG", log_filter)
         .env("NO_COLOR", "1")

@@ -1,4 +1,4 @@
-//! `tether bench`: one markdown table of the stack's performance, each row
+//! `tether-bench`: one markdown table of the stack's performance, each row
 //! measured side by side with its baseline in the same run on the same box,
 //! as a ratio where lower is better and, where the project has one, a goal
 //! the ratio must not exceed.
@@ -21,6 +21,11 @@
 //!
 //! Rows that need something absent (root for network namespaces, the Python
 //! venv, Chromium) are printed as `skipped: <reason>`.
+//!
+//! Rows 3 and 6-10 start `tether` child processes (`tether machine`,
+//! `tether signaling`, `tether call`): the binary is `$TETHER_BIN`, else the
+//! `tether` next to this executable (`cargo build --release -p tether
+//! -p tether-bench` puts both in target/release/).
 
 mod bulk;
 mod connect;
@@ -42,10 +47,17 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-/// Arguments of `tether bench`.
-#[derive(clap::Args, Debug)]
+/// Arguments of `tether-bench`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tether-bench",
+    version,
+    about = "Measure the tether stack against its baselines (raw tonic, the raw data channel, Chromium, the Viam \
+             Python SDK) and print one markdown table"
+)]
 pub struct BenchArgs {
     /// Every row at reduced counts (the whole table in under a minute).
     #[arg(long)]
@@ -205,12 +217,46 @@ impl Scale {
     }
 }
 
-/// Runs `tether bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// Row groups that start `tether` child processes.
+const NEED_TETHER: [u8; 6] = [3, 6, 7, 8, 9, 10];
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    // The rows print what they measure; logs only for errors unless TETHER_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // The same runtime as the tether binary's (crates/tether/src/main.rs): the
+    // in-process machines and clients must behave as the product does.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the bench.
+async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.profile_unary {
         return profile::run(n).await;
     }
     let selection = Selection::parse(args.only.as_deref())?;
+    if NEED_TETHER.iter().any(|id| selection.has(*id)) {
+        procs::tether_bin()?;
+    }
     let scale = Scale { quick: args.quick };
     if let Some(ip) = &args.in_netns {
         // The child half of rows 3 and 10, inside the namespace.

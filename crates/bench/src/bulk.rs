@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tether_client::RobotClient;
 use tether_client::components::{Camera, Motor};
 use tether_transport::webrtc::peer::{Peer, PeerOptions, new_peer};
-use tether_transport::webrtc::pipe::{Bounds, HIGH_WATER, Pipe, WRITER_QUEUE};
+use tether_transport::webrtc::pipe::{Pipe, PipeOptions};
 use tether_wire::framing::Limits;
 
 use super::inproc::{self, InProcess};
@@ -26,6 +26,10 @@ const MIB: usize = 1 << 20;
 const FORMER_WRITER_QUEUE: usize = 64;
 const FORMER_HIGH_WATER: usize = 1 << 20;
 const FORMER_LOW_WATER: usize = 256 << 10;
+
+fn former_bounds() -> PipeOptions {
+    PipeOptions::default().writer_queue(FORMER_WRITER_QUEUE).high_water(FORMER_HIGH_WATER).low_water(FORMER_LOW_WATER)
+}
 
 fn bulk_machine_config() -> String {
     inproc::config(&[("motor1", "motor")], &[("cam1m", MIB), ("cam8m", 8 * MIB)], "2s")
@@ -52,14 +56,14 @@ async fn get_images(robot: &RobotClient, camera: &str, size: usize, rounds: usiz
 /// `data` channel behind a [`Pipe`] (the same writer and back-pressure the
 /// RPC drivers use).
 pub async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
-    raw_pair_with(Bounds::default()).await
+    raw_pair_with(PipeOptions::default()).await
 }
 
 /// [`raw_pair`] with other Pipe bounds.
-async fn raw_pair_with(bounds: Bounds) -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
+async fn raw_pair_with(bounds: PipeOptions) -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
     let options = PeerOptions { ice_servers: Vec::new(), ..Default::default() };
     let (a, b) = (new_peer(&options).await?, new_peer(&options).await?);
-    let (pa, pb) = (Pipe::with_bounds(a.data.clone(), bounds), Pipe::with_bounds(b.data.clone(), bounds));
+    let (pa, pb) = (Pipe::attach_with(a.data.clone(), bounds), Pipe::attach_with(b.data.clone(), bounds));
     let offer = a.pc.create_offer(None).await?;
     let mut gathered = a.pc.gathering_complete_promise().await;
     a.pc.set_local_description(offer).await?;
@@ -253,10 +257,9 @@ pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
     // Why: the buffering under the framing's round-robin scheduler.
     let limit = Duration::from_millis(scale.pick(1000, 5000));
-    let (ours, our_rate) = queued_behind_bulk(Bounds::default(), limit).await?;
-    let former_bounds =
-        Bounds { queue: FORMER_WRITER_QUEUE, high_water: FORMER_HIGH_WATER, low_water: FORMER_LOW_WATER };
-    let (former, former_rate) = queued_behind_bulk(former_bounds, limit).await?;
+    let bounds = PipeOptions::default();
+    let (ours, our_rate) = queued_behind_bulk(bounds, limit).await?;
+    let (former, former_rate) = queued_behind_bulk(former_bounds(), limit).await?;
     let p99 = |v: &[f64]| quantile(v, 0.99) / 1e3;
     rows.push(
         Row::new(5, "raw channel: 64 B round trip queued behind a bulk stream, Pipe's bounds: p99", p99(&ours), "ms")
@@ -267,11 +270,12 @@ pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
             ))
             .ratio(p99(&ours) / p99(&former))
             .note(format!(
-                "Pipe queues up to {WRITER_QUEUE} packets and lets the channel buffer {} KiB before pausing; whatever \
+                "Pipe queues up to {} packets and lets the channel buffer {} KiB before pausing; whatever \
                  sits there is ahead of a small response on another stream, whatever the framing's round robin does. \
                  p50 {:.2} vs {:.2} ms; bulk {our_rate:.1} MB/s with Pipe's bounds, {former_rate:.1} MB/s with the \
                  former ones",
-                HIGH_WATER >> 10,
+                bounds.writer_queue,
+                bounds.high_water >> 10,
                 quantile(&ours, 0.5) / 1e3,
                 quantile(&former, 0.5) / 1e3
             )),
@@ -283,7 +287,7 @@ pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
 /// message queued behind a one-way bulk stream of 16 KiB packets in the same
 /// Pipe, with the Pipe's bounds given. Returns the round trips (µs, sorted)
 /// and the bulk rate (MB/s).
-async fn queued_behind_bulk(bounds: Bounds, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
+async fn queued_behind_bulk(bounds: PipeOptions, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
     let (a, mut near, b, mut far) = raw_pair_with(bounds).await?;
     let tx = near.outgoing.clone();
     let received = Arc::new(AtomicU64::new(0));

@@ -1,4 +1,4 @@
-//! `tether bench --profile-unary N` (hidden): the WebRTC unary path alone,
+//! `tether-bench --profile-unary N` (hidden): the WebRTC unary path alone,
 //! for a profiler. An in-process machine, one WebRTC client, 200 warm-up
 //! calls, then N IsPowered calls; prints the time per call. Used by
 //! docs/perf (callgrind, perf).

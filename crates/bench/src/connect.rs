@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
 use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::peer::{PeerOptions, new_peer, new_peer_with, setting_engine};
+use tether_transport::webrtc::peer::{IceServer, PeerOptions, new_peer};
 use tether_transport::webrtc::pipe::Pipe;
 use tether_transport::webrtc::sdp::{self, SdpKind};
 use tether_wire::framing::Limits;
@@ -56,30 +56,9 @@ struct Marks {
     dtls: Option<Instant>,
 }
 
-/// Which peer connection the instrumented dial uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peer {
-    /// `tether_transport::webrtc::peer::new_peer`, as the client.
-    Stock,
-    /// The same settings but webrtc-ice 0.17's default peer-reflexive
-    /// nomination wait (1 s) instead of `new_peer`'s 0: the experiment that
-    /// shows what that setting buys (webrtc-ice waits before nominating a pair
-    /// whose remote candidate is peer-reflexive, i.e. learned from the
-    /// machine's check before its trickled candidate arrived).
-    UpstreamPrflxWait,
-}
-
-/// `new_peer`'s settings except the peer-reflexive nomination wait, left at
-/// webrtc-ice's default.
-async fn peer_with_upstream_prflx_wait(options: &PeerOptions) -> anyhow::Result<tether_transport::webrtc::peer::Peer> {
-    let mut settings = setting_engine(options);
-    settings.set_prflx_acceptance_min_wait(None);
-    Ok(new_peer_with(options, settings).await?)
-}
-
 /// Dials `host` through the signaler at `addr` step by step; returns the
 /// phase times.
-pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::Result<Phases> {
+pub async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<Phases> {
     let t0 = Instant::now();
     let since = |t: Instant| ms(t.saturating_duration_since(t0));
     let channel = super::procs::channel(addr).await?;
@@ -88,13 +67,10 @@ pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::R
     if let Ok(r) = signaling.optional_web_rtc_config(with_host(pb::OptionalWebRtcConfigRequest {}, host)?).await
         && let Some(config) = r.into_inner().config
     {
-        ice_servers.extend(config.additional_ice_servers.iter().map(tether_transport::webrtc::peer::IceServer::from));
+        ice_servers.extend(config.additional_ice_servers.iter().map(IceServer::from));
     }
     let options = PeerOptions { ice_servers, ..Default::default() };
-    let peer = match which {
-        Peer::Stock => new_peer(&options).await?,
-        Peer::UpstreamPrflxWait => peer_with_upstream_prflx_wait(&options).await?,
-    };
+    let peer = new_peer(&options).await?;
     let pc = peer.pc.clone();
     let pipe = Pipe::attach(peer.data.clone());
     let marks = Arc::new(Mutex::new(Marks::default()));
@@ -200,7 +176,7 @@ pub async fn instrumented_dial(addr: &str, host: &str, which: Peer) -> anyhow::R
     let rpc = Instant::now();
     if std::env::var_os("TETHER_BENCH_DEBUG").is_some() {
         let pair = tether_transport::webrtc::selected_pair(&pc).await;
-        eprintln!("bench: {which:?} selected pair {pair:?}");
+        eprintln!("bench: selected pair {pair:?}");
     }
     let _ = pc.close().await;
     let m = marks.lock();
