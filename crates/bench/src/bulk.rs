@@ -55,7 +55,7 @@ async fn get_images(robot: &RobotClient, camera: &str, size: usize, rounds: usiz
 /// machine's), connected in-process with host candidates, each with its
 /// `data` channel behind a [`Pipe`] (the same writer and back-pressure the
 /// RPC drivers use).
-pub async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
+pub(crate) async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
     raw_pair_with(PipeOptions::default()).await
 }
 
@@ -117,7 +117,7 @@ async fn raw_throughput(total: usize) -> anyhow::Result<f64> {
 }
 
 /// Row 4.
-pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let runs = scale.pick(1, 5);
     let machine = InProcess::start(&bulk_machine_config()).await?;
     let direct = machine.connect(machine.direct()).await?;
@@ -160,7 +160,7 @@ pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Row 5.
-pub async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let streams = 64;
     let secs = Duration::from_millis(scale.pick(1000, 5000));
     let machine = InProcess::start(&bulk_machine_config()).await?;

@@ -28,7 +28,7 @@ use super::stats::ms;
 
 /// Milliseconds since the dial started at which each phase ended.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Phases {
+pub(crate) struct Phases {
     /// Signaling connected, ICE config asked, offer sent, answer applied.
     pub answer: f64,
     /// ICE connected (a candidate pair answered).
@@ -58,7 +58,7 @@ struct Marks {
 
 /// Dials `host` through the signaler at `addr` step by step; returns the
 /// phase times.
-pub async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<Phases> {
+pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<Phases> {
     let t0 = Instant::now();
     let since = |t: Instant| ms(t.saturating_duration_since(t0));
     let channel = super::procs::channel(addr).await?;

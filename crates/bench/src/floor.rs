@@ -55,14 +55,14 @@ impl tower::Service<http::Request<Body>> for Floor {
 }
 
 /// A running floor server.
-pub struct FloorServer {
+pub(crate) struct FloorServer {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
 }
 
 impl FloorServer {
     /// Serves on a free loopback port.
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1")?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -79,7 +79,7 @@ impl FloorServer {
     }
 
     /// The plain client, connected (with TCP_NODELAY, as tether's direct dial).
-    pub async fn client(&self) -> anyhow::Result<Channel> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Channel> {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5));
@@ -94,7 +94,7 @@ impl Drop for FloorServer {
 }
 
 /// One IsPowered call over the plain client.
-pub async fn is_powered(channel: &Channel) -> anyhow::Result<()> {
+pub(crate) async fn is_powered(channel: &Channel) -> anyhow::Result<()> {
     use tether_proto::viam::component::motor::v1::motor_service_client::MotorServiceClient;
     let mut client = MotorServiceClient::new(channel.clone());
     client.is_powered(IsPoweredRequest { name: "motor1".into(), extra: None }).await?;

@@ -18,9 +18,9 @@ use tether_machine::resource::Component;
 use tokio_util::sync::CancellationToken;
 
 /// The WebRTC host name of in-process machines.
-pub const HOST: &str = "bench";
+pub(crate) const HOST: &str = "bench";
 /// The model of [`BlobCamera`].
-pub const BLOB_MODEL: &str = "bench-blob";
+pub(crate) const BLOB_MODEL: &str = "bench-blob";
 
 /// A camera whose every image is the same `size` bytes.
 struct BlobCamera {
@@ -50,7 +50,7 @@ impl BlobCamera {
 }
 
 /// The built-in models plus `bench-blob` cameras.
-pub fn models() -> Models {
+pub(crate) fn models() -> Models {
     let mut m = Models::builtin();
     m.register("camera", BLOB_MODEL, |a| {
         let size = a.get("size_bytes").and_then(|v| v.as_u64()).ok_or("size_bytes is required")? as usize;
@@ -70,7 +70,7 @@ pub fn models() -> Models {
 }
 
 /// A machine served on 127.0.0.1 by this process.
-pub struct InProcess {
+pub(crate) struct InProcess {
     pub machine: Machine,
     pub addr: SocketAddr,
     shutdown: CancellationToken,
@@ -79,7 +79,7 @@ pub struct InProcess {
 impl InProcess {
     /// Serves `config` (Viam JSON) and waits until its WebRTC answerer is
     /// registered with the embedded signaler.
-    pub async fn start(config: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(config: &str) -> anyhow::Result<Self> {
         let cfg = Config::from_json(config).context("bench machine config")?;
         let machine = Machine::from_config(&cfg, &models())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1")?;
@@ -101,17 +101,17 @@ impl InProcess {
     }
 
     /// Direct HTTP/2.
-    pub fn direct(&self) -> DialConf {
+    pub(crate) fn direct(&self) -> DialConf {
         DialConf::direct(self.addr.to_string())
     }
 
     /// WebRTC through the embedded signaler, host candidates only.
-    pub fn webrtc(&self) -> DialConf {
+    pub(crate) fn webrtc(&self) -> DialConf {
         webrtc_conf(HOST, &self.addr.to_string())
     }
 
     /// Connects a client.
-    pub async fn connect(&self, conf: DialConf) -> anyhow::Result<RobotClient> {
+    pub(crate) async fn connect(&self, conf: DialConf) -> anyhow::Result<RobotClient> {
         Ok(RobotClient::connect(conf, Options::default()).await?)
     }
 }
@@ -126,7 +126,7 @@ impl Drop for InProcess {
 /// (a machine process that just printed `listening on` registers with its
 /// embedded signaler a moment later: until then WebRTC dials are told the
 /// host is offline).
-pub async fn connect_when_online(conf: DialConf) -> anyhow::Result<RobotClient> {
+pub(crate) async fn connect_when_online(conf: DialConf) -> anyhow::Result<RobotClient> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         match RobotClient::connect(conf.clone(), Options::default()).await {
@@ -141,13 +141,13 @@ pub async fn connect_when_online(conf: DialConf) -> anyhow::Result<RobotClient> 
 
 /// A WebRTC dial of `host` through `signaling` without STUN (one host, or
 /// a private namespace: host candidates are all there is).
-pub fn webrtc_conf(host: &str, signaling: &str) -> DialConf {
+pub(crate) fn webrtc_conf(host: &str, signaling: &str) -> DialConf {
     DialConf::webrtc(host, signaling).with_webrtc(|c| c.ice_servers.clear())
 }
 
 /// A config with `components` (name, subtype) plus blob cameras
 /// (name, size), the given window, host [`HOST`].
-pub fn config(components: &[(&str, &str)], blobs: &[(&str, usize)], window: &str) -> String {
+pub(crate) fn config(components: &[(&str, &str)], blobs: &[(&str, usize)], window: &str) -> String {
     let mut config = super::procs::machine_config_json(components, window, &[HOST]);
     if let Some(comps) = config["components"].as_array_mut() {
         comps.extend(blobs.iter().map(|(name, size)| {

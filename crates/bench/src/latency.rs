@@ -17,7 +17,7 @@ use super::stats::{Runs, us};
 use super::{Row, Scale, Selection};
 
 /// Times `n` sequential calls of `call` (µs each).
-pub async fn sample<F, Fut>(n: usize, call: F) -> anyhow::Result<Vec<f64>>
+pub(crate) async fn sample<F, Fut>(n: usize, call: F) -> anyhow::Result<Vec<f64>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -26,7 +26,7 @@ where
 }
 
 /// Like [`sample`], but stops early once `limit` has passed.
-pub async fn sample_within<F, Fut>(n: usize, limit: std::time::Duration, mut call: F) -> anyhow::Result<Vec<f64>>
+pub(crate) async fn sample_within<F, Fut>(n: usize, limit: std::time::Duration, mut call: F) -> anyhow::Result<Vec<f64>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -42,7 +42,7 @@ where
 }
 
 /// One IsPowered over a tether client.
-pub async fn is_powered(motor: &Motor) -> anyhow::Result<()> {
+pub(crate) async fn is_powered(motor: &Motor) -> anyhow::Result<()> {
     motor.is_powered().await?;
     Ok(())
 }
@@ -106,7 +106,7 @@ impl RawPing {
 }
 
 /// Warm-up calls, then `runs` × `n` timed calls of each of the three paths.
-pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row>> {
     let (runs, n, warm) = scale.pick((3, 300, 100), (7, 2000, 500));
     let machine = InProcess::start(&inproc::config(&[("motor1", "motor")], &[], "2s")).await?;
     let floor = FloorServer::start().await?;

@@ -46,7 +46,7 @@ async fn measure(webrtc: bool, n: usize, scale: Scale) -> anyhow::Result<PerConn
 }
 
 /// Row 9.
-pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(20, 100);
     let direct = measure(false, n, scale).await?;
     let webrtc = measure(true, n, scale).await?;

@@ -114,7 +114,7 @@ fn skipped(selection: &Selection, reason: &str) -> Vec<Row> {
 }
 
 /// Rows 3 and 10: creates the namespace and runs the bench's child half in it.
-pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row>> {
     if !is_root() {
         return Ok(skipped(selection, "needs root for a network namespace (ip netns)"));
     }
@@ -150,7 +150,7 @@ pub async fn rows(selection: &Selection, scale: Scale) -> anyhow::Result<Vec<Row
 }
 
 /// The child half, inside the namespace.
-pub async fn inside(selection: &Selection, scale: Scale, ip: &str) -> Vec<Row> {
+pub(crate) async fn inside(selection: &Selection, scale: Scale, ip: &str) -> Vec<Row> {
     match inside_rows(selection, scale, ip).await {
         Ok(rows) => rows,
         Err(e) => skipped(selection, &format!("failed: {e:#}")),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const CLOCK_TICKS: f64 = 100.0;
 
 /// CPU time (user + system) a process has used so far.
-pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
     // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
@@ -29,7 +29,7 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 }
 
 /// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`, …) in bytes.
-pub fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
     for line in status.lines() {
@@ -42,13 +42,13 @@ pub fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 /// Resident memory of a process, in bytes.
-pub fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     status_kb(pid, "VmRSS")
 }
 
 /// Time the threads of a process spent runnable but waiting for a CPU
 /// (the second field of /proc/<pid>/task/*/schedstat), summed.
-pub fn run_delay(pid: u32) -> Duration {
+pub(crate) fn run_delay(pid: u32) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
     let ns: u64 = tasks
         .flatten()
@@ -59,7 +59,7 @@ pub fn run_delay(pid: u32) -> Duration {
 }
 
 /// CPU use of a process over an interval, in cores (1.0 = one core busy).
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     pid: u32,
     cpu: Duration,
     waited: Duration,
@@ -68,25 +68,25 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     /// Starts measuring `pid`.
-    pub fn start(pid: u32) -> anyhow::Result<Self> {
+    pub(crate) fn start(pid: u32) -> anyhow::Result<Self> {
         Ok(Self { pid, cpu: cpu_time(pid)?, waited: run_delay(pid), wall: Instant::now() })
     }
 
     /// Cores used since `start`.
-    pub fn cores(&self) -> anyhow::Result<f64> {
+    pub(crate) fn cores(&self) -> anyhow::Result<f64> {
         let used = cpu_time(self.pid)?.saturating_sub(self.cpu);
         Ok(used.as_secs_f64() / self.wall.elapsed().as_secs_f64())
     }
 
     /// Milliseconds per second its threads waited for a CPU since `start`
     /// (contention: other processes on the box, or its own threads).
-    pub fn starved(&self) -> f64 {
+    pub(crate) fn starved(&self) -> f64 {
         run_delay(self.pid).saturating_sub(self.waited).as_secs_f64() * 1e3 / self.wall.elapsed().as_secs_f64()
     }
 }
 
 /// The 1-minute load average.
-pub fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -96,11 +96,11 @@ pub fn load_average() -> f64 {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A scratch directory, removed when dropped.
-pub struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
     /// A fresh directory under the system temp dir.
-    pub fn new(what: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(what: &str) -> anyhow::Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("tether-bench-{}-{n}-{what}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -108,12 +108,12 @@ impl Scratch {
     }
 
     /// A path inside.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 
     /// Writes `text` to `name` inside; returns its path.
-    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let p = self.path(name);
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
         Ok(p)
@@ -127,12 +127,12 @@ impl Drop for Scratch {
 }
 
 /// The variable that names the tether binary.
-pub const TETHER_BIN: &str = "TETHER_BIN";
+pub(crate) const TETHER_BIN: &str = "TETHER_BIN";
 
 /// The `tether` binary the rows start: `$TETHER_BIN`, else `tether` next to
 /// this executable (cargo builds both into target/<profile>/). Looked up
 /// once.
-pub fn tether_bin() -> anyhow::Result<&'static Path> {
+pub(crate) fn tether_bin() -> anyhow::Result<&'static Path> {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
     if let Some(p) = FOUND.get() {
         return Ok(p);
@@ -159,7 +159,7 @@ pub fn tether_bin() -> anyhow::Result<&'static Path> {
 }
 
 /// A `tether` child process serving on an address; killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
     /// What it printed after `listening on`.
     pub addr: String,
@@ -172,7 +172,7 @@ pub struct Server {
 impl Server {
     /// Runs `tether ARGS…` ([`tether_bin`]), its log (at `log_filter`) to
     /// `log`, and waits for its `listening on ADDR` line.
-    pub async fn start(args: &[&str], log_filter: &str, log: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(args: &[&str], log_filter: &str, log: &Path) -> anyhow::Result<Self> {
         let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = spawn_tether(args, log_filter, file.into())?;
         let pid = child.id().unwrap_or_default();
@@ -184,26 +184,31 @@ impl Server {
 
     /// `tether machine --listen LISTEN` with `config` written to a file in
     /// `scratch`, its log (at `log_filter`) to `machine.log` there.
-    pub async fn machine(scratch: &Scratch, config: &str, listen: &str, log_filter: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn machine(
+        scratch: &Scratch,
+        config: &str,
+        listen: &str,
+        log_filter: &str,
+    ) -> anyhow::Result<Self> {
         let file = scratch.write("machine.json", config)?;
         let file = file.display().to_string();
         Self::start(&["machine", "--listen", listen, "--config", &file], log_filter, &scratch.path("machine.log")).await
     }
 
     /// Lines of its log containing `needle`.
-    pub fn log_count(&self, needle: &str) -> usize {
+    pub(crate) fn log_count(&self, needle: &str) -> usize {
         std::fs::read_to_string(&self.log).map(|t| t.lines().filter(|l| l.contains(needle)).count()).unwrap_or(0)
     }
 
     /// Stops it (SIGKILL) and reaps it.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
 
 /// Runs `tether ARGS…` ([`tether_bin`]) with `TETHER_LOG=log_filter`,
 /// stdout piped (see [`await_line`]) and stderr to `stderr`; killed on drop.
-pub fn spawn_tether(args: &[&str], log_filter: &str, stderr: Stdio) -> anyhow::Result<tokio::process::Child> {
+pub(crate) fn spawn_tether(args: &[&str], log_filter: &str, stderr: Stdio) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new(tether_bin()?)
         .args(args)
         .env("TETHER_LOG", log_filter)
@@ -219,7 +224,11 @@ pub fn spawn_tether(args: &[&str], log_filter: &str, stderr: Stdio) -> anyhow::R
 /// Waits up to `limit` for the child's stdout line that starts with
 /// `prefix`; returns the rest of it (trimmed). The rest of stdout is drained
 /// in the background so the child never blocks on a full pipe.
-pub async fn await_line(child: &mut tokio::process::Child, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+pub(crate) async fn await_line(
+    child: &mut tokio::process::Child,
+    prefix: &str,
+    limit: Duration,
+) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let found = tokio::time::timeout(limit, async {
@@ -239,12 +248,12 @@ pub async fn await_line(child: &mut tokio::process::Child, prefix: &str, limit: 
 /// A machine config (Viam JSON) with `components` (name, api, model) and a
 /// heartbeat window; no STUN server (nothing to ask on loopback or in a
 /// private namespace).
-pub fn machine_config(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> String {
+pub(crate) fn machine_config(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> String {
     machine_config_json(components, window, hosts).to_string()
 }
 
 /// [`machine_config`] as a JSON value, for callers that add to it.
-pub fn machine_config_json(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> serde_json::Value {
+pub(crate) fn machine_config_json(components: &[(&str, &str)], window: &str, hosts: &[&str]) -> serde_json::Value {
     let comps: Vec<serde_json::Value> = components
         .iter()
         .map(|(name, kind)| serde_json::json!({"name": name, "api": format!("rdk:component:{kind}"), "model": "fake"}))
@@ -257,7 +266,7 @@ pub fn machine_config_json(components: &[(&str, &str)], window: &str, hosts: &[&
 
 /// The repository root (for the interop helper scripts): `$TETHER_REPO`, else
 /// the source tree this binary was built from.
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     if let Ok(p) = std::env::var("TETHER_REPO") {
         return PathBuf::from(p);
     }
@@ -266,13 +275,13 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// `path` if it is an existing file, else `None`.
-pub fn existing(path: PathBuf) -> Option<PathBuf> {
+pub(crate) fn existing(path: PathBuf) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
 /// A tonic channel to `addr` (`host:port`), connected eagerly: the bench's
 /// load generators use tonic's own client, as a raw tonic user would.
-pub async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true);

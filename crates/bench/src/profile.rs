@@ -11,7 +11,7 @@ use tether_client::components::Motor;
 use super::inproc::{self, InProcess};
 
 /// Runs the profile workload.
-pub async fn run(n: usize) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(n: usize) -> anyhow::Result<ExitCode> {
     let machine = InProcess::start(&inproc::config(&[("motor1", "motor")], &[], "2s")).await?;
     let robot = machine.connect(machine.webrtc()).await?;
     let motor = Motor::from_robot(&robot, "motor1");

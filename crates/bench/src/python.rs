@@ -48,7 +48,7 @@ async fn run_json<T: for<'de> Deserialize<'de>>(
 
 /// What bench_sdk.py prints.
 #[derive(Debug, Default, Deserialize)]
-pub struct SdkTimes {
+pub(crate) struct SdkTimes {
     pub connect_ms: Vec<f64>,
     pub runs: Vec<Vec<f64>>,
     #[serde(default)]
@@ -59,7 +59,7 @@ pub struct SdkTimes {
 }
 
 /// The Viam Python SDK in the repository's venv.
-pub struct Sdk {
+pub(crate) struct Sdk {
     python: PathBuf,
     script: PathBuf,
     dir: PathBuf,
@@ -67,7 +67,7 @@ pub struct Sdk {
 
 impl Sdk {
     /// The venv's python (`$TETHER_PYTHON` or `<repo>/.venv/bin/python`) and the helper.
-    pub fn find() -> Result<Self, String> {
+    pub(crate) fn find() -> Result<Self, String> {
         let root = repo_root();
         let python =
             std::env::var("TETHER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
@@ -79,7 +79,7 @@ impl Sdk {
     }
 
     /// Runs the helper against `address`.
-    pub async fn run(&self, address: &str, webrtc: bool, args: &[(&str, usize)]) -> anyhow::Result<SdkTimes> {
+    pub(crate) async fn run(&self, address: &str, webrtc: bool, args: &[(&str, usize)]) -> anyhow::Result<SdkTimes> {
         let mut argv = vec![self.script.display().to_string(), address.to_owned()];
         if webrtc {
             argv.push("--webrtc".into());
@@ -94,7 +94,7 @@ impl Sdk {
 
 /// One Chromium↔Chromium run of dc_open.mjs (ms since the first peer).
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
-pub struct BrowserRun {
+pub(crate) struct BrowserRun {
     pub signaling: f64,
     pub ice: f64,
     pub dtls: f64,
@@ -108,7 +108,7 @@ struct BrowserRuns {
 }
 
 /// Chromium driven by playwright-core from node.
-pub struct Browser {
+pub(crate) struct Browser {
     node: PathBuf,
     script: PathBuf,
     dir: PathBuf,
@@ -116,7 +116,7 @@ pub struct Browser {
 
 impl Browser {
     /// node on the PATH, interop/ts with playwright-core installed, and a Chromium.
-    pub fn find() -> Result<Self, String> {
+    pub(crate) fn find() -> Result<Self, String> {
         let root = repo_root();
         let dir = root.join("interop/ts");
         let node = which("node").ok_or("no node on the PATH")?;
@@ -130,7 +130,7 @@ impl Browser {
     }
 
     /// `count` timed runs after `warmup`.
-    pub async fn run(&self, count: usize, warmup: usize) -> anyhow::Result<Vec<BrowserRun>> {
+    pub(crate) async fn run(&self, count: usize, warmup: usize) -> anyhow::Result<Vec<BrowserRun>> {
         let argv = vec![self.script.display().to_string(), count.to_string(), warmup.to_string()];
         let runs: BrowserRuns = run_json(&self.node, &argv, &self.dir, Duration::from_secs(180)).await?;
         Ok(runs.runs)
@@ -138,7 +138,7 @@ impl Browser {
 }
 
 /// `program` on the PATH.
-pub fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }

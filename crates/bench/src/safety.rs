@@ -116,7 +116,7 @@ async fn measure(window: Duration, trials: usize, parallel: usize) -> anyhow::Re
 }
 
 /// Row 6.
-pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let cases = [
         ("2 s", Duration::from_secs(2), scale.pick(5, 50), scale.pick(5, 10)),

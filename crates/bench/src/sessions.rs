@@ -30,7 +30,7 @@ async fn heartbeat(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
 }
 
 /// Row 7.
-pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(1_000, 10_000);
     let interval = WINDOW / 5;
     let (warm, measured) = (Duration::from_secs(scale.pick(1, 3)), Duration::from_secs(scale.pick(3, 12)));

@@ -111,7 +111,7 @@ async fn call(client: &mut Client, host: &str, offer: &str) -> anyhow::Result<()
 }
 
 /// Row 8.
-pub async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let scratch = Scratch::new("signaling")?;
     let server =
         Server::start(&["signaling", "--listen", "127.0.0.1:0"], "error", &scratch.path("signaling.log")).await?;

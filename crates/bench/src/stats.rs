@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// The `p`-quantile (0..=1) of sorted samples, nearest rank.
-pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -12,23 +12,23 @@ pub fn quantile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Sorts `samples` in place and returns them.
-pub fn sorted(mut samples: Vec<f64>) -> Vec<f64> {
+pub(crate) fn sorted(mut samples: Vec<f64>) -> Vec<f64> {
     samples.sort_by(f64::total_cmp);
     samples
 }
 
 /// The median of unsorted values.
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     quantile(&sorted(values.to_vec()), 0.5)
 }
 
 /// Microseconds of a duration.
-pub fn us(d: Duration) -> f64 {
+pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
 /// Milliseconds of a duration.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -36,7 +36,7 @@ pub fn ms(d: Duration) -> f64 {
 /// median of those over the runs. Reporting the median run keeps one noisy
 /// run (another build on the box) from deciding the row.
 #[derive(Clone, Debug, Default)]
-pub struct Runs {
+pub(crate) struct Runs {
     /// Per run: (p50, p99) in µs.
     pub runs: Vec<(f64, f64)>,
     /// Samples per run.
@@ -45,24 +45,24 @@ pub struct Runs {
 
 impl Runs {
     /// Adds one run's samples (µs).
-    pub fn push(&mut self, samples: Vec<f64>) {
+    pub(crate) fn push(&mut self, samples: Vec<f64>) {
         self.per_run = samples.len();
         let s = sorted(samples);
         self.runs.push((quantile(&s, 0.5), quantile(&s, 0.99)));
     }
 
     /// Median over runs of the per-run p50.
-    pub fn p50(&self) -> f64 {
+    pub(crate) fn p50(&self) -> f64 {
         median(&self.runs.iter().map(|r| r.0).collect::<Vec<_>>())
     }
 
     /// Median over runs of the per-run p99.
-    pub fn p99(&self) -> f64 {
+    pub(crate) fn p99(&self) -> f64 {
         median(&self.runs.iter().map(|r| r.1).collect::<Vec<_>>())
     }
 
     /// "runs × samples, p50 range a–b µs".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let lo = self.runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
         let hi = self.runs.iter().map(|r| r.0).fold(0.0, f64::max);
         format!("{} runs × {} calls, run p50s {lo:.0}–{hi:.0} µs", self.runs.len(), self.per_run)

@@ -95,8 +95,6 @@
 //! builds the driver. [`Resources`] is the named set of components the
 //! machine serves; a program can also fill one by hand.
 
-#![warn(missing_docs)]
-
 use std::collections::BTreeMap;
 
 pub use async_trait::async_trait;

@@ -32,8 +32,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod answerer;
 mod auth;
 pub mod caller;

@@ -63,7 +63,7 @@ Examples:
 /// Arguments of `tether call`.
 #[derive(clap::Args, Clone, Debug)]
 #[command(after_help = AFTER_HELP)]
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     /// Machine address: host:port, http://host:port or https://host:port.
     pub address: String,
     /// A machine command (resources, status, version, sessions, operations,
@@ -157,24 +157,24 @@ fn dial_conf(args: &CallArgs) -> DialConf {
 /// Why a call failed: a gRPC code (as the machine sent it, or the closest
 /// one for a local problem) and a message.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     code: Option<tonic::Code>,
     message: String,
 }
 
 impl Failure {
     /// A failure with a gRPC code.
-    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: tonic::Code, message: impl Into<String>) -> Self {
         Self { code: Some(code), message: message.into() }
     }
 
     /// A bad command line (InvalidArgument).
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(tonic::Code::InvalidArgument, message)
     }
 
     /// A local problem with no gRPC equivalent (e.g. writing a file).
-    pub fn local(message: impl Into<String>) -> Self {
+    pub(crate) fn local(message: impl Into<String>) -> Self {
         Self { code: None, message: message.into() }
     }
 }
@@ -202,7 +202,7 @@ impl From<tether_client::Error> for Failure {
 }
 
 /// The result of one command, in both renderings.
-pub struct Output {
+pub(crate) struct Output {
     /// Text for people; printed as is (nothing when empty).
     pub human: String,
     /// The `--json` object.
@@ -211,18 +211,18 @@ pub struct Output {
 
 impl Output {
     /// An output with both renderings.
-    pub fn new(human: impl Into<String>, json: serde_json::Value) -> Self {
+    pub(crate) fn new(human: impl Into<String>, json: serde_json::Value) -> Self {
         Self { human: human.into(), json }
     }
 
     /// A command with no result: `human` for people, `{"ok": true}` as JSON.
-    pub fn done(human: impl Into<String>) -> Self {
+    pub(crate) fn done(human: impl Into<String>) -> Self {
         Self::new(human, serde_json::json!({"ok": true}))
     }
 }
 
 /// Everything an action needs besides its own arguments.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub robot: &'a RobotClient,
     pub name: &'a str,
     pub out: Option<&'a std::path::Path>,
@@ -230,7 +230,7 @@ pub struct Ctx<'a> {
 }
 
 /// Runs `tether call`.
-pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     let result = match take_trailing_options(args) {
         Ok(args) => call(&args).await,
         Err(failure) => Err(failure),
@@ -475,7 +475,7 @@ async fn execute(robot: &RobotClient, args: &CallArgs) -> Result<Output, Failure
 }
 
 /// `namespace:type:subtype/name`.
-pub fn fqname(n: &ResourceName) -> String {
+pub(crate) fn fqname(n: &ResourceName) -> String {
     format!("{}:{}:{}/{}", n.namespace, n.r#type, n.subtype, n.name)
 }
 

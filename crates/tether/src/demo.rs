@@ -75,7 +75,7 @@ const STEPS: usize = 8;
 
 /// Arguments of `tether demo`.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Print one JSON object per line (steps, measurements, connection
     /// events, safety stops, the summary) instead of text.
     #[arg(long)]
@@ -83,7 +83,7 @@ pub struct DemoArgs {
 }
 
 /// Runs `tether demo`: exit 0 when every step did what it shows.
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = Report::new(args.json);
     report.banner();
     match tokio::time::timeout(LIMIT, demo(&report)).await {

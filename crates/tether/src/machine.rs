@@ -10,7 +10,7 @@ use tether_machine::{Machine, RemoteStatus};
 use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
-pub struct MachineArgs {
+pub(crate) struct MachineArgs {
     pub listen: Option<String>,
     pub config: Option<PathBuf>,
     pub hosts: Vec<String>,
@@ -20,7 +20,7 @@ pub struct MachineArgs {
     pub no_webrtc: bool,
 }
 
-pub async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc } = args;
     let mut cfg = match &config {
         Some(path) => Config::from_file(path)?,

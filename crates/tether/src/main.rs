@@ -1,5 +1,8 @@
 //! `tether`: run a machine, call one, and demos.
 
+// A binary: its items are documented where it helps, not for an API.
+#![allow(missing_docs)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -14,7 +14,7 @@ use tether_transport::server::ServeOptions;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
-pub struct SignalingArgs {
+pub(crate) struct SignalingArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8081")]
     pub listen: String,
@@ -94,7 +94,7 @@ fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
     (&tether_transport::webrtc::peer::IceServer::parse(url)).into()
 }
 
-pub async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
     let auth = args.auth.as_deref().map(load_auth).transpose()?;
     let queue: Arc<dyn CallQueue> = match &args.redis {
         Some(url) => {

@@ -10,7 +10,7 @@ use tether_client::{ConnectionEvent, Method};
 
 /// What a piece of text means, which decides its colour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tone {
+pub(crate) enum Tone {
     /// Success, a healthy state (green).
     Good,
     /// A failure (red).
@@ -40,44 +40,44 @@ impl Tone {
 
 /// Paints text with ANSI colours, or leaves it alone.
 #[derive(Clone, Copy, Debug)]
-pub struct Paint {
+pub(crate) struct Paint {
     on: bool,
 }
 
 impl Paint {
     /// Colours for stdout: on when stdout is a terminal and `NO_COLOR` is
     /// unset or empty (<https://no-color.org>).
-    pub fn stdout() -> Self {
+    pub(crate) fn stdout() -> Self {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Self { on: stdout_is_terminal() && !no_color }
     }
 
     /// `text` in `tone`.
-    pub fn paint(&self, tone: Tone, text: impl Display) -> String {
+    pub(crate) fn paint(&self, tone: Tone, text: impl Display) -> String {
         if self.on { format!("\x1b[{}m{text}\x1b[0m", tone.sgr()) } else { text.to_string() }
     }
 }
 
 /// True when stdout is a terminal (where a status line may be redrawn in place).
-pub fn stdout_is_terminal() -> bool {
+pub(crate) fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
 /// `now` as RFC 3339 UTC with milliseconds (`2025-01-31T12:34:56.789Z`).
-pub fn rfc3339(now: SystemTime) -> String {
+pub(crate) fn rfc3339(now: SystemTime) -> String {
     humantime::format_rfc3339_millis(now).to_string()
 }
 
 /// `now` as a UTC clock time with milliseconds (`12:34:56.789`), like the
 /// time stamps of tether's logs.
-pub fn clock(now: SystemTime) -> String {
+pub(crate) fn clock(now: SystemTime) -> String {
     let full = rfc3339(now);
     // `YYYY-MM-DDTHH:MM:SS.mmmZ`: keep `HH:MM:SS.mmm`.
     full.get(11..23).map_or(full.clone(), str::to_owned)
 }
 
 /// A transport's name for people.
-pub fn method_name(method: Method) -> &'static str {
+pub(crate) fn method_name(method: Method) -> &'static str {
     match method {
         Method::Direct => "direct gRPC",
         Method::Webrtc => "WebRTC",
@@ -85,12 +85,12 @@ pub fn method_name(method: Method) -> &'static str {
 }
 
 /// Milliseconds, rounded sensibly for people (`0.42 ms`, `12 ms`).
-pub fn ms(value: f64) -> String {
+pub(crate) fn ms(value: f64) -> String {
     if value < 10.0 { format!("{value:.2} ms") } else { format!("{value:.0} ms") }
 }
 
 /// A connection event for people: a symbol, a tone and a sentence.
-pub fn describe(event: &ConnectionEvent) -> (&'static str, Tone, String) {
+pub(crate) fn describe(event: &ConnectionEvent) -> (&'static str, Tone, String) {
     match event {
         ConnectionEvent::Connecting => ("…", Tone::Dim, "connecting".to_owned()),
         ConnectionEvent::Dialing { method, attempt } => {

@@ -20,16 +20,16 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
-pub type Client = SignalingServiceClient<Channel>;
+pub(crate) type Client = SignalingServiceClient<Channel>;
 
 /// Upper bound for every single wait in the tests (they never get close).
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
-pub async fn within<F: Future>(fut: F) -> F::Output {
+pub(crate) async fn within<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(WAIT, fut).await.expect("timed out")
 }
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub addr: SocketAddr,
     pub queue: MemoryQueue,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -44,11 +44,11 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    pub async fn start(configure: impl FnOnce(SignalingServerBuilder) -> SignalingServerBuilder) -> Harness {
+    pub(crate) async fn start(configure: impl FnOnce(SignalingServerBuilder) -> SignalingServerBuilder) -> Harness {
         Self::start_with(MemoryQueue::new(), configure).await
     }
 
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         queue: MemoryQueue,
         configure: impl FnOnce(SignalingServerBuilder) -> SignalingServerBuilder,
     ) -> Harness {
@@ -68,13 +68,13 @@ impl Harness {
         Harness { addr, queue, shutdown: Some(tx) }
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap();
         SignalingServiceClient::new(channel)
     }
 
     /// Waits until the queue holds no offers (sweeping as it goes).
-    pub async fn wait_no_offers(&self) {
+    pub(crate) async fn wait_no_offers(&self) {
         within(async {
             while self.queue.stats().offers != 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -84,7 +84,7 @@ impl Harness {
     }
 }
 
-pub fn with_hosts<T>(msg: T, hosts: &[&str]) -> Request<T> {
+pub(crate) fn with_hosts<T>(msg: T, hosts: &[&str]) -> Request<T> {
     let mut req = Request::new(msg);
     for h in hosts {
         req.metadata_mut().append("rpc-host", h.parse().unwrap());
@@ -92,7 +92,7 @@ pub fn with_hosts<T>(msg: T, hosts: &[&str]) -> Request<T> {
     req
 }
 
-pub fn candidate(s: &str) -> IceCandidate {
+pub(crate) fn candidate(s: &str) -> IceCandidate {
     IceCandidate {
         candidate: format!("candidate:{s} 1 UDP 2122260223 192.168.1.5 51000 typ host"),
         sdp_mid: Some("0".into()),
@@ -101,21 +101,25 @@ pub fn candidate(s: &str) -> IceCandidate {
     }
 }
 
-pub fn rpc_status(code: tonic::Code, message: &str) -> RpcStatus {
+pub(crate) fn rpc_status(code: tonic::Code, message: &str) -> RpcStatus {
     RpcStatus { code: code as i32, message: message.into(), details: vec![] }
 }
 
 // ---- caller ----
 
-pub async fn call(client: &mut Client, host: &str, sdp: &str) -> Result<Streaming<CallResponse>, Status> {
+pub(crate) async fn call(client: &mut Client, host: &str, sdp: &str) -> Result<Streaming<CallResponse>, Status> {
     call_with(client, host, CallRequest { sdp: sdp.into(), disable_trickle: false }).await
 }
 
-pub async fn call_with(client: &mut Client, host: &str, req: CallRequest) -> Result<Streaming<CallResponse>, Status> {
+pub(crate) async fn call_with(
+    client: &mut Client,
+    host: &str,
+    req: CallRequest,
+) -> Result<Streaming<CallResponse>, Status> {
     client.call(with_hosts(req, &[host])).await.map(|r| r.into_inner())
 }
 
-pub async fn update(
+pub(crate) async fn update(
     client: &mut Client,
     host: &str,
     uuid: &str,
@@ -127,12 +131,12 @@ pub async fn update(
 
 // ---- answerer ----
 
-pub struct FakeAnswerer {
+pub(crate) struct FakeAnswerer {
     pub tx: mpsc::Sender<AnswerResponse>,
     pub rx: Streaming<AnswerRequest>,
 }
 
-pub async fn answerer(client: &mut Client, hosts: &[&str], heartbeats: bool) -> Result<FakeAnswerer, Status> {
+pub(crate) async fn answerer(client: &mut Client, hosts: &[&str], heartbeats: bool) -> Result<FakeAnswerer, Status> {
     let (tx, rx) = mpsc::channel(16);
     let mut req = with_hosts(ReceiverStream::new(rx), hosts);
     if heartbeats {
@@ -142,13 +146,13 @@ pub async fn answerer(client: &mut Client, hosts: &[&str], heartbeats: bool) -> 
     Ok(FakeAnswerer { tx, rx })
 }
 
-pub fn is_heartbeat(req: &AnswerRequest) -> bool {
+pub(crate) fn is_heartbeat(req: &AnswerRequest) -> bool {
     matches!(req.stage, Some(answer_request::Stage::Heartbeat(_)))
 }
 
 impl FakeAnswerer {
     /// Next message that is not a heartbeat; `Ok(None)` = stream ended OK.
-    pub async fn next(&mut self) -> Result<Option<AnswerRequest>, Status> {
+    pub(crate) async fn next(&mut self) -> Result<Option<AnswerRequest>, Status> {
         within(async {
             loop {
                 match self.rx.message().await? {
@@ -160,28 +164,30 @@ impl FakeAnswerer {
         .await
     }
 
-    pub async fn send(&self, uuid: &str, stage: answer_response::Stage) {
+    pub(crate) async fn send(&self, uuid: &str, stage: answer_response::Stage) {
         self.tx.send(AnswerResponse { uuid: uuid.into(), stage: Some(stage) }).await.unwrap();
     }
 
-    pub async fn send_init(&self, uuid: &str, sdp: &str) {
+    pub(crate) async fn send_init(&self, uuid: &str, sdp: &str) {
         self.send(uuid, answer_response::Stage::Init(AnswerResponseInitStage { sdp: sdp.into() })).await
     }
 
-    pub async fn send_candidate(&self, uuid: &str, c: IceCandidate) {
+    pub(crate) async fn send_candidate(&self, uuid: &str, c: IceCandidate) {
         self.send(uuid, answer_response::Stage::Update(AnswerResponseUpdateStage { candidate: Some(c) })).await
     }
 
-    pub async fn send_done(&self, uuid: &str) {
+    pub(crate) async fn send_done(&self, uuid: &str) {
         self.send(uuid, answer_response::Stage::Done(AnswerResponseDoneStage {})).await
     }
 
-    pub async fn send_error(&self, uuid: &str, status: RpcStatus) {
+    pub(crate) async fn send_error(&self, uuid: &str, status: RpcStatus) {
         self.send(uuid, answer_response::Stage::Error(AnswerResponseErrorStage { status: Some(status) })).await
     }
 
     /// Expects the init stage of an offer; returns the request.
-    pub async fn expect_init(&mut self) -> (String, tether_proto::proto::rpc::webrtc::v1::AnswerRequestInitStage) {
+    pub(crate) async fn expect_init(
+        &mut self,
+    ) -> (String, tether_proto::proto::rpc::webrtc::v1::AnswerRequestInitStage) {
         let m = self.next().await.unwrap().expect("stream ended before init");
         match m.stage {
             Some(answer_request::Stage::Init(init)) => (m.uuid, init),

@@ -13,7 +13,7 @@ use tether_machine::config::Config;
 use tether_machine::models::Models;
 use tokio_util::sync::CancellationToken;
 
-pub struct TestMachine {
+pub(crate) struct TestMachine {
     pub addr: SocketAddr,
     pub machine: Machine,
     shutdown: CancellationToken,
@@ -25,7 +25,7 @@ impl Drop for TestMachine {
     }
 }
 
-pub async fn start(cfg: Config) -> TestMachine {
+pub(crate) async fn start(cfg: Config) -> TestMachine {
     // TETHER_LOG=debug shows what the machine does during a test.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -47,11 +47,11 @@ pub async fn start(cfg: Config) -> TestMachine {
     TestMachine { addr, machine, shutdown }
 }
 
-pub fn config(json: &str) -> Config {
+pub(crate) fn config(json: &str) -> Config {
     Config::from_json(json).expect("valid test config")
 }
 
-pub fn motor_config(window: &str) -> Config {
+pub(crate) fn motor_config(window: &str) -> Config {
     config(&format!(
         r#"{{"components":[{{"name":"motor1","api":"rdk:component:motor","model":"rdk:builtin:fake"}},
                            {{"name":"motor2","api":"rdk:component:motor","model":"rdk:builtin:fake"}}],
@@ -60,7 +60,7 @@ pub fn motor_config(window: &str) -> Config {
 }
 
 /// Frames one gRPC message.
-pub fn frame(msg: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(msg: &[u8]) -> Vec<u8> {
     let mut v = vec![0u8];
     v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     v.extend_from_slice(msg);
@@ -68,7 +68,7 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
 }
 
 #[derive(Debug)]
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     pub status: http::StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -77,7 +77,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     /// grpc-status from trailers, or from headers (trailers-only).
-    pub fn grpc_status(&self) -> Option<tonic::Status> {
+    pub(crate) fn grpc_status(&self) -> Option<tonic::Status> {
         self.trailers
             .as_ref()
             .and_then(tether_transport::grpc::status_from_headers)
@@ -86,7 +86,7 @@ impl RawResponse {
 }
 
 /// A raw gRPC call over HTTP/2.
-pub async fn h2_call(addr: SocketAddr, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawResponse {
+pub(crate) async fn h2_call(addr: SocketAddr, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawResponse {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
@@ -105,7 +105,7 @@ pub async fn h2_call(addr: SocketAddr, path: &str, body: Vec<u8>, headers: &[(&s
 }
 
 /// A raw HTTP/1.1 request (gRPC-Web or CORS preflight).
-pub async fn h1_request(
+pub(crate) async fn h1_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -126,7 +126,7 @@ pub async fn h1_request(
     RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
 }
 
-pub async fn client(addr: SocketAddr) -> tether_client::RobotClient {
+pub(crate) async fn client(addr: SocketAddr) -> tether_client::RobotClient {
     tether_client::RobotClient::connect(tether_client::DialConf::direct(addr.to_string()), Default::default())
         .await
         .expect("connect")
@@ -134,7 +134,7 @@ pub async fn client(addr: SocketAddr) -> tether_client::RobotClient {
 
 /// A standalone signaling service on loopback over `queue` (keep a clone of
 /// the queue to look into it); cancel the token to stop it.
-pub async fn standalone_signaling(queue: tether_signaling::MemoryQueue) -> (SocketAddr, CancellationToken) {
+pub(crate) async fn standalone_signaling(queue: tether_signaling::MemoryQueue) -> (SocketAddr, CancellationToken) {
     let server = tether_signaling::SignalingServer::new(std::sync::Arc::new(queue));
     let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(server.into_service()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -147,7 +147,7 @@ pub async fn standalone_signaling(queue: tether_signaling::MemoryQueue) -> (Sock
 /// Dials `conf`, retrying every 100 ms (at most `attempts` times) while the
 /// signaler answers NOT_FOUND: the machine has not registered there yet.
 /// Any other outcome is returned as it is.
-pub async fn connect_when_registered(
+pub(crate) async fn connect_when_registered(
     conf: tether_client::DialConf,
     attempts: usize,
 ) -> Result<tether_client::RobotClient, tether_client::Error> {

@@ -101,7 +101,7 @@ fn table(subtype: &str) -> Option<Vec<(&'static str, &'static str)>> {
 }
 
 /// The actions of a kind, as `name USAGE` strings.
-pub fn actions(subtype: &str) -> Vec<String> {
+pub(super) fn actions(subtype: &str) -> Vec<String> {
     table(subtype)
         .unwrap_or_default()
         .into_iter()
@@ -110,7 +110,7 @@ pub fn actions(subtype: &str) -> Vec<String> {
 }
 
 /// Runs `action` with `args` on the component `ctx.name` of kind `subtype`.
-pub async fn run(ctx: &Ctx<'_>, subtype: &str, action: &str, args: &[String]) -> Result<Output, Failure> {
+pub(super) async fn run(ctx: &Ctx<'_>, subtype: &str, action: &str, args: &[String]) -> Result<Output, Failure> {
     let Some(table) = table(subtype) else {
         return Err(Failure::new(
             tonic::Code::Unimplemented,

@@ -4,7 +4,7 @@
 use super::Failure;
 
 /// The arguments after an action name.
-pub struct Params<'a> {
+pub(super) struct Params<'a> {
     action: &'a str,
     usage: &'a str,
     args: std::slice::Iter<'a, String>,
@@ -12,7 +12,7 @@ pub struct Params<'a> {
 
 impl<'a> Params<'a> {
     /// `usage` lists the argument names (e.g. `RPM REVS`) for error messages.
-    pub fn new(action: &'a str, usage: &'a str, args: &'a [String]) -> Self {
+    pub(super) fn new(action: &'a str, usage: &'a str, args: &'a [String]) -> Self {
         Self { action, usage, args: args.iter() }
     }
 
@@ -35,42 +35,42 @@ impl<'a> Params<'a> {
     }
 
     /// Whether arguments remain.
-    pub fn has_more(&self) -> bool {
+    pub(super) fn has_more(&self) -> bool {
         self.args.len() > 0
     }
 
     /// Any text.
-    pub fn string(&mut self, what: &str) -> Result<String, Failure> {
+    pub(super) fn string(&mut self, what: &str) -> Result<String, Failure> {
         self.next(what, "given").map(str::to_owned)
     }
 
     /// A finite number.
-    pub fn f64(&mut self, what: &str) -> Result<f64, Failure> {
+    pub(super) fn f64(&mut self, what: &str) -> Result<f64, Failure> {
         let s = self.next(what, "a number")?;
         parse_f64(s).ok_or_else(|| self.bad(what, "a number", Some(s)))
     }
 
     /// A whole number ≥ 0.
-    pub fn u32(&mut self, what: &str) -> Result<u32, Failure> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, Failure> {
         let s = self.next(what, "a whole number ≥ 0")?;
         s.trim().parse().map_err(|_| self.bad(what, "a whole number ≥ 0", Some(s)))
     }
 
     /// A whole number.
-    pub fn i64(&mut self, what: &str) -> Result<i64, Failure> {
+    pub(super) fn i64(&mut self, what: &str) -> Result<i64, Failure> {
         let s = self.next(what, "a whole number")?;
         s.trim().parse().map_err(|_| self.bad(what, "a whole number", Some(s)))
     }
 
     /// Comma-separated numbers, e.g. `10,20,30`.
-    pub fn csv(&mut self, what: &str) -> Result<Vec<f64>, Failure> {
+    pub(super) fn csv(&mut self, what: &str) -> Result<Vec<f64>, Failure> {
         let expected = "comma-separated numbers (e.g. 10,20,30)";
         let s = self.next(what, expected)?;
         parse_csv(s).ok_or_else(|| self.bad(what, expected, Some(s)))
     }
 
     /// A JSON object.
-    pub fn json_object(&mut self, what: &str) -> Result<serde_json::Value, Failure> {
+    pub(super) fn json_object(&mut self, what: &str) -> Result<serde_json::Value, Failure> {
         let expected = "a JSON object (e.g. '{\"a\": 1}')";
         let s = self.next(what, expected)?;
         match serde_json::from_str::<serde_json::Value>(s) {
@@ -80,7 +80,7 @@ impl<'a> Params<'a> {
     }
 
     /// Fails if arguments are left over.
-    pub fn finish(&mut self) -> Result<(), Failure> {
+    pub(super) fn finish(&mut self) -> Result<(), Failure> {
         let extra: Vec<&str> = self.args.by_ref().map(String::as_str).collect();
         if extra.is_empty() {
             return Ok(());

@@ -11,7 +11,7 @@ use tether_proto::viam::robot::v1 as robot;
 use super::{Output, fqname};
 
 /// A number as people write it (`10`, `0.5`), rounded to 6 decimals.
-pub fn num(v: f64) -> String {
+pub(super) fn num(v: f64) -> String {
     if !v.is_finite() || v.abs() >= 1e15 {
         return format!("{v}");
     }
@@ -22,17 +22,17 @@ pub fn num(v: f64) -> String {
 }
 
 /// Numbers separated by commas, the way the CLI takes them.
-pub fn nums(v: &[f64]) -> String {
+pub(super) fn nums(v: &[f64]) -> String {
     v.iter().map(|x| num(*x)).collect::<Vec<_>>().join(", ")
 }
 
 /// Numbers as a JSON array (integral values as integers).
-pub fn nums_json(v: &[f64]) -> Json {
+pub(super) fn nums_json(v: &[f64]) -> Json {
     Json::Array(v.iter().map(|x| number_to_json(*x)).collect())
 }
 
 /// RFC 3339 time of a protobuf timestamp.
-pub fn timestamp(t: &prost_types::Timestamp) -> Option<String> {
+pub(super) fn timestamp(t: &prost_types::Timestamp) -> Option<String> {
     let secs = u64::try_from(t.seconds).ok()?;
     let nanos = u32::try_from(t.nanos).ok()?;
     let time = SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))?;
@@ -45,12 +45,12 @@ fn state_name(proto_name: &str) -> String {
 }
 
 /// `moving` / `not moving`.
-pub fn is_moving(moving: bool) -> Output {
+pub(super) fn is_moving(moving: bool) -> Output {
     Output::new(if moving { "moving" } else { "not moving" }, json!({ "is_moving": moving }))
 }
 
 /// A pose, one line.
-pub fn pose_line(p: &common::Pose) -> String {
+pub(super) fn pose_line(p: &common::Pose) -> String {
     format!(
         "x {} y {} z {} mm; orientation ({}, {}, {}) theta {}°",
         num(p.x),
@@ -64,7 +64,7 @@ pub fn pose_line(p: &common::Pose) -> String {
 }
 
 /// `GetMachineStatus`.
-pub fn machine_status(s: &robot::GetMachineStatusResponse) -> Output {
+pub(super) fn machine_status(s: &robot::GetMachineStatusResponse) -> Output {
     let state = state_name(s.state().as_str_name());
     let mut lines = vec![format!("state: {state}")];
     let config = s.config.clone().unwrap_or_default();
@@ -119,7 +119,7 @@ pub fn machine_status(s: &robot::GetMachineStatusResponse) -> Output {
 }
 
 /// `GetSessions`; `own` marks this client's session.
-pub fn sessions(sessions: &[robot::Session], own: Option<&str>) -> Output {
+pub(super) fn sessions(sessions: &[robot::Session], own: Option<&str>) -> Output {
     let mut lines = Vec::new();
     let mut list = Vec::new();
     for s in sessions {
@@ -148,7 +148,7 @@ pub fn sessions(sessions: &[robot::Session], own: Option<&str>) -> Output {
 }
 
 /// `GetOperations`.
-pub fn operations(ops: &[robot::Operation]) -> Output {
+pub(super) fn operations(ops: &[robot::Operation]) -> Output {
     let mut lines = Vec::new();
     let mut list = Vec::new();
     for op in ops {
@@ -168,7 +168,7 @@ pub fn operations(ops: &[robot::Operation]) -> Output {
 }
 
 /// `GetGeometries`.
-pub fn geometries(geoms: &[common::Geometry]) -> Output {
+pub(super) fn geometries(geoms: &[common::Geometry]) -> Output {
     use common::geometry::GeometryType;
     let mut lines = Vec::new();
     for g in geoms {
@@ -194,7 +194,7 @@ pub fn geometries(geoms: &[common::Geometry]) -> Output {
 }
 
 /// `GetKinematics`: the format and the model data (JSON when it is JSON).
-pub fn kinematics(k: &common::GetKinematicsResponse) -> Output {
+pub(super) fn kinematics(k: &common::GetKinematicsResponse) -> Output {
     let format = k.format().as_str_name().strip_prefix("KINEMATICS_FILE_FORMAT_").unwrap_or("").to_ascii_lowercase();
     let text = std::str::from_utf8(&k.kinematics_data).ok();
     let parsed = text.and_then(|t| serde_json::from_str::<Json>(t).ok());
@@ -220,7 +220,7 @@ pub fn kinematics(k: &common::GetKinematicsResponse) -> Output {
 }
 
 /// A free-form struct (DoCommand result, GetStatus) as pretty JSON.
-pub fn structure(key: &str, s: &prost_types::Struct) -> Output {
+pub(super) fn structure(key: &str, s: &prost_types::Struct) -> Output {
     let j = tether_client::convert::struct_to_json(s);
     Output::new(serde_json::to_string_pretty(&j).unwrap_or_default(), json!({ key: j }))
 }

@@ -18,7 +18,7 @@ struct Tasks {
 }
 
 /// A loopback TCP proxy to one upstream address.
-pub struct Proxy {
+pub(super) struct Proxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     tasks: Arc<Mutex<Tasks>>,
@@ -26,7 +26,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on a free loopback port and forwards to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
+    pub(super) async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy = Self { addr: listener.local_addr()?, upstream, tasks: Arc::default() };
         proxy.listen(listener);
@@ -34,13 +34,13 @@ impl Proxy {
     }
 
     /// The address clients dial.
-    pub fn addr(&self) -> SocketAddr {
+    pub(super) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Cuts the link: every proxied connection closes (both ways) and new
     /// connections are refused.
-    pub fn down(&self) {
+    pub(super) fn down(&self) {
         let mut tasks = lock(&self.tasks);
         if let Some(accept) = tasks.accept.take() {
             accept.abort();
@@ -51,7 +51,7 @@ impl Proxy {
     }
 
     /// Restores the link: accepts again on the same address.
-    pub async fn up(&self) -> io::Result<()> {
+    pub(super) async fn up(&self) -> io::Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
         self.listen(listener);
         Ok(())

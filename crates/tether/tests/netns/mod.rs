@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The `tether` binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tether");
 
 /// Longest any one `tether call` may take.
-pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// One test at a time: the measured delays stay meaningful on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -31,17 +31,17 @@ static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 static NEXT_FILE: AtomicU32 = AtomicU32::new(0);
 
 /// Takes the suite-wide lock (poisoning from a failed test is ignored).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A fresh number for file names.
-pub fn next_file() -> u32 {
+pub(crate) fn next_file() -> u32 {
     NEXT_FILE.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What a suite needs and calls itself.
-pub struct Suite {
+pub(crate) struct Suite {
     /// Prefix of every namespace name, e.g. `ttnat-`.
     pub prefix: &'static str,
     /// The suite's name in failure messages, e.g. `NAT`.
@@ -54,7 +54,7 @@ pub struct Suite {
 }
 
 /// A namespace's role; its name is `<lab prefix>-<role>`.
-pub trait Role {
+pub(crate) trait Role {
     fn role(&self) -> &str;
 }
 
@@ -69,7 +69,7 @@ impl Role for str {
 // ---------------------------------------------------------------------------------------------
 
 /// Absolute paths of the tools, checked once per test.
-pub struct Tools {
+pub(crate) struct Tools {
     pub ip: PathBuf,
     pub nft: PathBuf,
     /// The suite's extra tools, by program name.
@@ -79,7 +79,7 @@ pub struct Tools {
 impl Tools {
     /// An extra tool's path.
     #[track_caller]
-    pub fn get(&self, name: &str) -> &Path {
+    pub(crate) fn get(&self, name: &str) -> &Path {
         match self.extra.iter().find(|(n, _)| *n == name) {
             Some((_, p)) => p,
             None => panic!("`{name}` is not among the suite's tools"),
@@ -107,7 +107,7 @@ fn find_tool(suite: &Suite, name: &str, package: &str) -> PathBuf {
 }
 
 /// Checks that we are root and finds the tools; panics saying what is missing.
-pub fn tools(suite: &Suite) -> Tools {
+pub(crate) fn tools(suite: &Suite) -> Tools {
     let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     if uid.as_deref().ok() != Some("0") {
         panic!("the {} tests must run as root: they create network namespaces, veths and nftables rules", suite.name);
@@ -121,7 +121,7 @@ pub fn tools(suite: &Suite) -> Tools {
 
 /// Runs a command to completion; panics with its output if it fails.
 #[track_caller]
-pub fn run(program: &Path, args: &[&str]) -> String {
+pub(crate) fn run(program: &Path, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -175,7 +175,7 @@ fn sweep_stale(ip: &Path, prefix: &str) {
 // ---------------------------------------------------------------------------------------------
 
 /// A background process in a namespace, output in files, SIGKILLed on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     pub child: Child,
     pub stdout: PathBuf,
@@ -183,17 +183,17 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// Waits until stdout (or, with `in_stderr`, stderr) contains `text`.
     #[track_caller]
-    pub fn wait_for(&mut self, text: &str, in_stderr: bool, limit: Duration) {
+    pub(crate) fn wait_for(&mut self, text: &str, in_stderr: bool, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let seen = if in_stderr { self.stderr() } else { self.stdout() };
@@ -216,12 +216,12 @@ impl Proc {
     }
 
     /// Whether it still runs.
-    pub fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL, and reap.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -235,7 +235,7 @@ impl Drop for Proc {
 
 /// How a `tether call` ended.
 #[derive(Debug)]
-pub struct Out {
+pub(crate) struct Out {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
@@ -244,7 +244,7 @@ pub struct Out {
 
 impl Out {
     #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         assert!(self.ok, "tether call failed after {:?}: {}{}", self.took, self.stdout, self.stderr);
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}; stderr: {}", self.stdout, self.stderr))
@@ -256,7 +256,7 @@ impl Out {
 // ---------------------------------------------------------------------------------------------
 
 /// A set of namespaces and the processes running in them.
-pub struct Lab {
+pub(crate) struct Lab {
     pub tools: Tools,
     pub prefix: String,
     pub dir: tempfile::TempDir,
@@ -268,7 +268,7 @@ pub struct Lab {
 impl Lab {
     /// Checks the tools, removes stale namespaces of the suite, and creates
     /// one namespace per role, each with its loopback up.
-    pub fn new(suite: &Suite, roles: &[&str]) -> Self {
+    pub(crate) fn new(suite: &Suite, roles: &[&str]) -> Self {
         let tools = tools(suite);
         sweep_stale(&tools.ip, suite.prefix);
         let prefix = format!("{}{}-{}", suite.prefix, std::process::id(), NEXT_NET.fetch_add(1, Ordering::Relaxed));
@@ -284,17 +284,17 @@ impl Lab {
     }
 
     /// The namespace's full name.
-    pub fn ns(&self, ns: impl Role) -> String {
+    pub(crate) fn ns(&self, ns: impl Role) -> String {
         format!("{}-{}", self.prefix, ns.role())
     }
 
     #[track_caller]
-    pub fn ip(&self, args: &[&str]) -> String {
+    pub(crate) fn ip(&self, args: &[&str]) -> String {
         run(&self.tools.ip, args)
     }
 
     #[track_caller]
-    pub fn ip_in(&self, ns: impl Role, args: &[&str]) -> String {
+    pub(crate) fn ip_in(&self, ns: impl Role, args: &[&str]) -> String {
         let name = self.ns(ns);
         let mut full = vec!["-n", name.as_str()];
         full.extend_from_slice(args);
@@ -303,7 +303,7 @@ impl Lab {
 
     /// Runs `program args` inside `ns` to completion.
     #[track_caller]
-    pub fn exec(&self, ns: impl Role, program: &Path, args: &[&str]) -> String {
+    pub(crate) fn exec(&self, ns: impl Role, program: &Path, args: &[&str]) -> String {
         let name = self.ns(ns);
         let program = program.to_string_lossy();
         let mut full = vec!["netns", "exec", name.as_str(), program.as_ref()];
@@ -313,7 +313,7 @@ impl Lab {
 
     /// Loads an nftables ruleset in `ns`.
     #[track_caller]
-    pub fn nft(&self, ns: impl Role, rules: &str) {
+    pub(crate) fn nft(&self, ns: impl Role, rules: &str) {
         let file = self.dir.path().join(format!("rules-{}.nft", next_file()));
         std::fs::write(&file, rules).expect("write nft rules");
         let nft = self.tools.nft.clone();
@@ -323,7 +323,7 @@ impl Lab {
     /// Connects namespaces `a` and `b` with a veth pair (`a_if` in `a`,
     /// `b_if` in `b`), addresses both ends (`x.y.z.w/len`) and brings them up.
     #[track_caller]
-    pub fn veth(&self, a: impl Role, a_if: &str, a_addr: &str, b: impl Role, b_if: &str, b_addr: &str) {
+    pub(crate) fn veth(&self, a: impl Role, a_if: &str, a_addr: &str, b: impl Role, b_if: &str, b_addr: &str) {
         let b_name = self.ns(&b);
         self.ip_in(&a, &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b_name]);
         self.ip_in(&a, &["addr", "add", a_addr, "dev", a_if]);
@@ -333,21 +333,21 @@ impl Lab {
     }
 
     /// `program` inside `ns`, stdin closed.
-    pub fn command(&self, ns: impl Role, program: &Path) -> Command {
+    pub(crate) fn command(&self, ns: impl Role, program: &Path) -> Command {
         let mut cmd = Command::new(&self.tools.ip);
         cmd.args(["netns", "exec", &self.ns(ns)]).arg(program).stdin(Stdio::null());
         cmd
     }
 
     /// The `tether` binary inside `ns`, with the suite's log filter.
-    pub fn tether(&self, ns: impl Role) -> Command {
+    pub(crate) fn tether(&self, ns: impl Role) -> Command {
         let mut cmd = self.command(ns, Path::new(BIN));
         self.log_filter(&mut cmd);
         cmd
     }
 
     /// Passes the suite's log filter (if set) as `TETHER_LOG`.
-    pub fn log_filter(&self, cmd: &mut Command) {
+    pub(crate) fn log_filter(&self, cmd: &mut Command) {
         match std::env::var(self.log_var) {
             Ok(filter) => cmd.env("TETHER_LOG", filter),
             Err(_) => cmd.env_remove("TETHER_LOG"),
@@ -355,7 +355,7 @@ impl Lab {
     }
 
     /// Starts `cmd` in the background with its output in files named `name.*`.
-    pub fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
+    pub(crate) fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
         let stdout = self.dir.path().join(format!("{name}.out"));
         let stderr = self.dir.path().join(format!("{name}.err"));
         let child = cmd
@@ -367,18 +367,18 @@ impl Lab {
     }
 
     /// The (latest) process called `name`.
-    pub fn proc(&self, name: &str) -> Option<&Proc> {
+    pub(crate) fn proc(&self, name: &str) -> Option<&Proc> {
         self.procs.iter().rev().find(|p| p.name == name)
     }
 
     /// The (latest) process called `name`.
-    pub fn proc_mut(&mut self, name: &str) -> Option<&mut Proc> {
+    pub(crate) fn proc_mut(&mut self, name: &str) -> Option<&mut Proc> {
         self.procs.iter_mut().rev().find(|p| p.name == name)
     }
 
     /// Runs a `tether call` (or any command) to completion, output in files
     /// (a debug log may be large); panics after [`CALL_LIMIT`].
-    pub fn finish(&self, cmd: Command, what: &[&str]) -> Out {
+    pub(crate) fn finish(&self, cmd: Command, what: &[&str]) -> Out {
         let start = Instant::now();
         let mut proc = self.spawn(&format!("call-{}", next_file()), cmd);
         let status = loop {
@@ -423,7 +423,7 @@ impl Drop for Lab {
 // Text
 // ---------------------------------------------------------------------------------------------
 
-pub fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -441,11 +441,11 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 /// The last `n` lines, without colours.
-pub fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| strip_ansi(l)).collect::<Vec<_>>().join("\n")
 }
 
-pub fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
