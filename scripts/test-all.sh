@@ -163,18 +163,21 @@ netns_suite() { # netns_suite TEST
   fi
 }
 
-# tether-components is the crate a driver author depends on: no gRPC stack, HTTP, TLS, WebRTC or
-# Redis may come in with it (see its Cargo.toml and tether-proto's `grpc` feature).
+# The layers' promises, checked on their dependency trees: tether-components is the crate a driver
+# author depends on (no gRPC stack, HTTP, TLS, WebRTC or Redis; see tether-proto's `grpc` feature),
+# and tether-wire is the sans-IO layer (no runtime at all either).
 components_link_no_transport() {
   local hits
   hits="$(cargo tree -p tether-components -e normal | grep -Ei 'webrtc|hyper|rustls|redis|tonic|h2 ' || true)"
   [[ -z "$hits" ]] || { printf 'tether-components pulls in:\n%s\n' "$hits" >&2; return 1; }
+  hits="$(cargo tree -p tether-wire -e normal | grep -Ei 'webrtc|hyper|rustls|redis|tonic|h2 |tokio|mio' || true)"
+  [[ -z "$hits" ]] || { printf 'tether-wire pulls in:\n%s\n' "$hits" >&2; return 1; }
 }
 
 step "cargo fmt" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "cargo build" cargo build --workspace --all-targets || BUILD_OK=0
-step "tether-components links no transport" components_link_no_transport || true
+step "layer dependency trees (tether-components, tether-wire)" components_link_no_transport || true
 step "cargo test" cargo test --workspace || true
 step "nat traversal (netns + nftables + coturn)" netns_suite nat || true
 step "fault injection (netns: link cuts, nftables drops, restarts)" netns_suite faults || true

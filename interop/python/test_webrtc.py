@@ -175,7 +175,8 @@ def test_webrtc_killed_client_motor_stops(netns, start_netns_machine, start_clie
 
 def test_webrtc_api_keys_own_their_sessions(netns, start_netns_machine):
     """Identity over WebRTC: each SDK client authenticates to the machine's embedded signaler with
-    its own API key; the signaler vouches for it to the machine, which owns the session by that key.
+    its own API key; the signaler hands that caller to the machine's answerer in process, and the
+    machine owns the session by that key.
     A second key cannot heartbeat the first key's session, though neither sends credentials on the
     data channel."""
     alice, bob = str(uuid.uuid4()), str(uuid.uuid4())

@@ -351,7 +351,7 @@ fn num(v: f64) -> String {
 fn render(rows: &[Row], args: &BenchArgs, secs: f64, load: (f64, f64)) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "\n## tether bench{}\n", if args.quick { " (--quick)" } else { "" });
+    let _ = writeln!(out, "\n## tether-bench{}\n", if args.quick { " (--quick)" } else { "" });
     let _ = writeln!(out, "{}", host_description());
     let command: Vec<String> = std::env::args().collect();
     let _ = writeln!(out, "- command: `{}` ({secs:.0} s)", command.join(" "));

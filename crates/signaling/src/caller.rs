@@ -74,8 +74,7 @@ impl WebRtcOptions {
 pub struct WebRtcConnection {
     /// gRPC over the data channel.
     pub channel: WebRtcChannel,
-    /// The peer connection (for stats and closing).
-    pub pc: Arc<RTCPeerConnection>,
+    pc: Arc<RTCPeerConnection>,
     data: Arc<webrtc::data_channel::RTCDataChannel>,
     closed: CancellationToken,
 }
@@ -99,10 +98,11 @@ impl WebRtcConnection {
         let _ = self.pc.close().await;
     }
 
-    /// The raw `data` channel. Anything sent on it bypasses the framing: for
-    /// diagnostics and robustness tests only.
-    pub fn raw_data_channel(&self) -> &Arc<webrtc::data_channel::RTCDataChannel> {
-        &self.data
+    /// Sends one message on the `data` channel as it is, bypassing the
+    /// framing (for diagnostics and robustness tests: the machine must drop
+    /// what it cannot parse and keep serving).
+    pub async fn send_raw(&self, packet: bytes::Bytes) -> Result<(), DialError> {
+        self.data.send(&packet).await.map(drop).map_err(|e| DialError::Connect("data channel".into(), e.to_string()))
     }
 
     /// The selected candidate pair.

@@ -193,7 +193,7 @@ async fn a_machine_key_may_not_answer_for_a_host_it_does_not_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_signaler_vouches_per_machine_key() {
+async fn the_embedded_signaler_names_each_keyed_caller_to_its_machine() {
     let m = start(config(
         r#"{"components":[{"name":"motor1","api":"rdk:component:motor","model":"rdk:builtin:fake"}],
             "network":{"hosts":["emb-bot"],"ice_servers":[]},

@@ -185,7 +185,7 @@ async fn garbage_on_the_data_channel_is_dropped_and_the_machine_keeps_serving() 
     let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
     assert_eq!(robot.resource_names().await.unwrap().len(), 3);
     assert_eq!(m.machine.webrtc_stats(), (0, 1));
-    let dc = robot.webrtc().unwrap().raw_data_channel().clone();
+    let raw = robot.webrtc().unwrap();
     use prost::Message;
     use tether_proto::proto::rpc::webrtc::v1 as pb;
     // Not protobuf; a frame without a stream; messages for unknown streams; a
@@ -203,7 +203,7 @@ async fn garbage_on_the_data_channel_is_dropped_and_the_machine_keeps_serving() 
     for packet in
         [vec![0xff; 100], no_stream.encode_to_vec(), unknown.encode_to_vec(), rst.encode_to_vec(), vec![0x0a, 0x80]]
     {
-        dc.send(&bytes::Bytes::from(packet)).await.unwrap();
+        raw.send_raw(bytes::Bytes::from(packet)).await.unwrap();
     }
     // An oversized request message (40 MiB in 16 KiB packets would take a
     // while; the limit check happens as it grows, so announce it through the

@@ -4,14 +4,17 @@
 //!   gRPC-Web (HTTP/1.1, binary and text, CORS) on one port, with optional TLS.
 //! * [`auth`]: API keys, JWT access tokens, the `AuthService` and the layer
 //!   that requires `authorization: Bearer …` on every other call.
-//! * [`dial`]: direct dialing of a machine (tonic channel plus credentials).
-//! * [`metadata`]: the header names of the wire contract.
-//! * [`identity`]: caller assertions, with which a signaler vouches to a
-//!   machine for the authenticated caller of a WebRTC offer.
-//!
-//! The WebRTC transport and signaling client/answerer will live here too, so
-//! that one tonic router and one set of generated clients run over every
-//! transport.
+//! * [`dial`]: tether's one HTTP/2 client, [`dial::DirectConnection`] (to
+//!   machines and signaling services, plaintext or TLS), and the credential
+//!   exchange.
+//! * [`identity`]: signing and verifying caller assertions, with which an
+//!   external signaling service vouches to a machine for the authenticated
+//!   caller of a WebRTC offer (the claims are in `tether_wire::identity`).
+//! * [`webrtc`]: gRPC over a WebRTC data channel on webrtc-rs: peer
+//!   connections, the pipe, and the server and client drivers of the sans-IO
+//!   framing in `tether_wire::framing`, so that one tonic router and one set
+//!   of generated clients run over every transport.
+//! * [`grpc`]: the status of a gRPC response from its headers.
 
 pub mod auth;
 pub mod dial;
