@@ -61,7 +61,7 @@ pub(crate) async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
 
 /// [`raw_pair`] with other Pipe bounds.
 async fn raw_pair_with(bounds: PipeOptions) -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
-    let options = PeerOptions { ice_servers: Vec::new(), ..Default::default() };
+    let options = PeerOptions::default().with_ice_servers(Vec::new());
     let (a, b) = (new_peer(&options).await?, new_peer(&options).await?);
     let (pa, pb) = (Pipe::attach_with(a.data.clone(), bounds), Pipe::attach_with(b.data.clone(), bounds));
     let offer = a.pc.create_offer(None).await?;

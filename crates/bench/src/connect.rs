@@ -69,7 +69,7 @@ pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<
     {
         ice_servers.extend(config.additional_ice_servers.iter().map(IceServer::from));
     }
-    let options = PeerOptions { ice_servers, ..Default::default() };
+    let options = PeerOptions::default().with_ice_servers(ice_servers);
     let peer = new_peer(&options).await?;
     let pc = peer.pc.clone();
     let pipe = Pipe::attach(peer.data.clone());

@@ -53,10 +53,8 @@ async fn main() -> anyhow::Result<()> {
     let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     // Keep trying for a while (about a minute, at most 4 s apart) so that a
     // machine restart is survived.
-    let options = Options {
-        reconnect: ReconnectOptions { max_attempts: 30, max_wait: Some(Duration::from_secs(4)), ..Default::default() },
-        ..Default::default()
-    };
+    let options = Options::default()
+        .with_reconnect(ReconnectOptions::default().with_max_attempts(30).with_max_wait(Some(Duration::from_secs(4))));
     let robot = RobotClient::connect(DialConf::direct(address.clone()), options).await?;
     println!("connected to {address}");
     // Subscribe first, then start the work the events control.

@@ -123,6 +123,7 @@ pub enum ConnectionState {
 /// nominal delay, never more than it) while spreading the clients of a
 /// restarted machine apart, so they don't all redial in the same instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReconnectOptions {
     /// Never reconnect: a drop ends the client (one `disconnected` event).
     pub no_reconnect: bool,
@@ -130,6 +131,28 @@ pub struct ReconnectOptions {
     pub max_attempts: u32,
     /// Cap on each delay (default: none).
     pub max_wait: Option<Duration>,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `ReconnectOptions::default()`).
+impl ReconnectOptions {
+    /// Sets [`Self::no_reconnect`].
+    pub fn with_no_reconnect(mut self, no_reconnect: bool) -> Self {
+        self.no_reconnect = no_reconnect;
+        self
+    }
+
+    /// Sets [`Self::max_attempts`].
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`Self::max_wait`].
+    pub fn with_max_wait(mut self, max_wait: Option<Duration>) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
 }
 
 impl Default for ReconnectOptions {

@@ -176,6 +176,7 @@ impl DialConf {
 
 /// Client behaviour, for either dial configuration.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Options {
     /// Never start sessions. The machine then cannot stop this client's
     /// actuators when it disappears: only use this when something else
@@ -185,4 +186,26 @@ pub struct Options {
     pub reconnect: ReconnectOptions,
     /// How fast a silently dead link is noticed.
     pub liveness: Liveness,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `Options::default()`).
+impl Options {
+    /// Sets [`Self::disable_sessions`].
+    pub fn with_disable_sessions(mut self, disable_sessions: bool) -> Self {
+        self.disable_sessions = disable_sessions;
+        self
+    }
+
+    /// Sets [`Self::reconnect`].
+    pub fn with_reconnect(mut self, reconnect: ReconnectOptions) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets [`Self::liveness`].
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
+    }
 }

@@ -84,16 +84,15 @@ fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
 async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, reconnecting: bool) -> Result<Connection> {
     match conf {
         DialConf::Direct { address, credentials, dial_timeout, tls_ca_pem } => {
-            let direct = DirectOptions {
-                connect_timeout: if reconnecting {
+            let direct = DirectOptions::default()
+                .with_connect_timeout(if reconnecting {
                     (*dial_timeout).min(options.liveness.timeout.max(Duration::from_secs(1)))
                 } else {
                     *dial_timeout
-                },
-                keepalive_interval: options.liveness.interval,
-                keepalive_timeout: options.liveness.timeout,
-                tls_ca_pem: tls_ca_pem.clone(),
-            };
+                })
+                .with_keepalive_interval(options.liveness.interval)
+                .with_keepalive_timeout(options.liveness.timeout)
+                .with_tls_ca_pem(tls_ca_pem.clone());
             let work = async {
                 let conn = DirectConnection::connect(address, &direct).await?;
                 if let Some(creds) = credentials {

@@ -90,6 +90,7 @@ fn spawn_safety_stops(
 
 /// Settings of a [`Machine`] that are not components.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MachineOptions {
     /// Window of every session.
     pub heartbeat_window: Duration,

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// WebRTC settings of a machine.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WebRtcSettings {
     /// Answer WebRTC calls at all.
     pub enabled: bool,
@@ -139,7 +140,7 @@ impl WebRtc {
         let mut config = AnswererConfig::new(hosts.clone());
         config.entity = Some(self.settings.hosts.join(":"));
         config.require_caller = require_caller;
-        config.peer = PeerOptions { ice_servers: self.settings.ice_servers.clone(), ..Default::default() };
+        config.peer = PeerOptions::default().with_ice_servers(self.settings.ice_servers.clone());
         config.stats = self.stats.clone();
         answerer::spawn_local(
             self.signaling.queue().clone(),

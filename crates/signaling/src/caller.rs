@@ -22,6 +22,7 @@ use tether_wire::framing::Limits;
 
 /// How to dial a machine over WebRTC.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WebRtcOptions {
     /// Signaling service (`host:port` or URL).
     pub signaling_address: String,
@@ -153,11 +154,8 @@ pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError
 }
 
 async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
-    let connection = DirectOptions {
-        connect_timeout: options.dial_timeout,
-        tls_ca_pem: options.tls_ca_pem.clone(),
-        ..DirectOptions::default()
-    };
+    let connection =
+        DirectOptions::default().with_connect_timeout(options.dial_timeout).with_tls_ca_pem(options.tls_ca_pem.clone());
     let channel = DirectConnection::connect(&options.signaling_address, &connection).await?;
     let headers = SharedHeaders::default();
     if let Some(creds) = &options.credentials {

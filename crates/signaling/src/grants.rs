@@ -100,12 +100,29 @@ impl Authorizer for KeyGrants {
 /// Limits on `Call`, enforced by the signaling server when configured
 /// ([`crate::SignalingServerBuilder::call_limits`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallLimits {
     /// Calls per minute per caller (token bucket with a burst of the same
     /// size, refilled continuously); `None` = unlimited.
     pub rate_per_minute: Option<u32>,
     /// Concurrent unanswered calls per host; `None` = unlimited.
     pub max_pending_per_host: Option<usize>,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `CallLimits::default()`).
+impl CallLimits {
+    /// Sets [`Self::rate_per_minute`].
+    pub fn with_rate_per_minute(mut self, rate_per_minute: Option<u32>) -> Self {
+        self.rate_per_minute = rate_per_minute;
+        self
+    }
+
+    /// Sets [`Self::max_pending_per_host`].
+    pub fn with_max_pending_per_host(mut self, max_pending_per_host: Option<usize>) -> Self {
+        self.max_pending_per_host = max_pending_per_host;
+        self
+    }
 }
 
 /// Buckets kept before idle (full) ones are pruned.

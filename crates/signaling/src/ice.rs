@@ -70,6 +70,7 @@ pub fn turn_rest_credentials(secret: &[u8], user: &str, ttl: Duration, now: Syst
 /// assert!(server.username.ends_with(":tether"));
 /// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct TurnRestConfig {
     /// TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`.
     pub urls: Vec<String>,

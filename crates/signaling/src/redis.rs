@@ -179,10 +179,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// use std::time::Duration;
 /// use tether_signaling::RedisQueueOptions;
 ///
-/// let opts = RedisQueueOptions { instance_id: "signaling-1".into(), ..Default::default() };
+/// let opts = RedisQueueOptions::default().with_instance_id("signaling-1".into());
 /// assert_eq!(opts.presence_ttl, Duration::from_secs(5));
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RedisQueueOptions {
     /// Unique id of this instance among those sharing the Redis and prefix
     /// (default: [`default_instance_id`]).
@@ -199,6 +200,46 @@ pub struct RedisQueueOptions {
     /// How long call records outlive their deadline (default
     /// [`DEFAULT_RECORD_SLACK`]).
     pub record_slack: Duration,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `RedisQueueOptions::default()`).
+impl RedisQueueOptions {
+    /// Sets [`Self::instance_id`].
+    pub fn with_instance_id(mut self, instance_id: String) -> Self {
+        self.instance_id = instance_id;
+        self
+    }
+
+    /// Sets [`Self::key_prefix`].
+    pub fn with_key_prefix(mut self, key_prefix: String) -> Self {
+        self.key_prefix = key_prefix;
+        self
+    }
+
+    /// Sets [`Self::presence_ttl`].
+    pub fn with_presence_ttl(mut self, presence_ttl: Duration) -> Self {
+        self.presence_ttl = presence_ttl;
+        self
+    }
+
+    /// Sets [`Self::refresh_interval`].
+    pub fn with_refresh_interval(mut self, refresh_interval: Duration) -> Self {
+        self.refresh_interval = refresh_interval;
+        self
+    }
+
+    /// Sets [`Self::poll_interval`].
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Sets [`Self::record_slack`].
+    pub fn with_record_slack(mut self, record_slack: Duration) -> Self {
+        self.record_slack = record_slack;
+        self
+    }
 }
 
 impl Default for RedisQueueOptions {
@@ -1428,18 +1469,16 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        let bad = RedisQueueOptions { instance_id: "has space".into(), ..Default::default() };
+        let bad = RedisQueueOptions::default().with_instance_id("has space".into());
         assert!(bad.validate().is_err());
-        let bad = RedisQueueOptions { instance_id: String::new(), ..Default::default() };
+        let bad = RedisQueueOptions::default().with_instance_id(String::new());
         assert!(bad.validate().is_err());
-        let opts = RedisQueueOptions {
-            instance_id: "a".into(),
-            presence_ttl: Duration::from_millis(1),
-            refresh_interval: Duration::from_millis(100),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
+        let opts = RedisQueueOptions::default()
+            .with_instance_id("a".into())
+            .with_presence_ttl(Duration::from_millis(1))
+            .with_refresh_interval(Duration::from_millis(100))
+            .validate()
+            .unwrap();
         assert_eq!(opts.presence_ttl, Duration::from_millis(200));
         let id = default_instance_id();
         assert!(!id.is_empty() && !id.contains(char::is_whitespace), "{id}");

@@ -57,6 +57,7 @@ const CALLER_GONE_GRACE: Duration = Duration::from_millis(500);
 
 /// Configuration of a [`SignalingServer`]; see [`SignalingServerBuilder`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SignalingConfig {
     /// Interval of heartbeats on Answer streams with `heartbeats-allowed: true`.
     pub heartbeat_interval: Duration,

@@ -196,7 +196,7 @@ async fn granted_caller_and_answerer_exchange() {
 
 #[tokio::test]
 async fn call_rate_limit_is_resource_exhausted() {
-    let h = start(CallLimits { rate_per_minute: Some(2), max_pending_per_host: None }).await;
+    let h = start(CallLimits::default().with_rate_per_minute(Some(2)).with_max_pending_per_host(None)).await;
     let user = h.authenticate("user", "user-secret").await.unwrap();
     let mut c = h.client().await;
     // Offline host: the calls still count.
@@ -212,7 +212,7 @@ async fn call_rate_limit_is_resource_exhausted() {
 
 #[tokio::test]
 async fn pending_calls_per_host_are_capped() {
-    let h = start(CallLimits { rate_per_minute: None, max_pending_per_host: Some(2) }).await;
+    let h = start(CallLimits::default().with_rate_per_minute(None).with_max_pending_per_host(Some(2))).await;
     let user = h.authenticate("user", "user-secret").await.unwrap();
     let bot = h.authenticate("bot-machine", "bot-secret").await.unwrap();
     let mut c = h.client().await;

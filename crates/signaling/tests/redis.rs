@@ -112,13 +112,11 @@ impl Drop for RedisServer {
 }
 
 fn options(id: &str) -> RedisQueueOptions {
-    RedisQueueOptions {
-        instance_id: id.into(),
-        presence_ttl: PRESENCE_TTL,
-        refresh_interval: Duration::from_millis(250),
-        poll_interval: Duration::from_millis(200),
-        ..Default::default()
-    }
+    RedisQueueOptions::default()
+        .with_instance_id(id.into())
+        .with_presence_ttl(PRESENCE_TTL)
+        .with_refresh_interval(Duration::from_millis(250))
+        .with_poll_interval(Duration::from_millis(200))
 }
 
 // ---- a signaling instance on its own runtime ----
@@ -651,7 +649,7 @@ async fn queue_withdrawn_and_expired_offers_are_not_delivered() {
 async fn queue_notifications_survive_a_redis_restart() {
     // A poll interval far beyond the waits below: only pub/sub wake-ups
     // (re-subscribed after the reconnection) can make these deliveries fast.
-    let slow = |id: &str| RedisQueueOptions { poll_interval: Duration::from_secs(30), ..options(id) };
+    let slow = |id: &str| options(id).with_poll_interval(Duration::from_secs(30));
     let mut redis = RedisServer::start().await;
     let qa = RedisQueue::connect(&redis.url(), slow("qa")).await.unwrap();
     let qb = RedisQueue::connect(&redis.url(), slow("qb")).await.unwrap();

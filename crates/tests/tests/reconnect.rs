@@ -126,14 +126,9 @@ async fn long_outage_lapses_the_session_and_the_client_says_so() {
     let m = start(motor_config("300ms")).await;
     let mut stops = m.machine.safety_stops();
     let proxy = Proxy::start(m.addr).await;
-    let options = Options {
-        reconnect: ReconnectOptions {
-            max_wait: Some(Duration::from_millis(200)),
-            max_attempts: 50,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = Options::default().with_reconnect(
+        ReconnectOptions::default().with_max_wait(Some(Duration::from_millis(200))).with_max_attempts(50),
+    );
     let robot = RobotClient::connect(DialConf::direct(proxy.addr.to_string()), options).await.unwrap();
     let mut events = robot.events();
     let motor = Motor::from_robot(&robot, "motor1");
@@ -198,8 +193,7 @@ async fn in_flight_unary_and_stream_fail_with_unavailable() {
 async fn no_reconnect_gives_one_disconnected_event() {
     let m = start(motor_config("2s")).await;
     let proxy = Proxy::start(m.addr).await;
-    let options =
-        Options { reconnect: ReconnectOptions { no_reconnect: true, ..Default::default() }, ..Default::default() };
+    let options = Options::default().with_reconnect(ReconnectOptions::default().with_no_reconnect(true));
     let robot = RobotClient::connect(DialConf::direct(proxy.addr.to_string()), options).await.unwrap();
     let mut events = robot.events();
     proxy.cut();
@@ -215,8 +209,7 @@ async fn no_reconnect_gives_one_disconnected_event() {
 async fn three_attempts_against_a_dead_machine_then_reconnection_failed() {
     let m = start(motor_config("2s")).await;
     let proxy = Proxy::start(m.addr).await;
-    let options =
-        Options { reconnect: ReconnectOptions { max_attempts: 3, ..Default::default() }, ..Default::default() };
+    let options = Options::default().with_reconnect(ReconnectOptions::default().with_max_attempts(3));
     let robot = RobotClient::connect(DialConf::direct(proxy.addr.to_string()), options).await.unwrap();
     let mut events = robot.events();
     let started = tokio::time::Instant::now();
@@ -257,14 +250,9 @@ async fn machine_restart_is_survived_over_webrtc() {
     let first = start(cfg()).await;
     let addr = first.addr;
     let conf = DialConf::webrtc("restart-bot", addr.to_string()).with_webrtc(|c| c.ice_servers.clear());
-    let options = Options {
-        reconnect: ReconnectOptions {
-            max_wait: Some(Duration::from_millis(300)),
-            max_attempts: 40,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = Options::default().with_reconnect(
+        ReconnectOptions::default().with_max_wait(Some(Duration::from_millis(300))).with_max_attempts(40),
+    );
     let robot = RobotClient::connect(conf, options).await.unwrap();
     let mut events = robot.events();
     let motor = Motor::from_robot(&robot, "motor1");
@@ -316,14 +304,9 @@ async fn signaling_restart_is_survived_by_machine_and_client() {
     ));
     let m = start(cfg).await;
     let conf = DialConf::webrtc("sig-bot", sig.to_string()).with_webrtc(|c| c.ice_servers.clear());
-    let options = Options {
-        reconnect: ReconnectOptions {
-            max_wait: Some(Duration::from_millis(300)),
-            max_attempts: 60,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = Options::default().with_reconnect(
+        ReconnectOptions::default().with_max_wait(Some(Duration::from_millis(300))).with_max_attempts(60),
+    );
     let connect = || async {
         for _ in 0..100 {
             match RobotClient::connect(conf.clone(), options.clone()).await {

@@ -48,12 +48,10 @@ async fn sessionless_call_takes_over_the_resource() {
     let with_session = client(m.addr).await;
     Motor::from_robot(&with_session, "motor1").set_power(0.3).await.unwrap();
     Motor::from_robot(&with_session, "motor2").set_power(0.3).await.unwrap();
-    let without = RobotClient::connect(
-        DialConf::direct(m.addr.to_string()),
-        Options { disable_sessions: true, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let without =
+        RobotClient::connect(DialConf::direct(m.addr.to_string()), Options::default().with_disable_sessions(true))
+            .await
+            .unwrap();
     Motor::from_robot(&without, "motor1").set_power(0.6).await.unwrap();
     assert_eq!(without.session_id(), None);
     assert_eq!(m.machine.sessions().last_caller("motor1"), None);

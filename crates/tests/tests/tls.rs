@@ -30,7 +30,7 @@ async fn tls_with_api_key() {
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
     let _guard = shutdown.clone().drop_guard();
-    tokio::spawn(async move { machine.serve(listener, ServeOptions { tls: Some(tls) }, shutdown).await });
+    tokio::spawn(async move { machine.serve(listener, ServeOptions::default().with_tls(Some(tls)), shutdown).await });
 
     let conf = DialConf::direct(format!("https://localhost:{port}"))
         .with_tls_ca_pem(cert.cert.pem())

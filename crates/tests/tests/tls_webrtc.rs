@@ -50,7 +50,7 @@ async fn start_tls(cfg: &Config, pki: &Pki) -> (Machine, u16, CancellationToken)
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
     let (m, s) = (machine.clone(), shutdown.clone());
-    tokio::spawn(async move { m.serve(listener, ServeOptions { tls: Some(tls) }, s).await });
+    tokio::spawn(async move { m.serve(listener, ServeOptions::default().with_tls(Some(tls)), s).await });
     (machine, port, shutdown)
 }
 
@@ -135,7 +135,12 @@ async fn untrusted_tls_signaler(dir: &Path) -> (SocketAddr, CancellationToken) {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let tls = TlsConfig::from_pem_files(&cert_path, &key_path).unwrap();
-    tokio::spawn(tether_transport::server::serve(listener, svc, ServeOptions { tls: Some(tls) }, shutdown.clone()));
+    tokio::spawn(tether_transport::server::serve(
+        listener,
+        svc,
+        ServeOptions::default().with_tls(Some(tls)),
+        shutdown.clone(),
+    ));
     (addr, shutdown)
 }
 

@@ -58,10 +58,9 @@ async fn calls_sessions_and_stops_over_webrtc() {
 async fn a_sessionless_webrtc_caller_is_stopped_when_its_connection_dies() {
     let m = start(webrtc_config("2s", "")).await;
     let mut stops = m.machine.safety_stops();
-    let robot =
-        RobotClient::connect(dial(m.addr, "test-machine"), Options { disable_sessions: true, ..Default::default() })
-            .await
-            .unwrap();
+    let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default().with_disable_sessions(true))
+        .await
+        .unwrap();
     Motor::from_robot(&robot, "motor1").set_power(0.7).await.unwrap();
     assert_eq!(robot.session_id(), None);
     let closed_at = tokio::time::Instant::now();
@@ -241,10 +240,9 @@ async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
 
     // A real offer from a peer that then never does ICE: the machine answers,
     // waits until the offer's deadline, and cleans everything up.
-    let peer = tether_transport::webrtc::peer::new_peer(&tether_transport::webrtc::peer::PeerOptions {
-        ice_servers: vec![],
-        ..Default::default()
-    })
+    let peer = tether_transport::webrtc::peer::new_peer(
+        &tether_transport::webrtc::peer::PeerOptions::default().with_ice_servers(vec![]),
+    )
     .await
     .unwrap();
     let offer = peer.pc.create_offer(None).await.unwrap();
@@ -294,7 +292,7 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
     use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
     use tether_transport::webrtc::sdp::{self, SdpKind};
     use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-    let options = tether_transport::webrtc::peer::PeerOptions { ice_servers: vec![], ..Default::default() };
+    let options = tether_transport::webrtc::peer::PeerOptions::default().with_ice_servers(vec![]);
     let peer = tether_transport::webrtc::peer::new_peer(&options).await.map_err(|e| e.to_string())?;
     let pipe = tether_transport::webrtc::pipe::Pipe::attach(peer.data.clone());
     let offer = peer.pc.create_offer(None).await.map_err(|e| e.to_string())?;

@@ -117,7 +117,7 @@ fn merge(mut a: Value, b: Value) -> Value {
 }
 
 fn options(args: &Args) -> Options {
-    let mut reconnect = ReconnectOptions { no_reconnect: args.no_reconnect, ..Default::default() };
+    let mut reconnect = ReconnectOptions::default().with_no_reconnect(args.no_reconnect);
     if let Some(n) = args.max_attempts {
         reconnect.max_attempts = n;
     }
@@ -132,7 +132,7 @@ fn options(args: &Args) -> Options {
     if let Some(i) = args.liveness_interval_ms {
         liveness.interval = Duration::from_millis(i);
     }
-    Options { reconnect, liveness, ..Default::default() }
+    Options::default().with_reconnect(reconnect).with_liveness(liveness)
 }
 
 fn dial_conf(args: &Args) -> Result<DialConf, String> {

@@ -346,7 +346,7 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
         conf = conf.with_credentials(Credentials::api_key(id.clone(), key.clone()));
     }
     let options =
-        Options { disable_sessions: args.disable_sessions, reconnect: reconnect_options(args), ..Default::default() };
+        Options::default().with_disable_sessions(args.disable_sessions).with_reconnect(reconnect_options(args));
     if args.target == "watch" && args.args.is_empty() {
         return watch::run(args, conf, options).await;
     }
@@ -381,11 +381,10 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
 /// The reconnection policy the `--no-reconnect` / `--reconnect-*` options ask for.
 fn reconnect_options(args: &CallArgs) -> ReconnectOptions {
     let defaults = ReconnectOptions::default();
-    ReconnectOptions {
-        no_reconnect: args.no_reconnect,
-        max_attempts: args.reconnect_max_attempts.unwrap_or(defaults.max_attempts),
-        max_wait: args.reconnect_max_wait_ms.map(Duration::from_millis).or(defaults.max_wait),
-    }
+    ReconnectOptions::default()
+        .with_no_reconnect(args.no_reconnect)
+        .with_max_attempts(args.reconnect_max_attempts.unwrap_or(defaults.max_attempts))
+        .with_max_wait(args.reconnect_max_wait_ms.map(Duration::from_millis).or(defaults.max_wait))
 }
 
 fn print_output(output: &Output, json: bool) -> Result<(), Failure> {

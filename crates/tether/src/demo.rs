@@ -479,14 +479,9 @@ impl Roaming {
         let proxy = Proxy::start(machine.addr).await.context("cannot start the TCP proxy")?;
         // Retry at least every 100 ms (the default doubles up to 25.6 s
         // between the 10 attempts), and keep trying through the long cut.
-        let options = Options {
-            reconnect: ReconnectOptions {
-                max_wait: Some(Duration::from_millis(100)),
-                max_attempts: 100,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let options = Options::default().with_reconnect(
+            ReconnectOptions::default().with_max_wait(Some(Duration::from_millis(100))).with_max_attempts(100),
+        );
         let robot = RobotClient::connect(DialConf::direct(proxy.addr().to_string()), options)
             .await
             .context("the proxied client cannot connect")?;

@@ -61,7 +61,7 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         signal.cancel();
     });
     tokio::spawn(report_signalers(machine.clone()));
-    machine.serve(listener, ServeOptions { tls }, shutdown).await;
+    machine.serve(listener, ServeOptions::default().with_tls(tls), shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 

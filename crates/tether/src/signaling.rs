@@ -85,8 +85,9 @@ fn load_auth(path: &std::path::Path) -> anyhow::Result<SignalingAuth> {
         grants = grants.grant_call(k.id.clone(), k.call).grant_answer(k.id.clone(), k.answer);
         keys.push(ApiKey { id: k.id, key: k.key });
     }
-    let limits =
-        CallLimits { rate_per_minute: file.rate_limit_per_minute, max_pending_per_host: file.max_pending_per_host };
+    let limits = CallLimits::default()
+        .with_rate_per_minute(file.rate_limit_per_minute)
+        .with_max_pending_per_host(file.max_pending_per_host);
     Ok(SignalingAuth { authority: Arc::new(Authority::new(AUDIENCE, keys)), grants, limits })
 }
 

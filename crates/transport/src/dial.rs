@@ -154,6 +154,7 @@ where
 
 /// Settings of a direct HTTP/2 connection.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DirectOptions {
     /// Limit on TCP connect plus TLS and HTTP/2 handshakes.
     pub connect_timeout: Duration,
@@ -163,6 +164,34 @@ pub struct DirectOptions {
     pub keepalive_timeout: Duration,
     /// Extra CA certificate (PEM) for `https://` addresses.
     pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `DirectOptions::default()`).
+impl DirectOptions {
+    /// Sets [`Self::connect_timeout`].
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`Self::keepalive_interval`].
+    pub fn with_keepalive_interval(mut self, keepalive_interval: Duration) -> Self {
+        self.keepalive_interval = keepalive_interval;
+        self
+    }
+
+    /// Sets [`Self::keepalive_timeout`].
+    pub fn with_keepalive_timeout(mut self, keepalive_timeout: Duration) -> Self {
+        self.keepalive_timeout = keepalive_timeout;
+        self
+    }
+
+    /// Sets [`Self::tls_ca_pem`].
+    pub fn with_tls_ca_pem(mut self, tls_ca_pem: Option<Vec<u8>>) -> Self {
+        self.tls_ca_pem = tls_ca_pem;
+        self
+    }
 }
 
 impl Default for DirectOptions {

@@ -104,9 +104,20 @@ impl TlsConfig {
 
 /// Options of [`serve`].
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct ServeOptions {
     /// Serve TLS instead of plaintext (h2c + HTTP/1.1).
     pub tls: Option<TlsConfig>,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `ServeOptions::default()`).
+impl ServeOptions {
+    /// Sets [`Self::tls`].
+    pub fn with_tls(mut self, tls: Option<TlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
 }
 
 static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

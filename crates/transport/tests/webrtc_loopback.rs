@@ -39,7 +39,7 @@ async fn pair(svc: HttpService) -> (WebRtcChannel, CancellationToken, Arc<webrtc
 /// Two connected peers (non-trickle), each with its `data` channel open
 /// behind a [`Pipe`]: (caller, caller's pipe, answerer, answerer's pipe).
 async fn connected() -> (tether_transport::webrtc::peer::Peer, Pipe, tether_transport::webrtc::peer::Peer, Pipe) {
-    let options = PeerOptions { ice_servers: vec![], ..Default::default() };
+    let options = PeerOptions::default().with_ice_servers(vec![]);
     let caller = new_peer(&options).await.unwrap();
     let answerer = new_peer(&options).await.unwrap();
     let caller_pipe = Pipe::attach(caller.data.clone());

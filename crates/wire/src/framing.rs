@@ -52,6 +52,7 @@ pub type Metadata = Vec<(String, String)>;
 
 /// Bounds of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest data-channel message we send (whole encoded frame).
     pub max_packet: usize,
@@ -64,6 +65,40 @@ pub struct Limits {
     /// Most bytes of received messages a stream may have waiting for its
     /// consumer (see `release`).
     pub max_stream_buffer: usize,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `Limits::default()`).
+impl Limits {
+    /// Sets [`Self::max_packet`].
+    pub fn with_max_packet(mut self, max_packet: usize) -> Self {
+        self.max_packet = max_packet;
+        self
+    }
+
+    /// Sets [`Self::max_inbound_packet`].
+    pub fn with_max_inbound_packet(mut self, max_inbound_packet: usize) -> Self {
+        self.max_inbound_packet = max_inbound_packet;
+        self
+    }
+
+    /// Sets [`Self::max_message`].
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// Sets [`Self::max_streams`].
+    pub fn with_max_streams(mut self, max_streams: usize) -> Self {
+        self.max_streams = max_streams;
+        self
+    }
+
+    /// Sets [`Self::max_stream_buffer`].
+    pub fn with_max_stream_buffer(mut self, max_stream_buffer: usize) -> Self {
+        self.max_stream_buffer = max_stream_buffer;
+        self
+    }
 }
 
 impl Default for Limits {

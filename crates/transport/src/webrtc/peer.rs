@@ -82,6 +82,7 @@ impl From<&IceServer> for tether_proto::proto::rpc::webrtc::v1::IceServer {
 
 /// How a peer connection is set up.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PeerOptions {
     /// STUN/TURN servers.
     pub ice_servers: Vec<IceServer>,
@@ -96,6 +97,46 @@ pub struct PeerOptions {
     pub keepalive: Duration,
     /// Include loopback host candidates (for same-host use and tests).
     pub include_loopback: bool,
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`: start from
+/// `PeerOptions::default()`).
+impl PeerOptions {
+    /// Sets [`Self::ice_servers`].
+    pub fn with_ice_servers(mut self, ice_servers: Vec<IceServer>) -> Self {
+        self.ice_servers = ice_servers;
+        self
+    }
+
+    /// Sets [`Self::relay_only`].
+    pub fn with_relay_only(mut self, relay_only: bool) -> Self {
+        self.relay_only = relay_only;
+        self
+    }
+
+    /// Sets [`Self::disconnected_timeout`].
+    pub fn with_disconnected_timeout(mut self, disconnected_timeout: Duration) -> Self {
+        self.disconnected_timeout = disconnected_timeout;
+        self
+    }
+
+    /// Sets [`Self::failed_timeout`].
+    pub fn with_failed_timeout(mut self, failed_timeout: Duration) -> Self {
+        self.failed_timeout = failed_timeout;
+        self
+    }
+
+    /// Sets [`Self::keepalive`].
+    pub fn with_keepalive(mut self, keepalive: Duration) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Sets [`Self::include_loopback`].
+    pub fn with_include_loopback(mut self, include_loopback: bool) -> Self {
+        self.include_loopback = include_loopback;
+        self
+    }
 }
 
 impl Default for PeerOptions {
