@@ -229,13 +229,9 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    // The same runtime as the tether binary's (crates/tether/src/main.rs): the
-    // in-process machines and clients must behave as the product does.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    let runtime = match builder.build() {
+    // The same runtime as the tether binary's: the in-process machines and
+    // clients must behave as the product does.
+    let runtime = match tether_transport::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

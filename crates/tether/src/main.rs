@@ -90,20 +90,8 @@ fn main() -> ExitCode {
         Command::Call(_) => "warn",
         Command::Demo(_) => "error",
     });
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    // Without the LIFO slot a task woken by another task's worker can be
-    // stolen by an idle worker at once instead of waiting for the waker to
-    // yield. It matters to webrtc-rs 0.17: its SCTP read loop wakes the task
-    // that opens our negotiated data channels and then keeps reading; a
-    // caller's first message processed in that gap loses the channel
-    // (tether_transport::webrtc::peer::open_lost). Measured on a raw pair, a caller
-    // writing the instant it opens: 7-12 of 400 opens lost with the slot,
-    // 0-3 of 800 without; unary latency unchanged within noise.
-    // (`--cfg tokio_unstable` comes from .cargo/config.toml.)
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    let runtime = match builder.build() {
+    // The LIFO-less runtime: see tether_transport::runtime.
+    let runtime = match tether_transport::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -24,8 +24,8 @@ import { after, before, test } from 'node:test';
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
 import { isPowered } from '../lib/grpcweb.mjs';
 import { spawnTether, startMachine } from '../lib/machine.mjs';
+import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
-const NS_IP = process.env.TETHER_NETNS_IP;
 const HOST = 'tether-redis-signaling-test'; // no "local": no direct gRPC-Web fallback in the SDK
 const KEY_PREFIX = 'tether:sig:';
 const LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
@@ -33,17 +33,6 @@ const REDIS_SERVER = process.env.REDIS_SERVER ?? 'redis-server';
 // A dial (or the machine's re-registration) after a fault must succeed within this long.
 const RECOVERY_BOUND_MS = 25_000;
 const PEER_CONNECTED = /webrtc peer connected/g;
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function report(t, line) {
-  t.diagnostic(line);
-  console.log(`timing: ${line}`);
-}
-
-if (!NS_IP) {
-  throw new Error('run these tests with `npm run test:webrtc` (they need the private network namespace of scripts/run-in-netns.mjs)');
-}
 
 async function freePort(host) {
   const server = net.createServer();

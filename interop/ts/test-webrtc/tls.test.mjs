@@ -26,8 +26,8 @@ import { after, before, describe, test } from 'node:test';
 
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
 import { startMachine } from '../lib/machine.mjs';
+import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
-const NS_IP = process.env.TETHER_NETNS_IP;
 const OPENSSL = process.env.OPENSSL_BIN ?? '/usr/bin/openssl';
 const HOST = 'tether-webrtc-tls-test'; // no "local": no direct gRPC-Web fallback in the SDK
 const MACHINE_LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
@@ -36,17 +36,6 @@ const DIAL_TIMEOUT_MS = 10_000;
 // Bounds the whole dial as seen from Node (the SDK's dialTimeout covers only part of it).
 const DIAL_BOUND_MS = 25_000;
 const RAW_IP_FLAGS = ['--disable-features=WebRtcHideLocalIpsWithMdns'];
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function report(t, line) {
-  t.diagnostic(line);
-  console.log(`timing: ${line}`);
-}
-
-if (!NS_IP) {
-  throw new Error('run these tests with `npm run test:webrtc` (they need the private network namespace of scripts/run-in-netns.mjs)');
-}
 
 function openssl(args, input) {
   return execFileSync(OPENSSL, args, { input, stdio: ['pipe', 'pipe', 'pipe'], timeout: 20_000 });

@@ -28,8 +28,8 @@ import { after, before, describe, test } from 'node:test';
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
 import { isPowered } from '../lib/grpcweb.mjs';
 import { startMachine } from '../lib/machine.mjs';
+import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
-const NS_IP = process.env.TETHER_NETNS_IP;
 const HOST = 'tether-webrtc-test'; // no "local": no direct gRPC-Web fallback in the SDK
 const MACHINE_LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
 const CONFIG = {
@@ -55,18 +55,6 @@ const MODES = [
     mdns: false,
   },
 ];
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** A measured number: a diagnostic of the test and a `# timing:` line in the run's output. */
-function report(t, line) {
-  t.diagnostic(line);
-  console.log(`timing: ${line}`);
-}
-
-if (!NS_IP) {
-  throw new Error('run these tests with `npm run test:webrtc` (they need the private network namespace of scripts/run-in-netns.mjs)');
-}
 
 let pageDir;
 let staticServer;
