@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets in fuzz/ for a while each (see fuzz/README.md).
+# Runs the cargo-fuzz targets of both fuzz packages for a while each (see fuzz/README.md):
+#   crates/wire/fuzz   tether-wire's sans-IO targets (framing_server, framing_client), which link
+#                      nothing of tether but tether-wire;
+#   fuzz               the stack-level targets (sdp, candidate, signaling, config).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   # default: 60 s for every target
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   # default: 60 s for every target of both packages
 #   scripts/fuzz.sh 600                     # a full run: ten minutes each
-#   scripts/fuzz.sh 30 signaling config     # some targets
+#   scripts/fuzz.sh 30 signaling framing_server   # some targets, from whichever package has them
 #
 # Toolchain: cargo-fuzz needs nightly compiler flags. With a nightly toolchain installed this uses
 # `cargo +nightly fuzz`; otherwise it runs cargo-fuzz on the active (stable) toolchain with
 # RUSTC_BOOTSTRAP=1, and without AddressSanitizer if that toolchain cannot build with it.
 # cargo-fuzz is installed (`cargo install cargo-fuzz --locked`) when missing.
 #
-# Each target reads the committed seeds (fuzz/corpus/TARGET) and keeps what it learns in
-# fuzz/target/corpus/TARGET (not committed). A crash, timeout (an input running over
-# FUZZ_TIMEOUT seconds, default 10) or out-of-memory fails the target and is saved under
-# fuzz/artifacts/TARGET/; the script prints where and how to reproduce it, runs the remaining
-# targets and exits non-zero. Logs: fuzz/target/logs/TARGET.log.
+# Each target reads the committed seeds (PKG/corpus/TARGET, PKG being the target's package
+# directory) and keeps what it learns in PKG/target/corpus/TARGET (not committed). A crash,
+# timeout (an input running over FUZZ_TIMEOUT seconds, default 10) or out-of-memory fails the
+# target and is saved under PKG/artifacts/TARGET/; the script prints where and how to reproduce
+# it, runs the remaining targets and exits non-zero. Logs: PKG/target/logs/TARGET.log (and
+# PKG/target/logs/build.log).
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
 # e.g. "-jobs=2" or "-rss_limit_mb=4096"), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a
@@ -22,8 +26,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FUZZ="$ROOT/fuzz"
-cd "$FUZZ"
+# The fuzz packages, in the order their targets run. A target name must be unique across them.
+PKGS=("$ROOT/crates/wire/fuzz" "$ROOT/fuzz")
 
 SECS=60
 if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then
@@ -35,6 +39,7 @@ read -r -a EXTRA <<<"${FUZZ_FLAGS:-}"
 
 log() { printf '\n==> %s\n' "$*"; }
 die() { printf 'fuzz.sh: %s\n' "$*" >&2; exit 2; }
+rel() { printf '%s' "${1#"$ROOT"/}"; } # a path relative to the repository root
 
 command -v cargo >/dev/null || die "cargo not found"
 
@@ -51,74 +56,102 @@ if ! "${CARGO[@]}" fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
-# Everything fuzz-related lives in fuzz/target, whatever CARGO_TARGET_DIR says.
-FUZZ_ARGS=(--target-dir "$FUZZ/target")
+# Build flags common to both packages; each package also gets `--target-dir PKG/target`, so
+# everything fuzz-related lives in PKG/target, whatever CARGO_TARGET_DIR says.
+FUZZ_ARGS=()
 # FUZZ_DEV=1: an unoptimized build (cargo fuzz --dev). It compiles several times faster, which
 # is what a short smoke run needs on a cold cache; long runs want the optimized default.
 if [[ ${FUZZ_DEV:-0} == 1 ]]; then
   FUZZ_ARGS+=(--dev)
   how_dev=", unoptimized (--dev)"
 fi
+cargo_fuzz() { # PKG SUBCOMMAND [ARG...]: cargo fuzz SUBCOMMAND in package PKG
+  local pkg=$1 sub=$2
+  shift 2
+  (cd "$pkg" && "${CARGO[@]}" fuzz "$sub" "${FUZZ_ARGS[@]}" --target-dir "$pkg/target" "$@")
+}
 
-mapfile -t ALL < <("${CARGO[@]}" fuzz list)
-[[ ${#ALL[@]} -gt 0 ]] || die "no fuzz targets found"
+# ---- targets: every target of every package, and which package has it ----
+declare -A PKG_OF=() # target -> package directory
+declare -A PKG_ALL=() # package directory -> how many targets it has
+ALL=()
+for pkg in "${PKGS[@]}"; do
+  mapfile -t found < <(cd "$pkg" && "${CARGO[@]}" fuzz list)
+  [[ ${#found[@]} -gt 0 ]] || die "no fuzz targets found in $(rel "$pkg")"
+  PKG_ALL[$pkg]=${#found[@]}
+  for t in "${found[@]}"; do
+    [[ -z ${PKG_OF[$t]:-} ]] || die "target '$t' is in both $(rel "${PKG_OF[$t]}") and $(rel "$pkg")"
+    PKG_OF[$t]=$pkg
+    ALL+=("$t")
+  done
+done
 if [[ $# -gt 0 ]]; then
   TARGETS=("$@")
   for t in "${TARGETS[@]}"; do
-    printf '%s\n' "${ALL[@]}" | grep -qx -- "$t" || die "unknown target '$t' (targets: ${ALL[*]})"
+    [[ -n ${PKG_OF[$t]:-} ]] || die "unknown target '$t' (targets: ${ALL[*]})"
   done
 else
   TARGETS=("${ALL[@]}")
 fi
 
 # ---- build (AddressSanitizer unless the toolchain cannot do it) ----
-build() { # every requested target (all of them in one cargo run when that is all)
-  if [[ ${#TARGETS[@]} -eq ${#ALL[@]} ]]; then
-    "${CARGO[@]}" fuzz build "${FUZZ_ARGS[@]}"
+build_pkg() { # PKG: the requested targets of one package (all of them in one cargo run when that is all)
+  local pkg=$1 t
+  local -a want=()
+  for t in "${TARGETS[@]}"; do [[ ${PKG_OF[$t]} != "$pkg" ]] || want+=("$t"); done
+  [[ ${#want[@]} -gt 0 ]] || return 0
+  log "building $(rel "$pkg"): ${want[*]} ($how${how_dev:-})"
+  mkdir -p "$pkg/target/logs"
+  local build_log="$pkg/target/logs/build.log"
+  if [[ ${#want[@]} -eq ${PKG_ALL[$pkg]} ]]; then
+    cargo_fuzz "$pkg" build >"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; return 1; }
   else
-    local t
-    for t in "${TARGETS[@]}"; do "${CARGO[@]}" fuzz build "${FUZZ_ARGS[@]}" "$t" || return 1; done
+    for t in "${want[@]}"; do cargo_fuzz "$pkg" build "$t" >>"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; return 1; }; done
   fi
 }
-mkdir -p "$FUZZ/target/logs"
-build_log="$FUZZ/target/logs/build.log"
-log "building ${TARGETS[*]} ($how${how_dev:-})"
-if ! build >"$build_log" 2>&1; then
-  tail -n 30 "$build_log" >&2
-  [[ ${CARGO[*]} != "cargo +nightly" ]] || die "build failed (log: $build_log)"
+build() { # every package; stops at the first that fails, printing where its log is
+  local pkg
+  for pkg in "${PKGS[@]}"; do
+    rm -f "$pkg/target/logs/build.log"
+    build_pkg "$pkg" || { printf 'build log: %s\n' "$(rel "$pkg")/target/logs/build.log" >&2; return 1; }
+  done
+}
+if ! build; then
+  [[ ${CARGO[*]} != "cargo +nightly" ]] || die "build failed"
   log "the build with AddressSanitizer failed on this toolchain; building without a sanitizer (-s none)"
   FUZZ_ARGS+=(-s none)
   how+=", no sanitizer"
-  build >"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; die "build failed (log: $build_log)"; }
+  build || die "build failed"
 fi
 
 # ---- run ----
 declare -a SUMMARY=()
 FAILED=0
 for t in "${TARGETS[@]}"; do
-  seeds="$FUZZ/corpus/$t"
-  scratch="$FUZZ/target/corpus/$t"
-  mkdir -p "$seeds" "$scratch" "$FUZZ/artifacts/$t"
-  tlog="$FUZZ/target/logs/$t.log"
-  log "$t: ${SECS}s (seeds: fuzz/corpus/$t, log: ${tlog#"$ROOT"/})"
+  pkg="${PKG_OF[$t]}"
+  seeds="$pkg/corpus/$t"
+  scratch="$pkg/target/corpus/$t"
+  mkdir -p "$seeds" "$scratch" "$pkg/artifacts/$t"
+  tlog="$pkg/target/logs/$t.log"
+  log "$t: ${SECS}s (seeds: $(rel "$seeds"), log: $(rel "$tlog"))"
   rc=0
-  "${CARGO[@]}" fuzz run "${FUZZ_ARGS[@]}" "$t" "$scratch" "$seeds" -- \
+  cargo_fuzz "$pkg" run "$t" "$scratch" "$seeds" -- \
     -max_total_time="$SECS" -timeout="$TIMEOUT" -print_final_stats=1 "${EXTRA[@]}" >"$tlog" 2>&1 || rc=$?
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$tlog" | tail -1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$tlog" | tail -1)"
   if [[ $rc -eq 0 ]]; then
-    SUMMARY+=("PASS  $t: ${runs:-?} runs in ${SECS}s (${rate:-?}/s)")
+    SUMMARY+=("PASS  $t ($(rel "$pkg")): ${runs:-?} runs in ${SECS}s (${rate:-?}/s)")
     grep -E "^#[0-9]+[[:space:]]+DONE" "$tlog" | tail -1 || true
   else
     FAILED=1
-    SUMMARY+=("FAIL  $t (exit $rc)")
+    SUMMARY+=("FAIL  $t ($(rel "$pkg"), exit $rc)")
     # What went wrong (panic message / sanitizer report), then where the input is.
     grep -E -A1 -m 6 "panicked at|ERROR: |SUMMARY: " "$tlog" || tail -n 30 "$tlog"
     artifacts="$(sed -n "s/.*Test unit written to \(.*\)$/\1/p" "$tlog")"
     if [[ -n $artifacts ]]; then
       while read -r a; do
         printf 'crashing input saved to: %s\n' "$a"
-        printf 'reproduce: (cd fuzz && %s fuzz run %s %s)\n' "${CARGO[*]}" "$t" "${a#"$FUZZ"/}"
+        printf 'reproduce: (cd %s && %s fuzz run %s %s)\n' "$(rel "$pkg")" "${CARGO[*]}" "$t" "${a#"$pkg"/}"
       done <<<"$artifacts"
     else
       printf 'no input was saved (build or harness failure?); see %s\n' "$tlog"

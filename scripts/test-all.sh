@@ -203,7 +203,7 @@ else
   FAILED=1
 fi
 # Every cargo-fuzz target for 20 s, unoptimized so that a cold build stays short (scripts/fuzz.sh: nightly if installed, else stable with
-# RUSTC_BOOTSTRAP=1; installs cargo-fuzz if missing; crash inputs go to fuzz/artifacts/).
+# RUSTC_BOOTSTRAP=1; installs cargo-fuzz if missing; crash inputs go to fuzz/artifacts/ or crates/wire/fuzz/artifacts/).
 step "fuzz-smoke" env FUZZ_DEV=1 "$ROOT/scripts/fuzz.sh" 20 || true
 
 printf '\n==================== test-all summary ====================\n'

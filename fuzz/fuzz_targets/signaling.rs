@@ -180,7 +180,7 @@ impl World {
         if u.ratio(1, 4)? {
             let rate = if u.arbitrary()? { Some(u.int_in_range(0..=4)?) } else { None };
             let pending = if u.arbitrary()? { Some(u.int_in_range(0..=3)?) } else { None };
-            b = b.call_limits(CallLimits { rate_per_minute: rate, max_pending_per_host: pending });
+            b = b.call_limits(CallLimits::default().with_rate_per_minute(rate).with_max_pending_per_host(pending));
         }
         // Vouch for authenticated callers towards the answerer key KEYS[1].
         let vouch = u.ratio(1, 4)?;

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use tether_wire::framing::{ClientConn, ClientEvent, Code, Limits};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_message: 4096, max_streams: 4, ..Limits::default() };
+    let limits = Limits::default().with_max_message(4096).with_max_streams(4);
     let mut conn = ClientConn::new(limits);
     for _ in 0..4 {
         let _ = conn.start_call("/fuzz.Svc/Method", &[], None);

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use tether_wire::framing::{Code, Limits, ServerConn, ServerEvent};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_message: 4096, max_streams: 8, max_stream_buffer: 8192, ..Limits::default() };
+    let limits = Limits::default().with_max_message(4096).with_max_streams(8).with_max_stream_buffer(8192);
     let mut conn = ServerConn::new(limits);
     // The input is a sequence of length-prefixed packets (1-byte length).
     let mut rest = data;
