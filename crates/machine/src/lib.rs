@@ -235,7 +235,11 @@ impl Machine {
             sessions: self.sessions.clone(),
             resources: self.resources.clone(),
         });
-        let svc = ServiceBuilder::new().layer(AuthLayer::new(self.authority.clone())).layer(monitor).service(routes);
+        let svc = ServiceBuilder::new()
+            .layer(tether_transport::grpc::StatusHygieneLayer)
+            .layer(AuthLayer::new(self.authority.clone()))
+            .layer(monitor)
+            .service(routes);
         tower::util::BoxCloneSyncService::new(svc)
     }
 

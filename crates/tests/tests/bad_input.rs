@@ -24,17 +24,24 @@ async fn malformed_unknown_and_out_of_range_inputs() {
         h2_call(m.addr, "/viam.component.motor.v1.MotorService/SetPower", vec![0, 0x7f, 0xff, 0xff, 0xff], &[]).await;
     assert_eq!(r.grpc_status().unwrap().code(), tonic::Code::ResourceExhausted);
 
-    // Unknown service and method.
+    // Unknown service and method: UNIMPLEMENTED, with a message that names the method.
     let r = h2_call(m.addr, "/viam.component.motor.v1.MotorService/Explode", frame(&[]), &[]).await;
-    assert_eq!(r.grpc_status().unwrap().code(), tonic::Code::Unimplemented);
+    let s = r.grpc_status().unwrap();
+    assert_eq!(s.code(), tonic::Code::Unimplemented);
+    assert_eq!(s.message(), "unknown method /viam.component.motor.v1.MotorService/Explode");
     let r = h2_call(m.addr, "/nope.v1.Nothing/Here", frame(&[]), &[]).await;
-    assert_eq!(r.grpc_status().unwrap().code(), tonic::Code::Unimplemented);
+    let s = r.grpc_status().unwrap();
+    assert_eq!((s.code(), s.message()), (tonic::Code::Unimplemented, "unknown method /nope.v1.Nothing/Here"));
 
     let robot = client(m.addr).await;
     // Unknown component.
     let err = Motor::from_robot(&robot, "motor9").set_power(0.1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(err.message().contains("motor9"));
+    // A 1 MiB name is not echoed back whole: the status message stays under 1 KiB.
+    let err = Motor::from_robot(&robot, &"m".repeat(1 << 20)).is_powered().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().len() <= 1024, "a {} byte status message", err.message().len());
     // Out of range and non-finite values.
     let motor = Motor::from_robot(&robot, "motor1");
     assert_eq!(motor.set_power(1.5).await.unwrap_err().code(), tonic::Code::InvalidArgument);

@@ -360,3 +360,40 @@ async fn a_caller_that_writes_the_instant_its_channel_opens_never_hangs() {
     let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
     assert_eq!(robot.resource_names().await.unwrap().len(), 3);
 }
+
+/// Over the data channel too, an unknown method's UNIMPLEMENTED names the
+/// method (the TypeScript SDK shows only the message over WebRTC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_method_over_webrtc_is_named_in_the_status() {
+    let m = start(full_config("")).await;
+    let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(robot.webrtc().unwrap().channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/nope.v1.Nothing/Here");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let err = grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::Unimplemented, "unknown method /nope.v1.Nothing/Here"));
+    robot.close().await;
+}
+
+/// On an open machine nobody can take the machine's calls at its embedded
+/// signaler: an external `Answer` stream for its own name is refused, and
+/// every caller reaches the real machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_else_answers_at_the_embedded_signaler() {
+    use tether_proto::proto::rpc::webrtc::v1 as pb;
+    let m = start(full_config("")).await;
+    let conn =
+        tether_transport::dial::DirectConnection::connect(&m.addr.to_string(), &Default::default()).await.unwrap();
+    let mut signaling = pb::signaling_service_client::SignalingServiceClient::new(conn);
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::AnswerResponse>(1);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("rpc-host", "test-machine".parse().unwrap());
+    let err = signaling.answer(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    for _ in 0..20 {
+        let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
+        assert_eq!(robot.resource_names().await.unwrap().len(), 3);
+        robot.close().await;
+    }
+}

@@ -136,7 +136,10 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
     if let Some(authority) = &authority {
         routes = routes.add_service(AuthServer::new(authority.clone()).into_service());
     }
-    let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(authority)).service(routes);
+    let svc = tower::ServiceBuilder::new()
+        .layer(tether_transport::grpc::StatusHygieneLayer)
+        .layer(AuthLayer::new(authority))
+        .service(routes);
     let svc = tether_transport::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
