@@ -118,3 +118,14 @@ export async function startMachine(config, { listen = '127.0.0.1:0', hosts = [],
   const port = Number(address.slice(address.lastIndexOf(':') + 1));
   return { address, port, log, stop };
 }
+
+/** Polls a machine's log (from startMachine) until `re` matches; the match, or an error after `timeoutMs`. */
+export async function waitForLog(machine, re, timeoutMs = 5000) {
+  const t0 = Date.now();
+  for (;;) {
+    const m = re.exec(machine.log());
+    if (m) return m;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`machine log has no ${re} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

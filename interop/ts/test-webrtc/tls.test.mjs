@@ -25,7 +25,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
-import { startMachine } from '../lib/machine.mjs';
+import { startMachine, waitForLog } from '../lib/machine.mjs';
 import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
 const OPENSSL = process.env.OPENSSL_BIN ?? '/usr/bin/openssl';
@@ -102,16 +102,6 @@ function bounded(what, promise, ms) {
     timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function waitForLog(machine, re, timeoutMs = 5000) {
-  const t0 = Date.now();
-  for (;;) {
-    const m = re.exec(machine.log());
-    if (m) return m;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`machine log has no ${re} within ${timeoutMs} ms`);
-    await sleep(50);
-  }
 }
 
 let pageDir;

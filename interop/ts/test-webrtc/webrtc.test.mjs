@@ -27,7 +27,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
 import { isPowered } from '../lib/grpcweb.mjs';
-import { startMachine } from '../lib/machine.mjs';
+import { startMachine, waitForLog } from '../lib/machine.mjs';
 import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
 const HOST = 'tether-webrtc-test'; // no "local": no direct gRPC-Web fallback in the SDK
@@ -94,16 +94,6 @@ async function setup(t, mode) {
     failed = false;
   };
   return { machine, browser, page: browser.page, info, ok };
-}
-
-async function waitForLog(machine, re, timeoutMs = 5000) {
-  const t0 = Date.now();
-  for (;;) {
-    const m = re.exec(machine.log());
-    if (m) return m;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`machine log has no ${re} within ${timeoutMs} ms`);
-    await sleep(50);
-  }
 }
 
 /** Asserts the dial really is WebRTC and that the host candidates match the mode. */
