@@ -45,13 +45,10 @@ pub struct StatusHygiene<S> {
 impl<S, B, RB> tower_service::Service<http::Request<B>> for StatusHygiene<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
 {
     type Response = http::Response<RB>;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = StatusHygieneFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -59,12 +56,30 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let uri = req.uri().clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            explain_status(resp.headers_mut(), uri.path());
-            Ok(resp)
-        })
+        StatusHygieneFuture { inner: self.inner.call(req), uri }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`StatusHygiene`].
+    pub struct StatusHygieneFuture<F> {
+        #[pin]
+        inner: F,
+        uri: http::Uri,
+    }
+}
+
+impl<F, RB, E> std::future::Future for StatusHygieneFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = std::task::ready!(this.inner.poll(cx))?;
+        explain_status(resp.headers_mut(), this.uri.path());
+        std::task::Poll::Ready(Ok(resp))
     }
 }
 
