@@ -250,12 +250,20 @@ impl Machine {
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
     /// enabled (the default) it also serves the embedded signaler on the same
-    /// port and answers WebRTC calls for the machine's names.
-    pub async fn serve(&self, listener: TcpListener, options: ServeOptions, shutdown: CancellationToken) {
+    /// port and answers WebRTC calls for the machine's names. The answerers
+    /// start when this is called (so [`Self::webrtc_hosts`] and
+    /// [`Self::signaling_status`] are filled in at once); the returned future
+    /// serves the listener. Call it inside a tokio runtime.
+    pub fn serve(
+        &self,
+        listener: TcpListener,
+        options: ServeOptions,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         if let Ok(local) = listener.local_addr() {
             self.start_webrtc(local, shutdown.clone());
         }
-        tether_transport::server::serve(listener, self.http_service(), options, shutdown).await
+        tether_transport::server::serve(listener, self.http_service(), options, shutdown)
     }
 
     /// `(offers being answered, WebRTC peers being served)` right now.

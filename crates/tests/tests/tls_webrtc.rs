@@ -107,20 +107,30 @@ async fn tls_machine_without_auth_answers_webrtc_through_its_own_signaler() {
     shutdown.cancel();
 }
 
+/// Serves `svc` on a free loopback port (TLS with `options`' certificate).
+async fn serve_on_loopback(
+    svc: tether_transport::server::HttpService,
+    options: ServeOptions,
+) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(tether_transport::server::serve(listener, svc, options, shutdown.clone()));
+    (addr, shutdown)
+}
+
+fn signaling_routes() -> tonic::service::Routes {
+    let signaling = tether_signaling::SignalingServer::new(Arc::new(tether_signaling::MemoryQueue::new()));
+    tonic::service::Routes::new(signaling.into_service())
+}
+
 /// A signaling service that requires API keys (only `bot`/`bot-secret`).
 async fn keyed_signaler() -> (SocketAddr, CancellationToken) {
     let authority =
         Arc::new(Authority::new("tether-signaling", vec![ApiKey { id: "bot".into(), key: "bot-secret".into() }]));
-    let signaling = tether_signaling::SignalingServer::new(Arc::new(tether_signaling::MemoryQueue::new()));
-    let routes = tonic::service::Routes::new(signaling.into_service())
-        .add_service(AuthServer::new(authority.clone()).into_service());
+    let routes = signaling_routes().add_service(AuthServer::new(authority.clone()).into_service());
     let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(Some(authority))).service(routes);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let svc = tower::util::BoxCloneSyncService::new(svc);
-    tokio::spawn(tether_transport::server::serve(listener, svc, Default::default(), shutdown.clone()));
-    (addr, shutdown)
+    serve_on_loopback(tower::util::BoxCloneSyncService::new(svc), ServeOptions::default()).await
 }
 
 /// A signaling service over TLS with a self-signed certificate nobody trusts.
@@ -129,19 +139,9 @@ async fn untrusted_tls_signaler(dir: &Path) -> (SocketAddr, CancellationToken) {
     let (cert_path, key_path) = (dir.join("sig-cert.pem"), dir.join("sig-key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let signaling = tether_signaling::SignalingServer::new(Arc::new(tether_signaling::MemoryQueue::new()));
-    let svc = tower::util::BoxCloneSyncService::new(tonic::service::Routes::new(signaling.into_service()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let tls = TlsConfig::from_pem_files(&cert_path, &key_path).unwrap();
-    tokio::spawn(tether_transport::server::serve(
-        listener,
-        svc,
-        ServeOptions::default().with_tls(Some(tls)),
-        shutdown.clone(),
-    ));
-    (addr, shutdown)
+    let svc = tower::util::BoxCloneSyncService::new(signaling_routes());
+    serve_on_loopback(svc, ServeOptions::default().with_tls(Some(tls))).await
 }
 
 /// Waits (bounded) until `status` is `Unreachable` and returns the reason.

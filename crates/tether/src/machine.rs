@@ -60,8 +60,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    let serving = machine.serve(listener, ServeOptions::default().with_tls(tls), shutdown);
     tokio::spawn(report_signalers(machine.clone()));
-    machine.serve(listener, ServeOptions::default().with_tls(tls), shutdown).await;
+    serving.await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -73,13 +74,7 @@ const FIRST_VERDICT: std::time::Duration = std::time::Duration::from_secs(5);
 /// external signaling service (the answerers keep retrying and log every
 /// change at WARN/INFO).
 async fn report_signalers(machine: Machine) {
-    // `serve` starts the answerers as its first step (and names the hosts).
-    for _ in 0..100 {
-        if !machine.webrtc_hosts().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // `serve` has started the answerers: their status watches exist.
     let mut seen = std::collections::HashSet::new();
     for (url, mut status) in machine.signaling_status() {
         let verdict = tokio::time::timeout(FIRST_VERDICT, status.wait_for(|s| *s != RemoteStatus::Connecting)).await;

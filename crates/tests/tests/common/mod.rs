@@ -34,16 +34,8 @@ pub(crate) async fn start(cfg: Config) -> TestMachine {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let m = machine.clone();
-    let token = shutdown.clone();
-    tokio::spawn(async move { m.serve(listener, Default::default(), token).await });
-    // Serving starts on the spawned task; wait until it has registered its names.
-    for _ in 0..200 {
-        if !machine.webrtc_hosts().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    // `serve` registers the machine's names before it returns its future.
+    tokio::spawn(machine.serve(listener, Default::default(), shutdown.clone()));
     TestMachine { addr, machine, shutdown }
 }
 
