@@ -104,10 +104,20 @@ build_pkg() { # PKG: the requested targets of one package (all of them in one ca
   mkdir -p "$pkg/target/logs"
   local build_log="$pkg/target/logs/build.log"
   if [[ ${#want[@]} -eq ${PKG_ALL[$pkg]} ]]; then
-    cargo_fuzz "$pkg" build >"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; return 1; }
+    cargo_fuzz "$pkg" build >"$build_log" 2>&1 || { build_failed "$build_log"; return 1; }
   else
-    for t in "${want[@]}"; do cargo_fuzz "$pkg" build "$t" >>"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; return 1; }; done
+    for t in "${want[@]}"; do cargo_fuzz "$pkg" build "$t" >>"$build_log" 2>&1 || { build_failed "$build_log"; return 1; }; done
   fi
+}
+build_failed() { # LOG: what made a build fail. The log's tail alone is often cargo-fuzz's own error
+  # backtrace (when RUST_BACKTRACE is set), so print the compiler's and cargo's error lines first,
+  # then the tail without backtrace frames, and the free disk space (a full disk is a common cause).
+  local log=$1
+  grep -E -A6 -m 10 '^error(\[E[0-9]+\])?:|^Error:|panicked at|No space left|LLVM ERROR|signal: [0-9]+' "$log" >&2 || true
+  printf -- '--- last lines (backtrace frames left out) ---\n' >&2
+  grep -v -E '^ +[0-9]+: |^ +at ' "$log" | tail -n 15 >&2 || true
+  printf -- '--- free disk space ---\n' >&2
+  df -h "$ROOT" >&2 || true
 }
 build() { # every package; stops at the first that fails, printing where its log is
   local pkg
