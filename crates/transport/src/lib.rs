@@ -20,6 +20,7 @@ pub mod auth;
 pub mod dial;
 pub mod grpc;
 pub mod identity;
+pub mod rtc;
 pub mod server;
 pub mod webrtc;
 

@@ -208,7 +208,7 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-fn request_metadata(headers: &HeaderMap) -> Metadata {
+pub(crate) fn request_metadata(headers: &HeaderMap) -> Metadata {
     headers
         .iter()
         .filter(|(k, _)| {
@@ -226,7 +226,7 @@ fn request_metadata(headers: &HeaderMap) -> Metadata {
         .collect()
 }
 
-fn header_map(md: &Metadata) -> HeaderMap {
+pub(crate) fn header_map(md: &Metadata) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in md {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
@@ -237,11 +237,11 @@ fn header_map(md: &Metadata) -> HeaderMap {
 }
 
 /// The tonic code of a code of the sans-IO layer.
-fn tonic_code(code: tether_wire::Code) -> Code {
+pub(crate) fn tonic_code(code: tether_wire::Code) -> Code {
     Code::from_i32(code as i32)
 }
 
-fn trailers(code: Code, message: &str, md: &Metadata) -> HeaderMap {
+pub(crate) fn trailers(code: Code, message: &str, md: &Metadata) -> HeaderMap {
     let mut h = header_map(md);
     h.insert("grpc-status", HeaderValue::from(code as i32));
     if !message.is_empty() {

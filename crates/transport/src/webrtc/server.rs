@@ -48,7 +48,7 @@ struct Call {
 }
 
 /// Headers that describe the transport, not the call; never passed on.
-fn is_transport_header(key: &str) -> bool {
+pub(crate) fn is_transport_header(key: &str) -> bool {
     key.starts_with(':')
         || matches!(
             key,
@@ -249,7 +249,7 @@ async fn run_call(
     }
 }
 
-fn metadata_of(headers: &HeaderMap) -> Metadata {
+pub(crate) fn metadata_of(headers: &HeaderMap) -> Metadata {
     headers
         .iter()
         .filter(|(k, _)| {

@@ -1,0 +1,930 @@
+//! One peer connection: the `rtc` state, its UDP sockets and the framing
+//! endpoint, owned by one driver task.
+//!
+//! [`RtcPeer`] is the handle. Everything it does (descriptions, remote
+//! candidates, closing) takes the state's lock for a moment and wakes the
+//! driver; the driver's loop is the only code that does I/O:
+//!
+//! 1. feed every datagram that has arrived (a batch per wake-up) and every
+//!    expired timer into the state;
+//! 2. run a *turn*: move framing packets into the `data` channel while it
+//!    buffers less than [`RtcOptions::high_water`], hand received channel
+//!    messages to the framing, collect events, and repeat until nothing moves;
+//! 3. send every datagram the turn produced, then sleep until a socket is
+//!    readable, a call queues work, or the earliest timer.
+//!
+//! Candidates: one socket per local IPv4 address (host candidates, loopback
+//! included when [`PeerOptions::include_loopback`]), server-reflexive
+//! candidates from a STUN binding request per socket and STUN server, and
+//! `.local` remote candidates resolved over mDNS (the `rtc` core builds the
+//! queries; the driver opens the multicast socket when the first one goes
+//! out).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::{SctpMaxMessageSize, SettingEngine, SettingEngineBuilder};
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, CandidateServerReflexiveConfig, RTCIceCandidate, RTCIceCandidateInit,
+    RTCIceServer,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::stun::message::{BINDING_REQUEST, Getter, Message, TransactionId};
+use rtc::stun::xoraddr::XorMappedAddress;
+use tether_proto::proto::rpc::webrtc::v1 as pb;
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::channel::ClientSide;
+use super::serve::ServerSide;
+use crate::webrtc::SelectedPair;
+use crate::webrtc::peer::PeerOptions;
+
+/// Size asked for each UDP socket's send and receive buffers. With Linux's
+/// default (208 KiB) a data-channel burst overflows the receiver's buffer on
+/// loopback and SCTP recovers slowly; the kernel caps the request at
+/// `net.core.{r,w}mem_max`, which is all the fallback there is to do.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// The largest datagram read.
+const MAX_DATAGRAM: usize = 65_536;
+/// Datagrams read per wake-up before the state runs a turn.
+const RECV_BATCH: usize = 64;
+/// How long a STUN binding request for a server-reflexive candidate is
+/// retried before that server is given up on.
+const STUN_DEADLINE: Duration = Duration::from_secs(3);
+/// Interval between STUN retransmissions.
+const STUN_RETRY: Duration = Duration::from_millis(250);
+/// The `max-message-size` we advertise: messages up to this size are
+/// received whole (our own framing never sends more than 16 KiB at once).
+pub const MAX_MESSAGE_SIZE: u32 = 256 << 10;
+
+/// What [`RtcPeer`] adds to [`PeerOptions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RtcOptions {
+    /// Stop moving framing packets into the `data` channel while it buffers
+    /// this many bytes (sent but not yet acknowledged, or not yet sent).
+    /// Small keeps a small call from waiting long behind a bulk transfer on
+    /// another stream; large keeps a long path full.
+    pub high_water: usize,
+}
+
+impl Default for RtcOptions {
+    fn default() -> Self {
+        Self { high_water: 256 << 10 }
+    }
+}
+
+impl RtcOptions {
+    /// Sets [`Self::high_water`].
+    pub fn with_high_water(mut self, bytes: usize) -> Self {
+        self.high_water = bytes;
+        self
+    }
+}
+
+/// What a peer connection reports to the code that set it up (signaling).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerEvent {
+    /// A local candidate to trickle to the peer.
+    LocalCandidate(pb::IceCandidate),
+    /// Every local candidate has been reported.
+    GatheringComplete,
+    /// The `data` channel is open: calls can flow.
+    Open,
+    /// The connection is gone (ICE failed or disconnected, the channel or
+    /// the connection closed); nothing more follows.
+    Closed(String),
+}
+
+/// The role the `data` channel plays: nothing yet (messages wait), the
+/// machine's server, or the client's calls.
+pub(crate) enum Endpoint {
+    Detached(VecDeque<Bytes>),
+    Server(ServerSide),
+    Client(ClientSide),
+}
+
+impl Endpoint {
+    fn on_message(&mut self, message: Bytes, shared: &Arc<Shared>, wake: &mut Vec<Waker>) {
+        match self {
+            Self::Detached(early) => early.push_back(message),
+            Self::Server(s) => s.on_message(&message, shared),
+            Self::Client(c) => c.on_message(&message, wake),
+        }
+    }
+
+    /// The next framing packet to send, if any.
+    fn poll_transmit(&mut self, wake: &mut Vec<Waker>) -> Option<Bytes> {
+        match self {
+            Self::Detached(_) => None,
+            Self::Server(s) => s.poll_transmit(wake),
+            Self::Client(c) => c.poll_transmit(wake),
+        }
+    }
+
+    fn on_close(&mut self, wake: &mut Vec<Waker>) {
+        match self {
+            Self::Detached(_) => {}
+            Self::Server(s) => s.on_close(wake),
+            Self::Client(c) => c.on_close(wake),
+        }
+    }
+}
+
+struct StunQuery {
+    socket: usize,
+    server: SocketAddr,
+    url: String,
+    tid: TransactionId,
+    request: Vec<u8>,
+    next_send: Instant,
+    give_up: Instant,
+}
+
+/// The state the driver owns and calls touch through the lock.
+pub(crate) struct Inner {
+    pub(crate) pc: RTCPeerConnection,
+    data: RTCDataChannelId,
+    data_open: bool,
+    high_water: usize,
+    pub(crate) endpoint: Endpoint,
+    events: VecDeque<PeerEvent>,
+    /// Why the connection ended, once it has.
+    pub(crate) closed: Option<String>,
+    /// Local addresses of the UDP sockets (index = socket).
+    locals: Vec<SocketAddr>,
+    stun: Vec<StunQuery>,
+    host_candidates_added: bool,
+    gathering_complete: bool,
+    /// Datagrams the last turn produced: (socket, destination, payload).
+    out: Vec<(Option<usize>, SocketAddr, BytesMut)>,
+    /// Remote candidates that arrived before the remote description.
+    early_candidates: Vec<RTCIceCandidateInit>,
+    include_loopback: bool,
+}
+
+/// The lock around [`Inner`] and the driver's wake-up.
+pub(crate) struct Shared {
+    pub(crate) inner: Mutex<Inner>,
+    driver: Notify,
+    events: Notify,
+    pub(crate) closed: CancellationToken,
+}
+
+impl Shared {
+    /// Wakes the driver: a call queued work.
+    pub(crate) fn wake_driver(&self) {
+        self.driver.notify_one();
+    }
+
+    /// Runs `f` on the state, then wakes the wakers it collected (outside
+    /// the lock) and the driver.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Inner, &mut Vec<Waker>) -> R) -> R {
+        let mut wake = Vec::new();
+        let r = {
+            let mut inner = self.inner.lock();
+            f(&mut inner, &mut wake)
+        };
+        for w in wake {
+            w.wake();
+        }
+        self.wake_driver();
+        r
+    }
+}
+
+/// A WebRTC peer connection with tether's two negotiated channels (`data`,
+/// id 0, and `negotiation`, id 1, both ordered and reliable), driven by its
+/// own task. Cheap to clone; the connection lives until [`RtcPeer::close`]
+/// or until it dies.
+#[derive(Clone)]
+pub struct RtcPeer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RtcPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtcPeer").field("closed", &self.shared.closed.is_cancelled()).finish()
+    }
+}
+
+/// Why a peer connection could not be set up or a description was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No UDP socket could be opened.
+    #[error("no UDP socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The `rtc` core refused (a bad description or candidate, a closed connection).
+    #[error("{0}")]
+    Rtc(String),
+    /// The connection is closed.
+    #[error("peer connection closed: {0}")]
+    Closed(String),
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> PeerError {
+    PeerError::Rtc(e.to_string())
+}
+
+/// The time the `rtc` core is given: tokio's clock, so that tests on paused
+/// time drive its timers too.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn bind_udp(ip: IpAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps (or refuses) larger buffers.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// The IPv4 addresses to gather host candidates on.
+fn local_ips(include_loopback: bool) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_link_local() => Some(ip),
+            _ => None,
+        })
+        .filter(|ip| include_loopback || !ip.is_loopback())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() && include_loopback {
+        ips.push(Ipv4Addr::LOCALHOST);
+    }
+    ips
+}
+
+/// `stun:host:port` URLs of `servers`, resolved (unresolvable ones are skipped).
+async fn stun_servers(options: &PeerOptions) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    if options.relay_only {
+        return out;
+    }
+    for server in &options.ice_servers {
+        for url in &server.urls {
+            let Some(rest) = url.strip_prefix("stun:") else { continue };
+            let host = rest.split('?').next().unwrap_or(rest);
+            let host = if host.contains(':') { host.to_owned() } else { format!("{host}:3478") };
+            let resolved = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(host.clone())).await;
+            match resolved {
+                Ok(Ok(addrs)) => {
+                    if let Some(a) = addrs.into_iter().find(SocketAddr::is_ipv4) {
+                        out.push((url.clone(), a));
+                    }
+                }
+                _ => tracing::debug!(%url, "STUN server not resolved; skipping it"),
+            }
+        }
+    }
+    out
+}
+
+fn setting_engine(options: &PeerOptions) -> SettingEngine {
+    SettingEngineBuilder::new()
+        .with_ice_timeouts(Some(options.disconnected_timeout), Some(options.failed_timeout), Some(options.keepalive))
+        .with_include_loopback_candidate(options.include_loopback)
+        // See crate::webrtc::peer: no wait before a peer-reflexive or
+        // server-reflexive pair may be nominated; relayed pairs keep theirs
+        // unless relay-only.
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        .with_relay_acceptance_min_wait(if options.relay_only { Some(Duration::ZERO) } else { None })
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::QueryOnly)
+        .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_SIZE))
+        // As the answerer, be the DTLS (and so SCTP) server. The offerer
+        // then starts both handshakes once its ICE has selected a pair,
+        // which the answerer (controlled) has always done by then: an
+        // answering DTLS client's first ClientHello could reach an offerer
+        // whose ICE was not yet connected and be dropped (a 1 s
+        // retransmission). And the SCTP server opens its negotiated channels
+        // before its COOKIE-ACK goes out, so the offerer's first message can
+        // never reach the answerer before the answerer's own `data` channel
+        // exists: `rtc` 0.21, like webrtc-rs 0.17, drops such a message and
+        // then fails to open the channel ("there already exists a stream
+        // with identifier").
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Server)
+        .build()
+}
+
+impl RtcPeer {
+    /// Opens the sockets, builds the connection with its two channels and
+    /// starts the driver.
+    pub async fn new(options: &PeerOptions, rtc_options: RtcOptions) -> Result<Self, PeerError> {
+        let ips = local_ips(options.include_loopback);
+        let mut sockets = Vec::new();
+        for ip in ips {
+            match bind_udp(IpAddr::V4(ip)) {
+                Ok(s) => sockets.push(s),
+                Err(e) => tracing::debug!(%ip, "no UDP socket on this address: {e}"),
+            }
+        }
+        if sockets.is_empty() {
+            return Err(PeerError::Io(std::io::Error::other("no IPv4 address to bind a UDP socket to")));
+        }
+        let locals: Vec<SocketAddr> = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+        if locals.len() != sockets.len() {
+            return Err(PeerError::Io(std::io::Error::other("a UDP socket has no local address")));
+        }
+        let servers = stun_servers(options).await;
+
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                options
+                    .ice_servers
+                    .iter()
+                    .map(|s| RTCIceServer {
+                        urls: s.urls.clone(),
+                        username: s.username.clone(),
+                        credential: s.credential.clone(),
+                    })
+                    .collect(),
+            )
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_setting_engine(setting_engine(options))
+            .build(now())
+            .map_err(rtc_err)?;
+        let init = |id| RTCDataChannelInit { ordered: true, negotiated: Some(id), ..Default::default() };
+        let data = pc.create_data_channel("data", Some(init(0))).map_err(rtc_err)?.id();
+        pc.create_data_channel("negotiation", Some(init(1))).map_err(rtc_err)?;
+
+        let start = now();
+        let mut stun = Vec::new();
+        for (socket, local) in locals.iter().enumerate() {
+            if local.ip().is_loopback() {
+                continue;
+            }
+            for (url, server) in &servers {
+                let mut msg = Message::new();
+                if msg.build(&[Box::<TransactionId>::default(), Box::new(BINDING_REQUEST)]).is_err() {
+                    continue;
+                }
+                stun.push(StunQuery {
+                    socket,
+                    server: *server,
+                    url: url.clone(),
+                    tid: msg.transaction_id,
+                    request: msg.raw.clone(),
+                    next_send: start,
+                    give_up: start + STUN_DEADLINE,
+                });
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                pc,
+                data,
+                data_open: false,
+                high_water: rtc_options.high_water.max(1),
+                endpoint: Endpoint::Detached(VecDeque::new()),
+                events: VecDeque::new(),
+                closed: None,
+                locals,
+                stun,
+                host_candidates_added: false,
+                gathering_complete: false,
+                out: Vec::new(),
+                early_candidates: Vec::new(),
+                include_loopback: options.include_loopback,
+            }),
+            driver: Notify::new(),
+            events: Notify::new(),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(drive(shared.clone(), sockets));
+        Ok(Self { shared })
+    }
+
+    /// Creates the offer, sets it as the local description and returns its SDP.
+    pub fn create_offer(&self) -> Result<String, PeerError> {
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let offer = inner.pc.create_offer(None).map_err(rtc_err)?;
+            inner.pc.set_local_description(now(), offer.clone()).map_err(rtc_err)?;
+            inner.add_host_candidates();
+            Ok(offer.sdp)
+        })
+    }
+
+    /// Takes the peer's offer and returns our answer (set as the local description).
+    pub fn accept_offer(&self, sdp: String) -> Result<String, PeerError> {
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let offer = RTCSessionDescription::offer(sdp).map_err(rtc_err)?;
+            inner.pc.set_remote_description(now(), offer).map_err(rtc_err)?;
+            inner.add_early_candidates();
+            let answer = inner.pc.create_answer(None).map_err(rtc_err)?;
+            inner.pc.set_local_description(now(), answer.clone()).map_err(rtc_err)?;
+            inner.add_host_candidates();
+            Ok(answer.sdp)
+        })
+    }
+
+    /// Takes the peer's answer to our offer.
+    pub fn accept_answer(&self, sdp: String) -> Result<(), PeerError> {
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let answer = RTCSessionDescription::answer(sdp).map_err(rtc_err)?;
+            inner.pc.set_remote_description(now(), answer).map_err(rtc_err)?;
+            inner.add_early_candidates();
+            Ok(())
+        })
+    }
+
+    /// The local description with every candidate gathered so far (what a
+    /// peer that does not trickle needs once gathering is complete).
+    pub fn local_description(&self) -> Option<String> {
+        self.shared.inner.lock().pc.local_description().map(|d| d.sdp)
+    }
+
+    /// Adds a candidate the peer trickled. Empty and impossible candidates
+    /// are ignored (see [`crate::webrtc::sdp::candidate_from_pb`]).
+    pub fn add_remote_candidate(&self, candidate: &pb::IceCandidate) -> Result<(), PeerError> {
+        if candidate.candidate.trim().is_empty() || tether_wire::sdp::bad_component(&candidate.candidate).is_some() {
+            return Ok(());
+        }
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate.clone(),
+            sdp_mid: candidate.sdp_mid.clone(),
+            sdp_mline_index: candidate.sdpm_line_index.and_then(|i| u16::try_from(i).ok()),
+            username_fragment: candidate.username_fragment.clone(),
+            ..Default::default()
+        };
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            if inner.pc.remote_description().is_none() {
+                inner.early_candidates.push(init);
+                return Ok(());
+            }
+            inner.pc.add_remote_candidate(init).map_err(rtc_err)
+        })
+    }
+
+    /// The next event; `None` once the connection is closed and every event
+    /// has been taken.
+    pub async fn next_event(&self) -> Option<PeerEvent> {
+        loop {
+            let notified = self.shared.events.notified();
+            {
+                let mut inner = self.shared.inner.lock();
+                if let Some(e) = inner.events.pop_front() {
+                    return Some(e);
+                }
+                if inner.closed.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Cancelled when the connection is gone.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.shared.closed
+    }
+
+    /// Closes the connection: calls in flight fail with UNAVAILABLE.
+    pub fn close(&self) {
+        self.shared.with(|inner, wake| inner.close("closed locally", wake));
+        self.shared.events.notify_waiters();
+    }
+
+    /// The selected candidate pair, once ICE has chosen one.
+    pub fn selected_pair(&self) -> Option<SelectedPair> {
+        let inner = self.shared.inner.lock();
+        let sctp = inner.pc.sctp()?;
+        let pair = sctp.transport().ice_transport().get_selected_candidate_pair()?;
+        let addr = |c: &RTCIceCandidate| format!("{}:{}", c.address, c.port).parse().ok();
+        Some(SelectedPair {
+            local: addr(pair.local()),
+            remote: addr(pair.remote()),
+            local_type: pair.local().typ.to_string(),
+            remote_type: pair.remote().typ.to_string(),
+        })
+    }
+
+    /// Sends one message on the `data` channel as it is, bypassing the
+    /// framing (for robustness tests: the peer must drop what it cannot parse).
+    pub fn send_raw(&self, packet: &[u8]) -> Result<(), PeerError> {
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let id = inner.data;
+            let mut dc = inner.pc.data_channel(id).ok_or_else(|| PeerError::Closed("no data channel".into()))?;
+            dc.send(now(), BytesMut::from(packet)).map_err(rtc_err)
+        })
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), PeerError> {
+        match &self.closed {
+            Some(reason) => Err(PeerError::Closed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// One host candidate per socket, once the local description is set.
+    fn add_host_candidates(&mut self) {
+        if self.host_candidates_added {
+            return;
+        }
+        self.host_candidates_added = true;
+        for local in self.locals.clone() {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: local.ip().to_string(),
+                    port: local.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host();
+            self.add_local(
+                candidate.map_err(rtc_err).and_then(|c| RTCIceCandidate::from(&c).to_json().map_err(rtc_err)),
+            );
+        }
+        self.maybe_gathering_complete();
+    }
+
+    fn add_local(&mut self, init: Result<RTCIceCandidateInit, PeerError>) {
+        match init.and_then(|init| self.pc.add_local_candidate(init).map_err(rtc_err)) {
+            Ok(()) => {}
+            Err(e) => tracing::debug!("local candidate not added: {e}"),
+        }
+    }
+
+    fn add_early_candidates(&mut self) {
+        for c in std::mem::take(&mut self.early_candidates) {
+            if let Err(e) = self.pc.add_remote_candidate(c) {
+                tracing::debug!("ignoring a bad remote candidate: {e}");
+            }
+        }
+    }
+
+    fn maybe_gathering_complete(&mut self) {
+        if self.host_candidates_added && self.stun.is_empty() && !self.gathering_complete {
+            self.gathering_complete = true;
+            // An empty candidate marks the end of gathering.
+            let _ = self.pc.add_local_candidate(RTCIceCandidateInit::default());
+        }
+    }
+
+    /// A STUN answer to one of our gathering queries (consumed), or not.
+    fn stun_answer(&mut self, socket: usize, from: SocketAddr, data: &[u8]) -> bool {
+        // A STUN message: two zero bits, then the magic cookie at offset 4.
+        if self.stun.is_empty() || data.len() < 20 || data[0] & 0xC0 != 0 || data[4..8] != [0x21, 0x12, 0xA4, 0x42] {
+            return false;
+        }
+        let Some(i) = self
+            .stun
+            .iter()
+            .position(|q| q.socket == socket && q.server == from && data.get(8..20) == Some(&q.tid.0[..]))
+        else {
+            return false;
+        };
+        let query = self.stun.remove(i);
+        let mut msg = Message::new();
+        msg.raw = data.to_vec();
+        let mut mapped = XorMappedAddress::default();
+        if msg.decode().is_ok() && mapped.get_from(&msg).is_ok() {
+            let base = self.locals[socket];
+            let candidate = CandidateServerReflexiveConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: mapped.ip.to_string(),
+                    port: mapped.port,
+                    component: 1,
+                    ..Default::default()
+                },
+                rel_addr: base.ip().to_string(),
+                rel_port: base.port(),
+                url: Some(query.url.clone()),
+            }
+            .new_candidate_server_reflexive();
+            let known = self.pc.sctp().is_some_and(|s| {
+                s.transport()
+                    .ice_transport()
+                    .get_local_candidates()
+                    .iter()
+                    .any(|c| c.address == mapped.ip.to_string() && c.port == mapped.port)
+            });
+            if !known {
+                self.add_local(
+                    candidate.map_err(rtc_err).and_then(|c| RTCIceCandidate::from(&c).to_json().map_err(rtc_err)),
+                );
+            }
+        }
+        self.maybe_gathering_complete();
+        true
+    }
+
+    /// Retransmits STUN queries that are due and drops those past their
+    /// deadline. Returns the next time this needs to run.
+    fn stun_timers(&mut self, now: Instant) -> Option<Instant> {
+        let before = self.stun.len();
+        self.stun.retain(|q| q.give_up > now);
+        let mut next: Option<Instant> = None;
+        for q in &mut self.stun {
+            if q.next_send <= now {
+                self.out.push((Some(q.socket), q.server, BytesMut::from(&q.request[..])));
+                q.next_send = now + STUN_RETRY;
+            }
+            let t = q.next_send.min(q.give_up);
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        if self.stun.len() != before {
+            self.maybe_gathering_complete();
+        }
+        next
+    }
+
+    /// Marks the connection closed (once), fails the endpoint's calls and
+    /// closes the `rtc` state.
+    pub(crate) fn close(&mut self, reason: &str, wake: &mut Vec<Waker>) {
+        if self.closed.is_some() {
+            return;
+        }
+        tracing::debug!("peer connection closed: {reason}");
+        self.closed = Some(reason.to_owned());
+        self.endpoint.on_close(wake);
+        let _ = self.pc.close();
+        self.events.push_back(PeerEvent::Closed(reason.to_owned()));
+    }
+
+    /// One turn: framing ↔ channel, events, and the datagrams to send.
+    fn turn(&mut self, shared: &Arc<Shared>, wake: &mut Vec<Waker>) {
+        let now = now();
+        let (mut flushes, mut flushed) = (0, false);
+        loop {
+            let mut progress = false;
+            if self.data_open && self.closed.is_none() {
+                let id = self.data;
+                while let Some(mut dc) = self.pc.data_channel(id) {
+                    if dc.outstanding_bytes() >= self.high_water {
+                        break;
+                    }
+                    let Some(packet) = self.endpoint.poll_transmit(wake) else { break };
+                    if let Err(e) = dc.send(now, BytesMut::from(&packet[..])) {
+                        self.close(&format!("data channel send failed: {e}"), wake);
+                        break;
+                    }
+                    progress = true;
+                }
+            }
+            while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+                if let RTCMessage::DataChannelMessage(id, msg) = message
+                    && id == self.data
+                {
+                    self.endpoint.on_message(msg.data.freeze(), shared, wake);
+                    progress = true;
+                }
+            }
+            while let Some(event) = self.pc.poll_event() {
+                progress = true;
+                self.on_event(event, wake);
+            }
+            if progress {
+                flushed = false;
+            } else {
+                // Work around an `rtc` 0.21 behaviour: what a handler queues
+                // while reacting to an internal event (the DTLS ClientHello
+                // once ICE selects a pair, SCTP's INIT once DTLS is up) only
+                // reaches `poll_write` on the handler's next `handle_timeout`.
+                // Waiting for the timer cost ~200 ms per phase of the
+                // handshake; the timers themselves check their deadlines, so
+                // an early call only flushes. Once per quiet point, a few at
+                // most per turn.
+                if flushed || flushes == 4 {
+                    break;
+                }
+                flushed = true;
+                flushes += 1;
+                let _ = self.pc.handle_timeout(now);
+            }
+        }
+        while let Some(w) = self.pc.poll_write() {
+            let socket = self.socket_for(w.transport.local_addr);
+            self.out.push((socket, w.transport.peer_addr, w.message));
+        }
+    }
+
+    fn on_event(&mut self, event: RTCPeerConnectionEvent, wake: &mut Vec<Waker>) {
+        match event {
+            RTCPeerConnectionEvent::OnIceCandidateEvent(e) => {
+                if let Ok(init) = e.candidate.to_json() {
+                    if !self.include_loopback && init.candidate.contains(" 127.") {
+                        return;
+                    }
+                    self.events.push_back(PeerEvent::LocalCandidate(pb::IceCandidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdpm_line_index: init.sdp_mline_index.map(u32::from),
+                        username_fragment: init.username_fragment,
+                    }));
+                }
+            }
+            RTCPeerConnectionEvent::OnIceGatheringStateChangeEvent(
+                rtc::peer_connection::state::RTCIceGatheringState::Complete,
+            ) => self.events.push_back(PeerEvent::GatheringComplete),
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Failed => self.close("ICE failed", wake),
+                RTCPeerConnectionState::Disconnected => self.close("ICE disconnected", wake),
+                RTCPeerConnectionState::Closed => self.close("connection closed", wake),
+                _ => {}
+            },
+            RTCPeerConnectionEvent::OnDataChannel(e) => match e {
+                RTCDataChannelEvent::OnOpen(id) if id == self.data => {
+                    self.data_open = true;
+                    self.events.push_back(PeerEvent::Open);
+                }
+                RTCDataChannelEvent::OnClose(id) | RTCDataChannelEvent::OnError(id) if id == self.data => {
+                    self.close("data channel closed", wake);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// The socket whose address is `local` (the mDNS socket for none).
+    fn socket_for(&self, local: SocketAddr) -> Option<usize> {
+        self.locals
+            .iter()
+            .position(|l| *l == local)
+            .or_else(|| self.locals.iter().position(|l| l.port() == local.port()))
+    }
+
+    /// Gives the `data` channel its role, handing it what arrived before.
+    pub(crate) fn attach(&mut self, endpoint: Endpoint, shared: &Arc<Shared>, wake: &mut Vec<Waker>) {
+        let early = match std::mem::replace(&mut self.endpoint, endpoint) {
+            Endpoint::Detached(early) => early,
+            _ => VecDeque::new(),
+        };
+        for message in early {
+            self.endpoint.on_message(message, shared, wake);
+        }
+        if self.closed.is_some() {
+            self.endpoint.on_close(wake);
+        }
+    }
+}
+
+/// Reads what is available on any socket without waiting (or waits for the
+/// first datagram when `wait`): (socket, from, length) into `buf`.
+fn poll_recv(
+    sockets: &[UdpSocket],
+    buf: &mut [u8],
+    cx: &mut std::task::Context<'_>,
+) -> Poll<(usize, SocketAddr, usize)> {
+    for (i, s) in sockets.iter().enumerate() {
+        let mut rb = ReadBuf::new(buf);
+        match s.poll_recv_from(cx, &mut rb) {
+            Poll::Ready(Ok(from)) => return Poll::Ready((i, from, rb.filled().len())),
+            Poll::Ready(Err(e)) => tracing::trace!("udp receive error: {e}"),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+fn mdns_socket() -> Option<UdpSocket> {
+    let std = rtc::mdns::MulticastSocket::new().into_std().ok()?;
+    std.set_nonblocking(true).ok()?;
+    UdpSocket::from_std(std).ok()
+}
+
+async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
+    let host_sockets = sockets.len();
+    let mut mdns: Option<SocketAddr> = None;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::new();
+    loop {
+        let notified = shared.driver.notified();
+        let (deadline, done) = {
+            let mut wake = Vec::new();
+            let (deadline, done, had_events) = {
+                let mut inner = shared.inner.lock();
+                let t = now();
+                if inner.pc.poll_timeout().is_some_and(|d| d <= t) {
+                    let _ = inner.pc.handle_timeout(t);
+                }
+                let stun_next = inner.stun_timers(t);
+                inner.turn(&shared, &mut wake);
+                std::mem::swap(&mut out, &mut inner.out);
+                let deadline = match (inner.pc.poll_timeout(), stun_next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (deadline, inner.closed.is_some(), !inner.events.is_empty())
+            };
+            for w in wake {
+                w.wake();
+            }
+            if had_events || done {
+                shared.events.notify_waiters();
+            }
+            (deadline, done)
+        };
+        for (socket, to, payload) in out.drain(..) {
+            let index = match socket {
+                Some(i) => Some(i),
+                None if to.port() == 5353 => {
+                    if mdns.is_none()
+                        && let Some(s) = mdns_socket()
+                    {
+                        mdns = s.local_addr().ok();
+                        sockets.push(s);
+                    }
+                    (sockets.len() > host_sockets).then_some(host_sockets)
+                }
+                None => Some(0),
+            };
+            let Some(s) = index.and_then(|i| sockets.get(i)) else { continue };
+            if let Err(e) = s.try_send_to(&payload, to) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    let _ = s.send_to(&payload, to).await;
+                } else {
+                    tracing::trace!(%to, "udp send error: {e}");
+                }
+            }
+        }
+        if done {
+            shared.closed.cancel();
+            shared.events.notify_waiters();
+            return;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let woke = tokio::select! {
+            biased;
+            r = poll_fn(|cx| poll_recv(&sockets, &mut buf, cx)) => Some(r),
+            _ = notified => None,
+            _ = sleep => None,
+        };
+        let Some((i, from, n)) = woke else { continue };
+        let mut batch = vec![(i, from, BytesMut::from(&buf[..n]))];
+        while batch.len() < RECV_BATCH {
+            let got = sockets.iter().enumerate().find_map(|(j, s)| {
+                s.try_recv_from(&mut buf).ok().map(|(n, from)| (j, from, BytesMut::from(&buf[..n])))
+            });
+            match got {
+                Some(g) => batch.push(g),
+                None => break,
+            }
+        }
+        let mut inner = shared.inner.lock();
+        let t = now();
+        for (i, from, data) in batch {
+            if i < host_sockets && inner.stun_answer(i, from, &data) {
+                continue;
+            }
+            let local = if i < host_sockets { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
+            let read = TaggedBytesMut {
+                now: t,
+                transport: TransportContext {
+                    local_addr: local,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: data,
+            };
+            if let Err(e) = inner.pc.handle_read(read) {
+                tracing::trace!(%from, "datagram refused: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The machine's side of the `data` channel: the same tonic router as on
+//! TCP, served over [`ServerConn`] inside the peer's state.
+//!
+//! Each call becomes an `http::Request` with a [`ConnectionInfo`] of kind
+//! WebRTC (and the caller's identity, when known) in its extensions, and runs
+//! as one task: the handler's future. Its request body reads messages
+//! straight from the call's slot in the shared state; its response goes
+//! straight into the framing, waiting (on a waker) while the stream has more
+//! than [`STREAM_WINDOW`] bytes queued.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use tether_wire::Code;
+use tether_wire::framing::{Limits, ServerConn, ServerEvent};
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tower::ServiceExt;
+
+use super::peer::{Endpoint, Inner, RtcPeer, Shared};
+use crate::auth::AuthEntity;
+use crate::server::{ConnectionInfo, HttpService};
+use crate::webrtc::server::{is_transport_header, metadata_of};
+
+/// Response bytes one stream may have queued in the framing before its
+/// handler waits.
+pub const STREAM_WINDOW: usize = 1 << 20;
+
+struct ServerCall {
+    /// Request messages not yet read by the handler.
+    body: VecDeque<Bytes>,
+    /// More request messages may come.
+    body_open: bool,
+    /// The method takes exactly one request message: its body ends after
+    /// the first one, whether or not the client sends eos (the TypeScript
+    /// SDK never does for unary calls, and tonic waits for the body's end).
+    single_request: bool,
+    body_waker: Option<Waker>,
+    send_waker: Option<Waker>,
+    cancel: CancellationToken,
+}
+
+/// The server role's part of the peer state.
+pub(crate) struct ServerSide {
+    conn: ServerConn,
+    calls: HashMap<u64, ServerCall>,
+    svc: HttpService,
+    info: ConnectionInfo,
+    entity: Option<AuthEntity>,
+}
+
+impl ServerSide {
+    pub(crate) fn on_message(&mut self, packet: &[u8], shared: &Arc<Shared>) {
+        if let Err(e) = self.conn.handle_incoming(packet) {
+            tracing::debug!("dropped a data channel message: {e}");
+        }
+        while let Some(event) = self.conn.poll_event() {
+            self.on_event(event, shared);
+        }
+    }
+
+    pub(crate) fn poll_transmit(&mut self, wake: &mut Vec<Waker>) -> Option<Bytes> {
+        let (stream, packet) = self.conn.poll_transmit_stream()?;
+        if self.conn.queued(stream) <= STREAM_WINDOW
+            && let Some(call) = self.calls.get_mut(&stream)
+            && let Some(w) = call.send_waker.take()
+        {
+            wake.push(w);
+        }
+        Some(packet)
+    }
+
+    pub(crate) fn on_close(&mut self, wake: &mut Vec<Waker>) {
+        for (_, mut call) in self.calls.drain() {
+            call.cancel.cancel();
+            wake.extend(call.body_waker.take());
+            wake.extend(call.send_waker.take());
+        }
+    }
+
+    fn on_event(&mut self, event: ServerEvent, shared: &Arc<Shared>) {
+        match event {
+            ServerEvent::Call { stream, method, metadata, timeout } => {
+                let mut headers = HeaderMap::new();
+                for (k, v) in &metadata {
+                    if is_transport_header(k) {
+                        continue;
+                    }
+                    if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                        headers.append(k, v);
+                    }
+                }
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+                let body = RequestBody { shared: shared.clone(), stream };
+                let mut req = match Request::post(method.as_str()).body(Body::new(body)) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.conn.send_trailers(
+                            stream,
+                            Code::Unimplemented,
+                            &format!("malformed method {method:?}"),
+                            &[],
+                        );
+                        return;
+                    }
+                };
+                *req.headers_mut() = headers;
+                req.extensions_mut().insert(self.info.clone());
+                if let Some(e) = &self.entity {
+                    req.extensions_mut().insert(e.clone());
+                }
+                let cancel = CancellationToken::new();
+                let single_request = tether_proto::safety::method(&method).is_some_and(|m| !m.client_streaming);
+                self.calls.insert(
+                    stream,
+                    ServerCall {
+                        body: VecDeque::new(),
+                        body_open: true,
+                        single_request,
+                        body_waker: None,
+                        send_waker: None,
+                        cancel: cancel.clone(),
+                    },
+                );
+                tokio::spawn(run_call(shared.clone(), self.svc.clone(), req, stream, timeout, cancel));
+            }
+            ServerEvent::Message { stream, message } => {
+                if let Some(call) = self.calls.get_mut(&stream)
+                    && call.body_open
+                {
+                    call.body.push_back(message);
+                    if call.single_request {
+                        call.body_open = false;
+                    }
+                    if let Some(w) = call.body_waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+            ServerEvent::HalfClose { stream } => {
+                if let Some(call) = self.calls.get_mut(&stream) {
+                    call.body_open = false;
+                    if let Some(w) = call.body_waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+            ServerEvent::Cancel { stream } => {
+                if let Some(mut call) = self.calls.remove(&stream) {
+                    call.cancel.cancel();
+                    if let Some(w) = call.body_waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl RtcPeer {
+    /// Serves `svc` on the `data` channel until the connection closes. Calls
+    /// in progress are cancelled when it does.
+    pub fn serve(&self, svc: HttpService, info: ConnectionInfo, entity: Option<AuthEntity>, limits: Limits) {
+        let side = ServerSide { conn: ServerConn::new(limits), calls: HashMap::new(), svc, info, entity };
+        let shared = self.shared.clone();
+        self.shared.with(|inner, wake| inner.attach(Endpoint::Server(side), &shared, wake));
+    }
+}
+
+/// Runs `f` on the server side of `shared`, if the call is still there.
+fn with_call<R>(shared: &Shared, stream: u64, f: impl FnOnce(&mut ServerSide, &mut Vec<Waker>) -> R) -> Option<R> {
+    shared.with(|inner: &mut Inner, wake| match &mut inner.endpoint {
+        Endpoint::Server(side) if side.calls.contains_key(&stream) => Some(f(side, wake)),
+        _ => None,
+    })
+}
+
+async fn run_call(
+    shared: Arc<Shared>,
+    svc: HttpService,
+    req: Request<Body>,
+    stream: u64,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    let work = forward(&shared, svc, req, stream);
+    let result = match timeout {
+        Some(t) => tokio::select! {
+            r = tokio::time::timeout(t, work) => r.unwrap_or(Err((Code::DeadlineExceeded, "deadline exceeded".into()))),
+            _ = cancel.cancelled() => return,
+        },
+        None => tokio::select! {
+            r = work => r,
+            _ = cancel.cancelled() => return,
+        },
+    };
+    if let Err((code, message)) = result {
+        finish(&shared, stream, code, &message, &[]);
+    }
+}
+
+fn finish(shared: &Shared, stream: u64, code: Code, message: &str, metadata: &[(String, String)]) {
+    with_call(shared, stream, |side, _| {
+        side.conn.send_trailers(stream, code, message, metadata);
+        side.calls.remove(&stream);
+    });
+}
+
+/// Waits until the stream has room for more response bytes; false if the
+/// call is gone.
+async fn credit(shared: &Shared, stream: u64) -> bool {
+    poll_fn(|cx: &mut Context<'_>| {
+        let mut inner = shared.inner.lock();
+        let Endpoint::Server(side) = &mut inner.endpoint else { return Poll::Ready(false) };
+        if side.conn.queued(stream) <= STREAM_WINDOW {
+            return Poll::Ready(side.calls.contains_key(&stream));
+        }
+        match side.calls.get_mut(&stream) {
+            Some(call) => {
+                call.send_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(false),
+        }
+    })
+    .await
+}
+
+/// Runs one call through the service and streams its response back.
+async fn forward(shared: &Shared, svc: HttpService, req: Request<Body>, stream: u64) -> Result<(), (Code, String)> {
+    let Ok(response) = svc.oneshot(req).await;
+    let (parts, mut body) = response.into_parts();
+    if let Some(status) = crate::grpc::status_from_headers(&parts.headers) {
+        // Trailers-only response.
+        let md = metadata_of(&parts.headers);
+        with_call(shared, stream, |side, _| side.conn.send_headers(stream, &md));
+        finish(shared, stream, Code::from_i32(status.code() as i32), status.message(), &[]);
+        return Ok(());
+    }
+    let md = metadata_of(&parts.headers);
+    with_call(shared, stream, |side, _| side.conn.send_headers(stream, &md));
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|s| (Code::from_i32(s.code() as i32), s.message().to_owned()))?;
+        match frame.into_data() {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                while let Some((compressed, message, total)) = crate::grpc::first_frame(&buf) {
+                    if compressed {
+                        return Err((Code::Internal, "compressed responses are not supported over WebRTC".into()));
+                    }
+                    if !credit(shared, stream).await {
+                        return Ok(());
+                    }
+                    let sent = with_call(shared, stream, |side, _| {
+                        side.conn.send_message(stream, message);
+                        if !side.conn.is_open(stream) {
+                            // The framing failed the stream (message too large).
+                            if let Some(call) = side.calls.remove(&stream) {
+                                call.cancel.cancel();
+                            }
+                        }
+                    });
+                    if sent.is_none() {
+                        return Ok(());
+                    }
+                    buf.advance(total);
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let (code, message) = match crate::grpc::status_from_headers(&trailers) {
+                        Some(s) => (Code::from_i32(s.code() as i32), s.message().to_owned()),
+                        None => (Code::Unknown, "response trailers without grpc-status".into()),
+                    };
+                    finish(shared, stream, code, &message, &metadata_of(&trailers));
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err((Code::Internal, "response ended without trailers".into()))
+}
+
+/// The request body a handler reads: messages from the call's slot.
+struct RequestBody {
+    shared: Arc<Shared>,
+    stream: u64,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let message = {
+            let mut inner = self.shared.inner.lock();
+            let Endpoint::Server(side) = &mut inner.endpoint else { return Poll::Ready(None) };
+            let Some(call) = side.calls.get_mut(&self.stream) else { return Poll::Ready(None) };
+            match call.body.pop_front() {
+                Some(m) => {
+                    side.conn.release(self.stream, m.len());
+                    m
+                }
+                None if call.body_open => {
+                    call.body_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                None => return Poll::Ready(None),
+            }
+        };
+        // Releasing credit may have queued a window update.
+        self.shared.wake_driver();
+        let mut framed = BytesMut::with_capacity(5 + message.len());
+        framed.extend_from_slice(&[0]);
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        Poll::Ready(Some(Ok(Frame::data(framed.freeze()))))
+    }
+}
