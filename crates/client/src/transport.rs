@@ -12,7 +12,7 @@ use http::{Request, Response};
 use parking_lot::RwLock;
 use tether_transport::BoxError;
 use tether_transport::dial::{DirectConnection, HeaderStamp};
-use tether_transport::webrtc::client::WebRtcChannel;
+use tether_transport::rtc::RtcChannel;
 use tokio::sync::watch;
 use tonic::body::Body;
 use tower::ServiceExt;
@@ -26,7 +26,7 @@ pub enum Transport {
     /// gRPC over HTTP/2 (credentials stamped on each call).
     Direct(HeaderStamp<DirectConnection>),
     /// gRPC over a WebRTC data channel.
-    WebRtc(WebRtcChannel),
+    WebRtc(RtcChannel),
 }
 
 impl Service<Request<Body>> for Transport {

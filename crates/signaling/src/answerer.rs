@@ -30,16 +30,15 @@ use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_transport::auth::AuthEntity;
 use tether_transport::dial::{Credentials, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
 use tether_transport::identity::VouchKey;
+use tether_transport::rtc::peer::RtcOptions;
+use tether_transport::rtc::{PeerEvent as RtcEvent, RtcPeer};
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
-use tether_transport::webrtc::peer::{PeerOptions, new_peer, open_lost};
-use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::peer::PeerOptions;
 use tether_transport::webrtc::sdp::{self, SdpKind};
 use tether_wire::framing::Limits;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use crate::queue::{AnswererEvent, AnswererResponder, CallQueue, CallerEvent, QueueError};
 
@@ -546,133 +545,16 @@ impl Context {
         }
         let entity = self.caller_entity(offer, &offer_sdp)?;
         let trickle = !offer.disable_trickle;
-        let peer =
-            new_peer(&self.config.peer).await.map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
-        let pc = peer.pc.clone();
-        let pipe = Pipe::attach(peer.data.clone());
-        let failed = CancellationToken::new();
-        let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-        pc.on_ice_candidate(Box::new(move |c| {
-            let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
-            Box::pin(async {})
-        }));
-        {
-            let failed = failed.clone();
-            pc.on_peer_connection_state_change(Box::new(move |s| {
-                if matches!(
-                    s,
-                    RTCPeerConnectionState::Failed
-                        | RTCPeerConnectionState::Closed
-                        | RTCPeerConnectionState::Disconnected
-                ) {
-                    failed.cancel();
-                }
-                Box::pin(async {})
-            }));
-        }
-        let setup = async {
-            let remote = RTCSessionDescription::offer(offer_sdp)
-                .map_err(|e| tonic::Status::invalid_argument(format!("bad offer: {e}")))?;
-            pc.set_remote_description(remote)
-                .await
-                .map_err(|e| tonic::Status::invalid_argument(format!("bad offer: {e}")))?;
-            let answer =
-                pc.create_answer(None).await.map_err(|e| tonic::Status::internal(format!("creating answer: {e}")))?;
-            let mut gathered = pc.gathering_complete_promise().await;
-            pc.set_local_description(answer)
-                .await
-                .map_err(|e| tonic::Status::internal(format!("setting answer: {e}")))?;
-            if !trickle {
-                let _ = gathered.recv().await;
-            }
-            let local = pc.local_description().await.ok_or_else(|| tonic::Status::internal("no local description"))?;
-            Ok::<_, tonic::Status>(local.sdp)
-        };
-        let answer_sdp = match tokio::time::timeout_at(deadline, setup).await {
-            Ok(r) => r?,
-            Err(_) => return Err(tonic::Status::deadline_exceeded("answering took too long")),
-        };
-        offer
-            .responder
-            .respond(AnswererEvent::Answer(sdp::encode(SdpKind::Answer, &answer_sdp)))
+        let peer = RtcPeer::new(&self.config.peer, RtcOptions::default())
             .await
-            .map_err(|_| tonic::Status::unavailable("the signaling exchange ended before the answer was sent"))?;
-
-        let mut done_sent = false;
-        let mut gathering_done = !trickle;
-        let opened = pipe.opened.clone();
-        let lost = open_lost(&peer.data, &peer.negotiation);
-        tokio::pin!(lost);
-        let mut open_was_lost = false;
-        loop {
-            tokio::select! {
-                _ = opened.cancelled(), if !done_sent => {
-                    let _ = offer.responder.respond(AnswererEvent::Done).await;
-                    done_sent = true;
-                    break;
-                }
-                c = cand_rx.recv(), if !gathering_done => match c {
-                    Some(Some(c)) if trickle => {
-                        let _ = offer.responder.respond(AnswererEvent::Candidate(sdp::candidate_to_pb(&c))).await;
-                    }
-                    Some(Some(_)) => {}
-                    Some(None) | None => gathering_done = true,
-                },
-                ev = offer.caller_events.next() => match ev {
-                    Some(CallerEvent::Candidate(c)) => {
-                        if let Some(c) = sdp::candidate_from_pb(&c)
-                            && let Err(e) = pc.add_ice_candidate(c).await
-                        {
-                            tracing::debug!("ignoring a bad remote candidate: {e}");
-                        }
-                    }
-                    Some(CallerEvent::Error(status)) => {
-                        let _ = pc.close().await;
-                        pipe.close();
-                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
-                    }
-                    // The caller is done, or the signaler ended the exchange:
-                    // wait for the channel to open.
-                    Some(CallerEvent::Done) | None => {
-                        tokio::select! {
-                            _ = opened.cancelled() => {
-                                let _ = offer.responder.respond(AnswererEvent::Done).await;
-                                done_sent = true;
-                            }
-                            _ = tokio::time::sleep_until(deadline) => {}
-                            _ = failed.cancelled() => {}
-                            _ = &mut lost => open_was_lost = true,
-                        }
-                        break;
-                    }
-                },
-                _ = failed.cancelled() => break,
-                _ = &mut lost => {
-                    open_was_lost = true;
-                    break;
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.shutdown.cancelled() => break,
-            }
-        }
-        if open_was_lost {
-            tracing::warn!(
-                "the caller's first message overtook our side of the data channel open and was lost (webrtc-rs 0.17 \
-                 negotiated-channel race); closing the connection so the caller fails fast instead of hanging"
-            );
-            let _ = pc.close().await;
-            pipe.close();
-            return Err(tonic::Status::unavailable(
-                "the data channel could not be opened: the caller's first message arrived before it",
-            ));
-        }
-        if !done_sent || !opened.is_cancelled() {
-            let _ = pc.close().await;
-            pipe.close();
-            return Err(tonic::Status::deadline_exceeded("the data channel did not open in time"));
+            .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
+        let result = self.exchange(offer, &peer, offer_sdp, trickle, deadline).await;
+        if let Err(status) = result {
+            peer.close();
+            return Err(status);
         }
         // Connected: serve the router on the data channel until the peer dies.
-        let pair = tether_transport::webrtc::selected_pair(&pc).await;
+        let pair = peer.selected_pair();
         let info = ConnectionInfo {
             kind: TransportKind::WebRtc,
             remote: pair.as_ref().and_then(|p| p.remote),
@@ -688,31 +570,100 @@ impl Context {
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
         (self.events)(PeerEvent::Opened(info.clone()));
-        let closed = pipe.closed.clone();
-        let stop = CancellationToken::new();
-        let serve = tokio::spawn(tether_transport::webrtc::server::serve(
-            pipe,
-            self.svc.clone(),
-            info.clone(),
-            entity,
-            self.config.limits,
-            stop.clone(),
-        ));
+        peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
         let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
         let responder = std::mem::replace(&mut offer.responder, Box::new(Finished));
         tokio::spawn(linger(events, responder, Duration::from_secs(10)));
         tokio::select! {
-            _ = closed.cancelled() => {}
-            _ = failed.cancelled() => {}
+            _ = peer.closed().cancelled() => {}
             _ = self.shutdown.cancelled() => {}
         }
-        stop.cancel();
-        let _ = serve.await;
-        let _ = pc.close().await;
+        peer.close();
         tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
         (self.events)(PeerEvent::Closed(info));
         Ok(())
+    }
+
+    /// Answers the offer and trickles candidates both ways until our side of
+    /// the `data` channel is open (then `done` has been sent).
+    async fn exchange(
+        &self,
+        offer: &mut IncomingOffer,
+        peer: &RtcPeer,
+        offer_sdp: String,
+        trickle: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), tonic::Status> {
+        let setup = async {
+            let answer =
+                peer.accept_offer(offer_sdp).map_err(|e| tonic::Status::invalid_argument(format!("bad offer: {e}")))?;
+            if trickle {
+                return Ok::<_, tonic::Status>(answer);
+            }
+            // A caller that does not trickle needs every candidate in the answer.
+            loop {
+                match peer.next_event().await {
+                    Some(RtcEvent::GatheringComplete) => break,
+                    Some(RtcEvent::Closed(reason)) => {
+                        return Err(tonic::Status::unavailable(format!(
+                            "peer connection closed while gathering: {reason}"
+                        )));
+                    }
+                    None => return Err(tonic::Status::unavailable("peer connection closed while gathering")),
+                    _ => {}
+                }
+            }
+            peer.local_description().ok_or_else(|| tonic::Status::internal("no local description"))
+        };
+        let answer_sdp = match tokio::time::timeout_at(deadline, setup).await {
+            Ok(r) => r?,
+            Err(_) => return Err(tonic::Status::deadline_exceeded("answering took too long")),
+        };
+        offer
+            .responder
+            .respond(AnswererEvent::Answer(sdp::encode(SdpKind::Answer, &answer_sdp)))
+            .await
+            .map_err(|_| tonic::Status::unavailable("the signaling exchange ended before the answer was sent"))?;
+
+        let mut caller_done = false;
+        loop {
+            tokio::select! {
+                ev = peer.next_event() => match ev {
+                    Some(RtcEvent::LocalCandidate(c)) => {
+                        if trickle {
+                            let _ = offer.responder.respond(AnswererEvent::Candidate(c)).await;
+                        }
+                    }
+                    Some(RtcEvent::GatheringComplete) => {}
+                    Some(RtcEvent::Open) => {
+                        let _ = offer.responder.respond(AnswererEvent::Done).await;
+                        return Ok(());
+                    }
+                    Some(RtcEvent::Closed(reason)) => {
+                        return Err(tonic::Status::unavailable(format!("the connection failed before the data channel opened: {reason}")));
+                    }
+                    None => return Err(tonic::Status::unavailable("the connection closed before the data channel opened")),
+                },
+                ev = offer.caller_events.next(), if !caller_done => match ev {
+                    Some(CallerEvent::Candidate(c)) => {
+                        if let Err(e) = peer.add_remote_candidate(&c) {
+                            tracing::debug!("ignoring a bad remote candidate: {e}");
+                        }
+                    }
+                    Some(CallerEvent::Error(status)) => {
+                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
+                    }
+                    // The caller is done, or the signaler ended the exchange:
+                    // wait for the channel to open.
+                    Some(CallerEvent::Done) | None => caller_done = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(tonic::Status::deadline_exceeded("the data channel did not open in time"));
+                }
+                _ = self.shutdown.cancelled() => return Err(tonic::Status::unavailable("the machine is shutting down")),
+            }
+        }
     }
 }
 

@@ -2,21 +2,16 @@
 //! servers, send an offer for a host, trickle candidates both ways, and end
 //! up with a [`WebRtcChannel`] once the `data` channel opens.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use tether_transport::dial::{Credentials, DialError, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
-use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::peer::{IceServer, PeerOptions, new_peer};
-use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::rtc::peer::{PeerError, RtcOptions};
+use tether_transport::rtc::{PeerEvent, RtcChannel, RtcPeer};
+use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tether_transport::webrtc::sdp::{self, SdpKind};
 use tether_wire::framing::Limits;
 
@@ -74,15 +69,13 @@ impl WebRtcOptions {
 #[derive(Clone)]
 pub struct WebRtcConnection {
     /// gRPC over the data channel.
-    pub channel: WebRtcChannel,
-    pc: Arc<RTCPeerConnection>,
-    data: Arc<webrtc::data_channel::RTCDataChannel>,
-    closed: CancellationToken,
+    pub channel: RtcChannel,
+    peer: RtcPeer,
 }
 
 impl std::fmt::Debug for WebRtcConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebRtcConnection").field("closed", &self.closed.is_cancelled()).finish()
+        f.debug_struct("WebRtcConnection").field("closed", &self.peer.closed().is_cancelled()).finish()
     }
 }
 
@@ -90,25 +83,24 @@ impl WebRtcConnection {
     /// Cancelled when the connection dies (ICE disconnected/failed, channel
     /// closed) or is closed.
     pub fn closed(&self) -> &CancellationToken {
-        &self.closed
+        self.peer.closed()
     }
 
     /// Closes the connection; calls in flight fail with UNAVAILABLE.
     pub async fn close(&self) {
-        self.closed.cancel();
-        let _ = self.pc.close().await;
+        self.peer.close();
     }
 
     /// Sends one message on the `data` channel as it is, bypassing the
     /// framing (for diagnostics and robustness tests: the machine must drop
     /// what it cannot parse and keep serving).
     pub async fn send_raw(&self, packet: bytes::Bytes) -> Result<(), DialError> {
-        self.data.send(&packet).await.map(drop).map_err(|e| DialError::Connect("data channel".into(), e.to_string()))
+        self.peer.send_raw(&packet).map_err(|e| DialError::Connect("data channel".into(), e.to_string()))
     }
 
     /// The selected candidate pair.
     pub async fn selected_pair(&self) -> Option<tether_transport::webrtc::SelectedPair> {
-        tether_transport::webrtc::selected_pair(&self.pc).await
+        self.peer.selected_pair()
     }
 }
 
@@ -180,16 +172,14 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
     peer_options.ice_servers = filter_ice_servers(servers, options);
     peer_options.relay_only = options.relay_only;
 
-    let peer = new_peer(&peer_options).await.map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
-    let pc = peer.pc.clone();
-    let result = exchange(&mut signaling, options, &peer.pc, peer.data.clone()).await;
-    match result {
-        Ok(connection) => Ok(connection),
-        Err(e) => {
-            let _ = pc.close().await;
-            Err(e)
-        }
+    let peer = RtcPeer::new(&peer_options, RtcOptions::default())
+        .await
+        .map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
+    let result = exchange(&mut signaling, options, &peer).await;
+    if result.is_err() {
+        peer.close();
     }
+    result
 }
 
 /// Runs `then` once every task in `pending` has finished.
@@ -203,40 +193,25 @@ async fn after(pending: Vec<tokio::task::JoinHandle<()>>, then: impl Future<Outp
 async fn exchange(
     signaling: &mut Signaling,
     options: &WebRtcOptions,
-    pc: &Arc<RTCPeerConnection>,
-    data: Arc<webrtc::data_channel::RTCDataChannel>,
+    peer: &RtcPeer,
 ) -> Result<WebRtcConnection, DialError> {
-    let pipe = Pipe::attach(data.clone());
     let host = options.host.clone();
-    let connect_err = |e: webrtc::Error| DialError::Connect(host.clone(), e.to_string());
-    let closed = CancellationToken::new();
-    {
-        let closed = closed.clone();
-        pc.on_peer_connection_state_change(Box::new(move |s| {
-            if matches!(
-                s,
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected
-            ) {
-                closed.cancel();
-            }
-            Box::pin(async {})
-        }));
-    }
-    let (cand_tx, mut candidates) = mpsc::unbounded_channel();
-    pc.on_ice_candidate(Box::new(move |c| {
-        let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
-        Box::pin(async {})
-    }));
-    let offer = pc.create_offer(None).await.map_err(connect_err)?;
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(offer).await.map_err(connect_err)?;
+    let connect_err = |e: PeerError| DialError::Connect(host.clone(), e.to_string());
+    // Calls made on the channel before the data channel opens wait for it.
+    let channel = peer.channel(options.limits);
+    let mut offer = peer.create_offer().map_err(connect_err)?;
     if options.disable_trickle {
-        let _ = gathered.recv().await;
+        loop {
+            match peer.next_event().await {
+                Some(PeerEvent::GatheringComplete) => break,
+                Some(PeerEvent::Closed(reason)) => return Err(DialError::Connect(options.host.clone(), reason)),
+                None => return Err(DialError::Connect(options.host.clone(), "closed while gathering".into())),
+                _ => {}
+            }
+        }
+        offer = peer.local_description().unwrap_or(offer);
     }
-    let local =
-        pc.local_description().await.ok_or_else(|| DialError::Connect(options.host.clone(), "no offer".into()))?;
-    let call =
-        pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: options.disable_trickle };
+    let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: options.disable_trickle };
     let mut answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
 
     // The first message must be the answer.
@@ -251,9 +226,7 @@ async fn exchange(
     if kind != SdpKind::Answer {
         return Err(tonic::Status::internal("the machine did not send an answer").into());
     }
-    let answer =
-        RTCSessionDescription::answer(answer).map_err(|e| tonic::Status::internal(format!("bad answer: {e}")))?;
-    pc.set_remote_description(answer).await.map_err(|e| tonic::Status::internal(format!("bad answer: {e}")))?;
+    peer.accept_answer(answer).map_err(|e| tonic::Status::internal(format!("bad answer: {e}")))?;
 
     let send_update = |update: pb::call_update_request::Update| {
         let mut signaling = signaling.clone();
@@ -280,21 +253,23 @@ async fn exchange(
         tokio::spawn(send_update(done()));
     }
     let mut answers_open = true;
-    let opened = pipe.opened.clone();
     loop {
         tokio::select! {
-            _ = opened.cancelled() => break,
-            _ = closed.cancelled() => {
-                return Err(DialError::Connect(options.host.clone(), "ICE failed before the data channel opened".into()));
-            }
-            c = candidates.recv(), if !done_sent => match c {
-                Some(Some(c)) => {
-                    let update = pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c));
-                    pending.push(tokio::spawn(send_update(update)));
+            ev = peer.next_event() => match ev {
+                Some(PeerEvent::Open) => break,
+                Some(PeerEvent::LocalCandidate(c)) => {
+                    if !done_sent {
+                        pending.push(tokio::spawn(send_update(pb::call_update_request::Update::Candidate(c))));
+                    }
                 }
-                Some(None) | None => {
-                    tokio::spawn(after(std::mem::take(&mut pending), send_update(done())));
-                    done_sent = true;
+                Some(PeerEvent::GatheringComplete) => {
+                    if !done_sent {
+                        tokio::spawn(after(std::mem::take(&mut pending), send_update(done())));
+                        done_sent = true;
+                    }
+                }
+                Some(PeerEvent::Closed(_)) | None => {
+                    return Err(DialError::Connect(options.host.clone(), "ICE failed before the data channel opened".into()));
                 }
             },
             m = answers.message(), if answers_open => match m {
@@ -304,8 +279,8 @@ async fn exchange(
                     }
                     if let Some(pb::call_response::Stage::Update(u)) = resp.stage
                         && !options.disable_trickle
-                        && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
-                        && let Err(e) = pc.add_ice_candidate(c).await
+                        && let Some(c) = u.candidate.as_ref()
+                        && let Err(e) = peer.add_remote_candidate(c)
                     {
                         tracing::debug!("ignoring a bad remote candidate: {e}");
                     }
@@ -328,36 +303,13 @@ async fn exchange(
     }
     // Like the TypeScript SDK, wait (briefly) for the signaler to end the
     // call, which it does once the machine reports done, i.e. once the
-    // machine's side of the data channel is open too. Sending before that can
-    // race the machine's own opening of the negotiated channel.
+    // machine's side of the data channel is open too. A tether machine opens
+    // its side first (it is the SCTP server), but a machine whose stack
+    // answers as the DTLS client opens last, and a message that beats its
+    // open of the negotiated channel can be lost.
     if answers_open {
-        let ended = async {
-            loop {
-                match answers.message().await {
-                    Ok(Some(resp)) => {
-                        if let Some(pb::call_response::Stage::Update(u)) = resp.stage
-                            && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
-                        {
-                            let _ = pc.add_ice_candidate(c).await;
-                        }
-                    }
-                    Ok(None) | Err(_) => return,
-                }
-            }
-        };
+        let ended = async { while let Ok(Some(_)) = answers.message().await {} };
         let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
     }
-    // From here on, the connection's death closes the channel.
-    let channel = WebRtcChannel::new(pipe, options.limits);
-    {
-        let closed = closed.clone();
-        let channel_closed = channel.closed().clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = closed.cancelled() => channel_closed.cancel(),
-                _ = channel_closed.cancelled() => closed.cancel(),
-            }
-        });
-    }
-    Ok(WebRtcConnection { channel, pc: pc.clone(), data, closed })
+    Ok(WebRtcConnection { channel, peer: peer.clone() })
 }

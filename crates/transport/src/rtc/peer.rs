@@ -158,6 +158,37 @@ struct StunQuery {
     give_up: Instant,
 }
 
+/// Packets kept per relay while the TURN server has not yet permitted
+/// their destination.
+const RELAY_QUEUE: usize = 64;
+/// How long gathering waits for a TURN allocation.
+const TURN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One TURN server: its client state and the relayed address it gave us.
+struct Turn {
+    client: rtc::turn::client::Client,
+    socket: usize,
+    server: SocketAddr,
+    url: String,
+    allocate: Option<TransactionId>,
+    /// The relayed address, once allocated.
+    relay: Option<SocketAddr>,
+    /// Gathering stops waiting for this allocation then.
+    give_up: Instant,
+    /// Peers the server lets through, and those asked for.
+    permitted: std::collections::HashSet<SocketAddr>,
+    asked: std::collections::HashSet<SocketAddr>,
+    /// Packets for peers not yet permitted.
+    waiting: VecDeque<(SocketAddr, BytesMut)>,
+}
+
+impl Turn {
+    /// Still gathering: neither allocated nor given up.
+    fn gathering(&self, now: Instant) -> bool {
+        self.relay.is_none() && self.allocate.is_some() && now < self.give_up
+    }
+}
+
 /// The state the driver owns and calls touch through the lock.
 pub(crate) struct Inner {
     pub(crate) pc: RTCPeerConnection,
@@ -171,6 +202,9 @@ pub(crate) struct Inner {
     /// Local addresses of the UDP sockets (index = socket).
     locals: Vec<SocketAddr>,
     stun: Vec<StunQuery>,
+    turn: Vec<Turn>,
+    /// Only relayed candidates are gathered (no host, no server-reflexive).
+    relay_only: bool,
     host_candidates_added: bool,
     gathering_complete: bool,
     /// Datagrams the last turn produced: (socket, destination, payload).
@@ -278,29 +312,53 @@ fn local_ips(include_loopback: bool) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// `stun:host:port` URLs of `servers`, resolved (unresolvable ones are skipped).
-async fn stun_servers(options: &PeerOptions) -> Vec<(String, SocketAddr)> {
-    let mut out = Vec::new();
-    if options.relay_only {
-        return out;
-    }
+/// A STUN or TURN server URL, resolved: (url, address, username, credential).
+struct Resolved {
+    url: String,
+    addr: SocketAddr,
+    username: String,
+    credential: String,
+}
+
+/// The `stun:` and `turn:` (UDP) servers of `options`, resolved to IPv4
+/// addresses; others (`turns:`, TURN over TCP) and unresolvable ones are
+/// skipped with a note in the log.
+async fn resolve_servers(options: &PeerOptions) -> (Vec<Resolved>, Vec<Resolved>) {
+    let (mut stun, mut turn) = (Vec::new(), Vec::new());
     for server in &options.ice_servers {
         for url in &server.urls {
-            let Some(rest) = url.strip_prefix("stun:") else { continue };
-            let host = rest.split('?').next().unwrap_or(rest);
+            let (is_turn, rest) = if let Some(rest) = url.strip_prefix("stun:") {
+                (false, rest)
+            } else if let Some(rest) = url.strip_prefix("turn:") {
+                (true, rest)
+            } else {
+                tracing::debug!(%url, "ICE server scheme not supported; skipping it");
+                continue;
+            };
+            if options.relay_only && !is_turn {
+                continue;
+            }
+            let (host, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if query.split('&').any(|kv| kv.eq_ignore_ascii_case("transport=tcp")) {
+                tracing::debug!(%url, "TURN over TCP is not supported; skipping it");
+                continue;
+            }
             let host = if host.contains(':') { host.to_owned() } else { format!("{host}:3478") };
             let resolved = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(host.clone())).await;
-            match resolved {
-                Ok(Ok(addrs)) => {
-                    if let Some(a) = addrs.into_iter().find(SocketAddr::is_ipv4) {
-                        out.push((url.clone(), a));
-                    }
-                }
-                _ => tracing::debug!(%url, "STUN server not resolved; skipping it"),
-            }
+            let Some(addr) = resolved.ok().and_then(|r| r.ok()).and_then(|mut a| a.find(SocketAddr::is_ipv4)) else {
+                tracing::debug!(%url, "ICE server not resolved; skipping it");
+                continue;
+            };
+            let r = Resolved {
+                url: url.clone(),
+                addr,
+                username: server.username.clone(),
+                credential: server.credential.clone(),
+            };
+            if is_turn { turn.push(r) } else { stun.push(r) }
         }
     }
-    out
+    (stun, turn)
 }
 
 fn setting_engine(options: &PeerOptions) -> SettingEngine {
@@ -331,6 +389,36 @@ fn setting_engine(options: &PeerOptions) -> SettingEngine {
         .build()
 }
 
+fn new_turn(server: &Resolved, socket: usize, local: SocketAddr, now: Instant) -> Result<Turn, PeerError> {
+    let config = rtc::turn::client::ClientConfig {
+        stun_serv_addr: String::new(),
+        turn_serv_addr: server.addr.to_string(),
+        local_addr: local,
+        transport_protocol: TransportProtocol::UDP,
+        username: server.username.clone(),
+        password: server.credential.clone(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        allocation_refresh_interval_cap: None,
+    };
+    let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
+    let mut client = rtc::turn::client::Client::new(config, provider).map_err(rtc_err)?;
+    let allocate = client.allocate(now).map_err(rtc_err)?;
+    Ok(Turn {
+        client,
+        socket,
+        server: server.addr,
+        url: server.url.clone(),
+        allocate: Some(allocate),
+        relay: None,
+        give_up: now + TURN_DEADLINE,
+        permitted: Default::default(),
+        asked: Default::default(),
+        waiting: VecDeque::new(),
+    })
+}
+
 impl RtcPeer {
     /// Opens the sockets, builds the connection with its two channels and
     /// starts the driver.
@@ -350,7 +438,7 @@ impl RtcPeer {
         if locals.len() != sockets.len() {
             return Err(PeerError::Io(std::io::Error::other("a UDP socket has no local address")));
         }
-        let servers = stun_servers(options).await;
+        let (stun_servers, turn_servers) = resolve_servers(options).await;
 
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(
@@ -380,20 +468,30 @@ impl RtcPeer {
             if local.ip().is_loopback() {
                 continue;
             }
-            for (url, server) in &servers {
+            for server in &stun_servers {
                 let mut msg = Message::new();
                 if msg.build(&[Box::<TransactionId>::default(), Box::new(BINDING_REQUEST)]).is_err() {
                     continue;
                 }
                 stun.push(StunQuery {
                     socket,
-                    server: *server,
-                    url: url.clone(),
+                    server: server.addr,
+                    url: server.url.clone(),
                     tid: msg.transaction_id,
                     request: msg.raw.clone(),
                     next_send: start,
                     give_up: start + STUN_DEADLINE,
                 });
+            }
+        }
+        let mut turn = Vec::new();
+        for server in turn_servers {
+            // Talk to the TURN server from a socket that can reach it.
+            let socket =
+                locals.iter().position(|l| l.ip().is_loopback() == server.addr.ip().is_loopback()).unwrap_or(0);
+            match new_turn(&server, socket, locals[socket], start) {
+                Ok(t) => turn.push(t),
+                Err(e) => tracing::warn!(url = %server.url, "TURN client not started: {e}"),
             }
         }
 
@@ -408,6 +506,8 @@ impl RtcPeer {
                 closed: None,
                 locals,
                 stun,
+                turn,
+                relay_only: options.relay_only,
                 host_candidates_added: false,
                 gathering_complete: false,
                 out: Vec::new(),
@@ -556,7 +656,8 @@ impl Inner {
             return;
         }
         self.host_candidates_added = true;
-        for local in self.locals.clone() {
+        let hosts = if self.relay_only { Vec::new() } else { self.locals.clone() };
+        for local in hosts {
             let candidate = CandidateHostConfig {
                 base_config: CandidateConfig {
                     network: "udp".to_owned(),
@@ -591,7 +692,12 @@ impl Inner {
     }
 
     fn maybe_gathering_complete(&mut self) {
-        if self.host_candidates_added && self.stun.is_empty() && !self.gathering_complete {
+        let t = now();
+        if self.host_candidates_added
+            && self.stun.is_empty()
+            && !self.turn.iter().any(|turn| turn.gathering(t))
+            && !self.gathering_complete
+        {
             self.gathering_complete = true;
             // An empty candidate marks the end of gathering.
             let _ = self.pc.add_local_candidate(RTCIceCandidateInit::default());
@@ -667,6 +773,166 @@ impl Inner {
         next
     }
 
+    /// A datagram from one of our TURN servers (consumed), or not.
+    fn turn_read(&mut self, socket: usize, from: SocketAddr, data: BytesMut, now: Instant) -> Option<BytesMut> {
+        let Some(turn) = self.turn.iter_mut().find(|t| t.socket == socket && t.server == from) else {
+            return Some(data);
+        };
+        let read = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.locals[socket],
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: data,
+        };
+        if let Err(e) = turn.client.handle_read(read) {
+            tracing::trace!(%from, "TURN message refused: {e}");
+        }
+        self.turn_events(now);
+        None
+    }
+
+    /// What the TURN clients report: allocations (relay candidates),
+    /// permissions (held packets go out) and relayed data (into ICE).
+    fn turn_events(&mut self, now: Instant) {
+        use rtc::turn::client::Event;
+        for i in 0..self.turn.len() {
+            while let Some(event) = self.turn[i].client.poll_event() {
+                let turn = &mut self.turn[i];
+                match event {
+                    Event::AllocateResponse(tid, relay) if turn.allocate == Some(tid) => {
+                        turn.allocate = None;
+                        turn.relay = Some(relay);
+                        tracing::debug!(url = %turn.url, %relay, "TURN allocation");
+                        let base = self.locals[turn.socket];
+                        let candidate = rtc::peer_connection::transport::CandidateRelayConfig {
+                            base_config: CandidateConfig {
+                                network: "udp".to_owned(),
+                                address: relay.ip().to_string(),
+                                port: relay.port(),
+                                component: 1,
+                                ..Default::default()
+                            },
+                            rel_addr: base.ip().to_string(),
+                            rel_port: base.port(),
+                            url: Some(turn.url.clone()),
+                        }
+                        .new_candidate_relay();
+                        self.add_local(
+                            candidate
+                                .map_err(rtc_err)
+                                .and_then(|c| RTCIceCandidate::from(&c).to_json().map_err(rtc_err)),
+                        );
+                        self.maybe_gathering_complete();
+                    }
+                    Event::AllocateError(tid, e) if turn.allocate == Some(tid) => {
+                        turn.allocate = None;
+                        tracing::warn!(url = %turn.url, "TURN allocation refused: {e}");
+                        self.maybe_gathering_complete();
+                    }
+                    Event::TransactionTimeout(tid) if turn.allocate == Some(tid) => {
+                        turn.allocate = None;
+                        tracing::warn!(url = %turn.url, "TURN server did not answer the allocation");
+                        self.maybe_gathering_complete();
+                    }
+                    Event::CreatePermissionResponse(_, peer) => {
+                        turn.permitted.insert(peer);
+                        turn.asked.remove(&peer);
+                        if let Some(relay) = turn.relay {
+                            let held: Vec<_> = turn.waiting.iter().filter(|(to, _)| *to == peer).cloned().collect();
+                            turn.waiting.retain(|(to, _)| *to != peer);
+                            if let Ok(mut r) = turn.client.relay(relay) {
+                                for (to, data) in held {
+                                    let _ = r.send_to(now, &data, to);
+                                }
+                            }
+                        }
+                    }
+                    Event::CreatePermissionError(_, e) => {
+                        tracing::debug!(url = %turn.url, "TURN permission refused: {e}")
+                    }
+                    Event::DataIndicationOrChannelData(_, from, data) => {
+                        if let Some(relay) = turn.relay {
+                            let read = TaggedBytesMut {
+                                now,
+                                transport: TransportContext {
+                                    local_addr: relay,
+                                    peer_addr: from,
+                                    ecn: None,
+                                    transport_protocol: TransportProtocol::UDP,
+                                },
+                                message: data,
+                            };
+                            if let Err(e) = self.pc.handle_read(read) {
+                                tracing::trace!(%from, "relayed datagram refused: {e}");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends `data` to `to` through the relay whose address is `local`;
+    /// false if `local` is not one of our relayed addresses.
+    fn relay_send(&mut self, local: SocketAddr, to: SocketAddr, data: BytesMut, now: Instant) -> bool {
+        let Some(turn) = self.turn.iter_mut().find(|t| t.relay == Some(local)) else { return false };
+        if turn.permitted.contains(&to) {
+            if let Ok(mut r) = turn.client.relay(local) {
+                let _ = r.send_to(now, &data, to);
+            }
+            return true;
+        }
+        if turn.asked.insert(to)
+            && let Ok(mut r) = turn.client.relay(local)
+            && let Err(e) = r.create_permission(now, to)
+        {
+            tracing::debug!(%to, "TURN permission not requested: {e}");
+        }
+        if turn.waiting.len() >= RELAY_QUEUE {
+            turn.waiting.pop_front();
+        }
+        turn.waiting.push_back((to, data));
+        true
+    }
+
+    /// TURN timers that are due run; returns the next one.
+    fn turn_timers(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut gave_up = false;
+        for turn in &mut self.turn {
+            if turn.client.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = turn.client.handle_timeout(now);
+            }
+            if turn.allocate.is_some() && now >= turn.give_up {
+                gave_up = true;
+            }
+            let t =
+                [turn.client.poll_timeout(), turn.gathering(now).then_some(turn.give_up)].into_iter().flatten().min();
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        self.turn_events(now);
+        if gave_up {
+            self.maybe_gathering_complete();
+        }
+        next
+    }
+
+    /// Datagrams the TURN clients want sent (to their servers).
+    fn turn_writes(&mut self) {
+        for turn in &mut self.turn {
+            while let Some(w) = turn.client.poll_write() {
+                self.out.push((Some(turn.socket), w.transport.peer_addr, w.message));
+            }
+        }
+    }
+
     /// Marks the connection closed (once), fails the endpoint's calls and
     /// closes the `rtc` state.
     pub(crate) fn close(&mut self, reason: &str, wake: &mut Vec<Waker>) {
@@ -732,9 +998,14 @@ impl Inner {
             }
         }
         while let Some(w) = self.pc.poll_write() {
-            let socket = self.socket_for(w.transport.local_addr);
-            self.out.push((socket, w.transport.peer_addr, w.message));
+            let (local, to) = (w.transport.local_addr, w.transport.peer_addr);
+            if !self.turn.is_empty() && self.relay_send(local, to, w.message.clone(), now) {
+                continue;
+            }
+            let socket = self.socket_for(local);
+            self.out.push((socket, to, w.message));
         }
+        self.turn_writes();
     }
 
     fn on_event(&mut self, event: RTCPeerConnectionEvent, wake: &mut Vec<Waker>) {
@@ -838,12 +1109,10 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
                     let _ = inner.pc.handle_timeout(t);
                 }
                 let stun_next = inner.stun_timers(t);
+                let turn_next = if inner.turn.is_empty() { None } else { inner.turn_timers(t) };
                 inner.turn(&shared, &mut wake);
                 std::mem::swap(&mut out, &mut inner.out);
-                let deadline = match (inner.pc.poll_timeout(), stun_next) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let deadline = [inner.pc.poll_timeout(), stun_next, turn_next].into_iter().flatten().min();
                 (deadline, inner.closed.is_some(), !inner.events.is_empty())
             };
             for w in wake {
@@ -911,6 +1180,14 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
             if i < host_sockets && inner.stun_answer(i, from, &data) {
                 continue;
             }
+            let data = if i < host_sockets && !inner.turn.is_empty() {
+                match inner.turn_read(i, from, data, t) {
+                    Some(data) => data,
+                    None => continue,
+                }
+            } else {
+                data
+            };
             let local = if i < host_sockets { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
             let read = TaggedBytesMut {
                 now: t,
