@@ -1,21 +1,18 @@
 //! ICE candidates from the wire, the way both our answerer and our dialer
 //! take them: `IceCandidate` (protobuf, or just its candidate line) →
-//! `candidate_from_pb` → webrtc-rs's candidate parser (what
-//! `RTCPeerConnection::add_ice_candidate` runs on it, including the
-//! priority computation). Errors, never panics; the wire conversion
-//! round-trips; candidates webrtc-rs cannot take (component id outside
-//! 1..=256) are dropped on our side.
+//! `candidate_init` → the `rtc` core's candidate parser (what
+//! `RtcPeer::add_remote_candidate` hands it, including the priority
+//! computation). Errors, never panics; the wire conversion round-trips;
+//! candidates ICE cannot take (component id outside 1..=256) are dropped on
+//! our side.
 #![no_main]
-
-use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tether_proto::proto::rpc::webrtc::v1::IceCandidate;
-use tether_transport::webrtc::sdp::{candidate_from_pb, candidate_to_pb};
-use webrtc::ice::candidate::Candidate;
-use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidate;
+use rtc::ice::candidate::unmarshal_candidate;
+use rtc::peer_connection::transport::RTCIceCandidate;
+use tether_transport::webrtc::sdp::{candidate_init, candidate_to_pb};
 
 fuzz_target!(|data: &[u8]| {
     let wire = match data.split_first() {
@@ -32,24 +29,23 @@ fuzz_target!(|data: &[u8]| {
             username_fragment: None,
         },
     };
-    let Some(init) = candidate_from_pb(&wire) else { return };
+    let Some(init) = candidate_init(&wire) else { return };
     let back = candidate_to_pb(&init);
     assert_eq!(back.candidate, wire.candidate);
     assert_eq!(back.sdp_mid, wire.sdp_mid);
     assert_eq!(back.username_fragment, wire.username_fragment);
     assert_eq!(back.sdpm_line_index, wire.sdpm_line_index.filter(|i| *i <= u32::from(u16::MAX)));
 
-    // What add_ice_candidate does with the line.
+    // What the core does with the line.
     let value = init.candidate.strip_prefix("candidate:").unwrap_or(&init.candidate);
     if value.is_empty() {
         return;
     }
     if let Ok(parsed) = unmarshal_candidate(value) {
-        // What got through must be a component webrtc-rs handles (1..=256),
-        // as webrtc-rs itself read it.
+        // What got through must be a component ICE handles (1..=256), as
+        // the core itself read it.
         assert!((1..=256).contains(&parsed.component()), "component {} got through", parsed.component());
         let _ = parsed.marshal();
-        let parsed: Arc<dyn Candidate + Send + Sync> = Arc::new(parsed);
-        let _ = RTCIceCandidate::from(&parsed);
+        let _ = RTCIceCandidate::from(&parsed).to_json();
     }
 });

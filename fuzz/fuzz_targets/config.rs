@@ -47,7 +47,7 @@ fn check(text: &str) {
     }
     for server in settings.ice_servers.iter().chain(&settings.caller_ice_servers) {
         for url in &server.urls {
-            let _ = webrtc::ice::url::Url::parse_url(url);
+            let _ = rtc::ice::url::Url::parse_url(url);
         }
     }
     for addr in &settings.signaling {

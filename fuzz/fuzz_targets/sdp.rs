@@ -1,18 +1,15 @@
 //! Arbitrary strings into the SDP decoder: errors, never panics; decode∘encode
-//! round-trips. What decodes goes on to webrtc-rs's SDP parser and candidate
-//! extraction (what `set_remote_description` runs on it). An input that is
+//! round-trips. What decodes goes on to the `rtc` core's SDP parser and
+//! candidate parser (what `RtcPeer::accept_offer`/`accept_answer` run on it). An input that is
 //! not an encoded SDP is also tried as a bare SDP body: encoded, it must
 //! decode to itself (or be refused with a reason).
 #![no_main]
 
-use std::sync::Arc;
-
 use libfuzzer_sys::fuzz_target;
 use tether_transport::webrtc::sdp::{MAX_ENCODED_SDP, SdpKind, decode, encode};
-use webrtc::ice::candidate::Candidate;
-use webrtc::ice::candidate::candidate_base::unmarshal_candidate;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidate;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use rtc::ice::candidate::unmarshal_candidate;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidate;
 
 /// What `set_remote_description` does first: parse the SDP, then turn every
 /// `a=candidate` of every media section into a candidate (with its priority).
@@ -27,8 +24,7 @@ fn parse(kind: SdpKind, sdp: &str) {
     for m in &parsed.media_descriptions {
         for a in m.attributes.iter().filter(|a| a.is_ice_candidate()) {
             if let Some(Ok(c)) = a.value.as_deref().map(unmarshal_candidate) {
-                let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
-                let _ = RTCIceCandidate::from(&c);
+                let _ = RTCIceCandidate::from(&c).to_json();
             }
         }
     }
@@ -49,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(got, (SdpKind::Offer, s.to_owned()));
                     parse(SdpKind::Offer, s);
                 }
-                // Refused: not an SDP, too large, or a candidate webrtc-rs cannot take.
+                // Refused: not an SDP, too large, or a candidate ICE cannot take.
                 Err(e) => assert!(
                     !s.starts_with("v=") || wire.len() > MAX_ENCODED_SDP || e.to_string().contains("component"),
                     "{s:?} did not round-trip: {e}"

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, ensure};
+use anyhow::{anyhow, ensure};
 use bytes::Bytes;
 use tether_client::RobotClient;
 use tether_client::components::{Camera, Motor};
-use tether_transport::webrtc::peer::{Peer, PeerOptions, new_peer};
-use tether_transport::webrtc::pipe::{Pipe, PipeOptions};
+use tether_transport::webrtc::RtcOptions;
+use tether_transport::webrtc::peer::PeerOptions;
+use tether_transport::webrtc::{PeerEvent, RawChannel, RtcPeer};
 use tether_wire::framing::Limits;
 
 use super::inproc::{self, InProcess};
@@ -21,15 +22,10 @@ use super::stats::{median, quantile, sorted};
 use super::{Row, Scale};
 
 const MIB: usize = 1 << 20;
-/// Pipe's bounds before they were cut (crates/transport/src/webrtc/pipe.rs): the
-/// experiment row shows what the cut bought.
-const FORMER_WRITER_QUEUE: usize = 64;
-const FORMER_HIGH_WATER: usize = 1 << 20;
-const FORMER_LOW_WATER: usize = 256 << 10;
-
-fn former_bounds() -> PipeOptions {
-    PipeOptions::default().writer_queue(FORMER_WRITER_QUEUE).high_water(FORMER_HIGH_WATER).low_water(FORMER_LOW_WATER)
-}
+/// A larger data-channel high-water mark than the default
+/// ([`RtcOptions::high_water`]): the experiment row shows what the default
+/// buys a small call queued behind a bulk stream, and what it costs the bulk.
+const LARGE_HIGH_WATER: usize = 1 << 20;
 
 fn bulk_machine_config() -> String {
     inproc::config(&[("motor1", "motor")], &[("cam1m", MIB), ("cam8m", 8 * MIB)], "2s")
@@ -52,43 +48,57 @@ async fn get_images(robot: &RobotClient, camera: &str, size: usize, rounds: usiz
 }
 
 /// Two peers of this stack (the same settings as the client's and the
-/// machine's), connected in-process with host candidates, each with its
-/// `data` channel behind a [`Pipe`] (the same writer and back-pressure the
-/// RPC drivers use).
-pub(crate) async fn raw_pair() -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
-    raw_pair_with(PipeOptions::default()).await
+/// machine's), connected in-process with host candidates trickled both ways,
+/// each with its `data` channel carrying raw messages.
+pub(crate) async fn raw_pair() -> anyhow::Result<(RtcPeer, RawChannel, RtcPeer, RawChannel)> {
+    raw_pair_with(RtcOptions::default()).await
 }
 
-/// [`raw_pair`] with other Pipe bounds.
-async fn raw_pair_with(bounds: PipeOptions) -> anyhow::Result<(Peer, Pipe, Peer, Pipe)> {
+/// Forwards `from`'s candidates to `to`; resolves when `from`'s channel is open.
+async fn trickle_until_open(from: RtcPeer, to: RtcPeer) -> anyhow::Result<()> {
+    while let Some(event) = from.next_event().await {
+        match event {
+            PeerEvent::LocalCandidate(c) => to.add_remote_candidate(&c)?,
+            PeerEvent::Open => {
+                // Keep forwarding late candidates in the background.
+                tokio::spawn(async move {
+                    while let Some(e) = from.next_event().await {
+                        if let PeerEvent::LocalCandidate(c) = e {
+                            let _ = to.add_remote_candidate(&c);
+                        }
+                    }
+                });
+                return Ok(());
+            }
+            PeerEvent::Closed(reason) => return Err(anyhow!("raw peer closed: {reason}")),
+            _ => {}
+        }
+    }
+    Err(anyhow!("raw peer closed"))
+}
+
+/// [`raw_pair`] with other [`RtcOptions`].
+async fn raw_pair_with(rtc: RtcOptions) -> anyhow::Result<(RtcPeer, RawChannel, RtcPeer, RawChannel)> {
     let options = PeerOptions::default().with_ice_servers(Vec::new());
-    let (a, b) = (new_peer(&options).await?, new_peer(&options).await?);
-    let (pa, pb) = (Pipe::attach_with(a.data.clone(), bounds), Pipe::attach_with(b.data.clone(), bounds));
-    let offer = a.pc.create_offer(None).await?;
-    let mut gathered = a.pc.gathering_complete_promise().await;
-    a.pc.set_local_description(offer).await?;
-    let _ = gathered.recv().await;
-    b.pc.set_remote_description(a.pc.local_description().await.context("no offer")?).await?;
-    let answer = b.pc.create_answer(None).await?;
-    let mut gathered = b.pc.gathering_complete_promise().await;
-    b.pc.set_local_description(answer).await?;
-    let _ = gathered.recv().await;
-    a.pc.set_remote_description(b.pc.local_description().await.context("no answer")?).await?;
-    let open = async {
-        pa.opened.cancelled().await;
-        pb.opened.cancelled().await;
-    };
-    tokio::time::timeout(Duration::from_secs(10), open).await.map_err(|_| anyhow!("raw data channel did not open"))?;
-    Ok((a, pa, b, pb))
+    let (a, b) = (RtcPeer::new(&options, rtc).await?, RtcPeer::new(&options, rtc).await?);
+    let (ra, rb) = (a.raw(), b.raw());
+    let answer = b.accept_offer(a.create_offer()?)?;
+    a.accept_answer(answer)?;
+    let open =
+        async { tokio::try_join!(trickle_until_open(a.clone(), b.clone()), trickle_until_open(b.clone(), a.clone())) };
+    tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .map_err(|_| anyhow!("raw data channel did not open"))??;
+    Ok((a, ra, b, rb))
 }
 
 /// One-way throughput (MB/s) of `total` bytes in max-size packets over the
 /// raw data channel: first send to last byte received.
 async fn raw_throughput(total: usize) -> anyhow::Result<f64> {
-    let (a, pa, b, mut pb) = raw_pair().await?;
+    let (a, pa, b, pb) = raw_pair().await?;
     let packet = Bytes::from(vec![0x5au8; Limits::default().max_packet]);
     let count = total.div_ceil(packet.len());
-    let outgoing = pa.outgoing.clone();
+    let outgoing = pa.clone();
     let t = Instant::now();
     let sender = tokio::spawn(async move {
         for _ in 0..count {
@@ -101,7 +111,7 @@ async fn raw_throughput(total: usize) -> anyhow::Result<f64> {
     let want = count * Limits::default().max_packet;
     let receive = async {
         while received < want {
-            match pb.incoming.recv().await {
+            match pb.recv().await {
                 Some(p) => received += p.len(),
                 None => break,
             }
@@ -111,8 +121,8 @@ async fn raw_throughput(total: usize) -> anyhow::Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     sender.abort();
     ensure!(received >= want, "raw transfer ended after {received} of {want} bytes");
-    let _ = a.pc.close().await;
-    let _ = b.pc.close().await;
+    a.close();
+    b.close();
     Ok(want as f64 / secs / 1e6)
 }
 
@@ -144,7 +154,7 @@ pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
                 .goal(1.25)
                 .note(format!(
                     "goal: ≥ 0.8x the raw channel, i.e. raw/RPC ≤ 1.25; median of {runs} runs × {rounds} calls; \
-                     raw = {} MB in 16 KiB messages through the same Pipe (its direct path and writer) between two in-process peers",
+                     raw = {} MB in 16 KiB messages on the same stack's data channel (same driver, no framing) between two in-process peers",
                     size * rounds / 1_000_000
                 )),
         );
@@ -257,46 +267,44 @@ pub(crate) async fn concurrency_rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
     // Why: the buffering under the framing's round-robin scheduler.
     let limit = Duration::from_millis(scale.pick(1000, 5000));
-    let bounds = PipeOptions::default();
-    let (ours, our_rate) = queued_behind_bulk(bounds, limit).await?;
-    let (former, former_rate) = queued_behind_bulk(former_bounds(), limit).await?;
+    let ours = RtcOptions::default();
+    let (queued, our_rate) = queued_behind_bulk(ours, limit).await?;
+    let (large, large_rate) =
+        queued_behind_bulk(RtcOptions::default().with_high_water(LARGE_HIGH_WATER), limit).await?;
     let p99 = |v: &[f64]| quantile(v, 0.99) / 1e3;
     rows.push(
-        Row::new(5, "raw channel: 64 B round trip queued behind a bulk stream, Pipe's bounds: p99", p99(&ours), "ms")
-            .baseline(format!(
-                "Pipe's former bounds, {FORMER_WRITER_QUEUE} packets and {} KiB buffered: {:.2} ms",
-                FORMER_HIGH_WATER >> 10,
-                p99(&former)
-            ))
-            .ratio(p99(&ours) / p99(&former))
-            .note(format!(
-                "Pipe queues up to {} packets and lets the channel buffer {} KiB before pausing; whatever \
-                 sits there is ahead of a small response on another stream, whatever the framing's round robin does. \
-                 p50 {:.2} vs {:.2} ms; bulk {our_rate:.1} MB/s with Pipe's bounds, {former_rate:.1} MB/s with the \
-                 former ones",
-                bounds.writer_queue,
-                bounds.high_water >> 10,
-                quantile(&ours, 0.5) / 1e3,
-                quantile(&former, 0.5) / 1e3
-            )),
+        Row::new(
+            5,
+            "raw channel: 64 B round trip queued behind a bulk stream, default high-water mark: p99",
+            p99(&queued),
+            "ms",
+        )
+        .baseline(format!("{} KiB high-water mark: {:.2} ms", LARGE_HIGH_WATER >> 10, p99(&large)))
+        .ratio(p99(&queued) / p99(&large))
+        .note(format!(
+            "the driver stops moving packets into the data channel while it buffers {} KiB (sent, not yet              acknowledged); whatever sits there is ahead of a small response on another stream, whatever the              framing's round robin does. p50 {:.2} vs {:.2} ms; bulk {our_rate:.1} MB/s with the default,              {large_rate:.1} MB/s with {} KiB",
+            ours.high_water >> 10,
+            quantile(&queued, 0.5) / 1e3,
+            quantile(&large, 0.5) / 1e3,
+            LARGE_HIGH_WATER >> 10,
+        )),
     );
     Ok(rows)
 }
 
 /// Head-of-line blocking below the framing: the round trip of a 64-byte
-/// message queued behind a one-way bulk stream of 16 KiB packets in the same
-/// Pipe, with the Pipe's bounds given. Returns the round trips (µs, sorted)
-/// and the bulk rate (MB/s).
-async fn queued_behind_bulk(bounds: PipeOptions, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
-    let (a, mut near, b, mut far) = raw_pair_with(bounds).await?;
-    let tx = near.outgoing.clone();
+/// message queued behind a one-way bulk stream of 16 KiB packets on the same
+/// raw channel, with the driver's options given. Returns the round trips
+/// (µs, sorted) and the bulk rate (MB/s).
+async fn queued_behind_bulk(rtc: RtcOptions, limit: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
+    let (a, near, b, far) = raw_pair_with(rtc).await?;
     let received = Arc::new(AtomicU64::new(0));
     let far_task = {
         let received = received.clone();
         tokio::spawn(async move {
-            while let Some(m) = far.incoming.recv().await {
+            while let Some(m) = far.recv().await {
                 if m.len() == 64 {
-                    let _ = far.outgoing.send(m).await;
+                    let _ = far.send(m).await;
                 } else {
                     received.fetch_add(m.len() as u64, Ordering::Relaxed);
                 }
@@ -305,7 +313,7 @@ async fn queued_behind_bulk(bounds: PipeOptions, limit: Duration) -> anyhow::Res
     };
     let stop = Arc::new(AtomicBool::new(false));
     let bulk = {
-        let (tx, stop) = (tx.clone(), stop.clone());
+        let (tx, stop) = (near.clone(), stop.clone());
         let packet = Bytes::from(vec![0x5au8; Limits::default().max_packet]);
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -321,8 +329,8 @@ async fn queued_behind_bulk(bounds: PipeOptions, limit: Duration) -> anyhow::Res
     let mut rtts = Vec::new();
     while t.elapsed() < limit {
         let sent = Instant::now();
-        tx.send(Bytes::from_static(&[1u8; 64])).await.map_err(|_| anyhow!("raw channel closed"))?;
-        near.incoming.recv().await.ok_or_else(|| anyhow!("raw channel closed"))?;
+        near.send(Bytes::from_static(&[1u8; 64])).await.map_err(|_| anyhow!("raw channel closed"))?;
+        near.recv().await.ok_or_else(|| anyhow!("raw channel closed"))?;
         rtts.push(sent.elapsed().as_secs_f64() * 1e6);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -330,8 +338,8 @@ async fn queued_behind_bulk(bounds: PipeOptions, limit: Duration) -> anyhow::Res
     stop.store(true, Ordering::Relaxed);
     bulk.abort();
     far_task.abort();
-    let _ = a.pc.close().await;
-    let _ = b.pc.close().await;
+    a.close();
+    b.close();
     Ok((sorted(rtts), rate))
 }
 

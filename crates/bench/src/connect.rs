@@ -3,26 +3,20 @@
 //!
 //! The phases come from an instrumented copy of the client's dial
 //! (tether_signaling::caller::dial): the same steps through the same public
-//! building blocks (signaling client, `new_peer`, `Pipe`, SDP helpers,
-//! `WebRtcChannel`), with timestamps. Its total is reported next to the real
+//! building blocks (signaling client, `RtcPeer` and its events, SDP helpers,
+//! `RtcChannel`), with timestamps. Its total is reported next to the real
 //! `RobotClient::connect`, so a drift between the two would show.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
-use tether_transport::webrtc::client::WebRtcChannel;
-use tether_transport::webrtc::peer::{IceServer, PeerOptions, new_peer};
-use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::RtcOptions;
+use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_transport::webrtc::{PeerEvent, RtcPeer};
 use tether_wire::framing::Limits;
-use tokio::sync::mpsc;
-use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 use super::stats::ms;
 
@@ -50,12 +44,6 @@ pub(super) fn with_host<T>(msg: T, host: &str) -> anyhow::Result<tonic::Request<
     Ok(req)
 }
 
-#[derive(Default)]
-struct Marks {
-    ice: Option<Instant>,
-    dtls: Option<Instant>,
-}
-
 /// Dials `host` through the signaler at `addr` step by step; returns the
 /// phase times.
 pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<Phases> {
@@ -70,43 +58,16 @@ pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<
         ice_servers.extend(config.additional_ice_servers.iter().map(IceServer::from));
     }
     let options = PeerOptions::default().with_ice_servers(ice_servers);
-    let peer = new_peer(&options).await?;
-    let pc = peer.pc.clone();
-    let pipe = Pipe::attach(peer.data.clone());
-    let marks = Arc::new(Mutex::new(Marks::default()));
-    {
-        let marks = marks.clone();
-        pc.on_ice_connection_state_change(Box::new(move |s| {
-            if s == RTCIceConnectionState::Connected {
-                marks.lock().ice.get_or_insert_with(Instant::now);
-            }
-            Box::pin(async {})
-        }));
-    }
-    {
-        let marks = marks.clone();
-        pc.on_peer_connection_state_change(Box::new(move |s| {
-            if s == RTCPeerConnectionState::Connected {
-                marks.lock().dtls.get_or_insert_with(Instant::now);
-            }
-            Box::pin(async {})
-        }));
-    }
-    let (cand_tx, mut candidates) = mpsc::unbounded_channel();
-    pc.on_ice_candidate(Box::new(move |c| {
-        let _ = cand_tx.send(c.and_then(|c| c.to_json().ok()));
-        Box::pin(async {})
-    }));
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer).await?;
-    let local = pc.local_description().await.context("no offer")?;
-    let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: false };
+    let peer = RtcPeer::new(&options, RtcOptions::default()).await?;
+    let rpc_channel = peer.channel(Limits::default());
+    let offer = peer.create_offer()?;
+    let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: false };
     let mut answers = signaling.call(with_host(call, host)?).await?.into_inner();
     let first = answers.message().await?.context("the call ended before an answer")?;
     let uuid = first.uuid.clone();
     let Some(pb::call_response::Stage::Init(init)) = first.stage else { return Err(anyhow!("no answer first")) };
     let (_, answer) = sdp::decode(&init.sdp)?;
-    pc.set_remote_description(RTCSessionDescription::answer(answer)?).await?;
+    peer.accept_answer(answer)?;
     let answered = Instant::now();
 
     let update = |u: pb::call_update_request::Update| {
@@ -119,30 +80,38 @@ pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<
     };
     let mut pending = Vec::new();
     let mut done_sent = false;
-    let opened = pipe.opened.clone();
     let mut answers_open = true;
+    let (mut ice, mut dtls) = (None, None);
     let wait_open = async {
         loop {
             tokio::select! {
-                _ = opened.cancelled() => break,
-                c = candidates.recv(), if !done_sent => match c {
-                    Some(Some(c)) => pending.push(tokio::spawn(update(
-                        pb::call_update_request::Update::Candidate(sdp::candidate_to_pb(&c)),
-                    ))),
-                    Some(None) | None => {
-                        for p in std::mem::take(&mut pending) {
-                            let _ = p.await;
+                ev = peer.next_event() => match ev {
+                    Some(PeerEvent::Open) => break,
+                    Some(PeerEvent::IceConnected) => ice = Some(Instant::now()),
+                    Some(PeerEvent::Connected) => dtls = Some(Instant::now()),
+                    Some(PeerEvent::LocalCandidate(c)) => {
+                        if !done_sent {
+                            pending.push(tokio::spawn(update(pb::call_update_request::Update::Candidate(c))));
                         }
-                        tokio::spawn(update(pb::call_update_request::Update::Done(true)));
-                        done_sent = true;
                     }
+                    Some(PeerEvent::GatheringComplete) => {
+                        if !done_sent {
+                            for p in std::mem::take(&mut pending) {
+                                let _ = p.await;
+                            }
+                            tokio::spawn(update(pb::call_update_request::Update::Done(true)));
+                            done_sent = true;
+                        }
+                    }
+                    Some(PeerEvent::Closed(reason)) => return Err(anyhow!("the connection failed: {reason}")),
+                    None => return Err(anyhow!("the connection closed")),
                 },
                 m = answers.message(), if answers_open => match m {
                     Ok(Some(resp)) => {
                         if let Some(pb::call_response::Stage::Update(u)) = resp.stage
-                            && let Some(c) = u.candidate.as_ref().and_then(sdp::candidate_from_pb)
+                            && let Some(c) = u.candidate.as_ref()
                         {
-                            let _ = pc.add_ice_candidate(c).await;
+                            let _ = peer.add_remote_candidate(c);
                         }
                     }
                     Ok(None) => answers_open = false,
@@ -171,16 +140,13 @@ pub(crate) async fn instrumented_dial(addr: &str, host: &str) -> anyhow::Result<
         let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
     }
     let ended = Instant::now();
-    let channel = WebRtcChannel::new(pipe, Limits::default());
-    RobotServiceClient::new(channel).get_version(GetVersionRequest {}).await?;
+    RobotServiceClient::new(rpc_channel).get_version(GetVersionRequest {}).await?;
     let rpc = Instant::now();
     if std::env::var_os("TETHER_BENCH_DEBUG").is_some() {
-        let pair = tether_transport::webrtc::selected_pair(&pc).await;
-        eprintln!("bench: selected pair {pair:?}");
+        eprintln!("bench: selected pair {:?}", peer.selected_pair());
     }
-    let _ = pc.close().await;
-    let m = marks.lock();
-    let (ice, dtls) = (m.ice.unwrap_or(open), m.dtls.unwrap_or(open));
+    peer.close();
+    let (ice, dtls) = (ice.unwrap_or(open), dtls.unwrap_or(open));
     Ok(Phases {
         answer: since(answered),
         ice: since(ice).max(since(answered)),

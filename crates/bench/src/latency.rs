@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use bytes::Bytes;
 use tether_client::components::Motor;
-use tether_transport::webrtc::pipe::Pipe;
+use tether_transport::webrtc::{RawChannel, RtcPeer};
 
 use super::floor::{self, FloorServer};
 use super::inproc::{self, InProcess};
@@ -55,25 +55,25 @@ pub(crate) async fn is_powered(motor: &Motor) -> anyhow::Result<()> {
 /// trailers), 2 → 3 the shape with end-of-stream on the message (as Go
 /// clients send unary calls) — all without any framing or gRPC work.
 struct RawPing {
-    near: Pipe,
+    near: RawChannel,
     out: usize,
     back: usize,
     _far: tokio::task::JoinHandle<()>,
-    _peers: (tether_transport::webrtc::peer::Peer, tether_transport::webrtc::peer::Peer),
+    _peers: (RtcPeer, RtcPeer),
 }
 
 impl RawPing {
     async fn start(out: usize, back: usize) -> anyhow::Result<Self> {
-        let (a, near, b, mut far) = super::bulk::raw_pair().await?;
+        let (a, near, b, far) = super::bulk::raw_pair().await?;
         let echo = tokio::spawn(async move {
             let mut got = 0;
-            while let Some(m) = far.incoming.recv().await {
+            while let Some(m) = far.recv().await {
                 got += 1;
                 if got % out != 0 {
                     continue;
                 }
                 for _ in 0..back {
-                    if far.outgoing.send(m.clone()).await.is_err() {
+                    if far.send(m.clone()).await.is_err() {
                         return;
                     }
                 }
@@ -86,10 +86,10 @@ impl RawPing {
     async fn ping(&mut self) -> anyhow::Result<()> {
         for _ in 0..self.out {
             let m = Bytes::from_static(&[7u8; 64]);
-            self.near.outgoing.send(m).await.map_err(|_| anyhow!("raw channel closed"))?;
+            self.near.send(m).await.map_err(|_| anyhow!("raw channel closed"))?;
         }
         for _ in 0..self.back {
-            self.near.incoming.recv().await.ok_or_else(|| anyhow!("raw channel closed"))?;
+            self.near.recv().await.ok_or_else(|| anyhow!("raw channel closed"))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use http::{Request, Response};
 use parking_lot::RwLock;
 use tether_transport::BoxError;
 use tether_transport::dial::{DirectConnection, HeaderStamp};
-use tether_transport::rtc::RtcChannel;
+use tether_transport::webrtc::RtcChannel;
 use tokio::sync::watch;
 use tonic::body::Body;
 use tower::ServiceExt;

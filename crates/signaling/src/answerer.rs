@@ -30,11 +30,11 @@ use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_transport::auth::AuthEntity;
 use tether_transport::dial::{Credentials, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
 use tether_transport::identity::VouchKey;
-use tether_transport::rtc::peer::RtcOptions;
-use tether_transport::rtc::{PeerEvent as RtcEvent, RtcPeer};
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
+use tether_transport::webrtc::RtcOptions;
 use tether_transport::webrtc::peer::PeerOptions;
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer};
 use tether_wire::framing::Limits;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -635,7 +635,7 @@ impl Context {
                             let _ = offer.responder.respond(AnswererEvent::Candidate(c)).await;
                         }
                     }
-                    Some(RtcEvent::GatheringComplete) => {}
+                    Some(RtcEvent::GatheringComplete | RtcEvent::IceConnected | RtcEvent::Connected) => {}
                     Some(RtcEvent::Open) => {
                         let _ = offer.responder.respond(AnswererEvent::Done).await;
                         return Ok(());

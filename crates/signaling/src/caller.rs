@@ -9,10 +9,10 @@ use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use tether_transport::dial::{Credentials, DialError, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
-use tether_transport::rtc::peer::{PeerError, RtcOptions};
-use tether_transport::rtc::{PeerEvent, RtcChannel, RtcPeer};
 use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tether_transport::webrtc::sdp::{self, SdpKind};
+use tether_transport::webrtc::{PeerError, RtcOptions};
+use tether_transport::webrtc::{PeerEvent, RtcChannel, RtcPeer};
 use tether_wire::framing::Limits;
 
 /// How to dial a machine over WebRTC.
@@ -268,6 +268,7 @@ async fn exchange(
                         done_sent = true;
                     }
                 }
+                Some(PeerEvent::IceConnected | PeerEvent::Connected) => {}
                 Some(PeerEvent::Closed(_)) | None => {
                     return Err(DialError::Connect(options.host.clone(), "ICE failed before the data channel opened".into()));
                 }

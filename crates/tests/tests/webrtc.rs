@@ -240,14 +240,15 @@ async fn bad_signaling_input_and_a_caller_that_never_finishes_ice() {
 
     // A real offer from a peer that then never does ICE: the machine answers,
     // waits until the offer's deadline, and cleans everything up.
-    let peer = tether_transport::webrtc::peer::new_peer(
+    let peer = tether_transport::webrtc::RtcPeer::new(
         &tether_transport::webrtc::peer::PeerOptions::default().with_ice_servers(vec![]),
+        Default::default(),
     )
     .await
     .unwrap();
-    let offer = peer.pc.create_offer(None).await.unwrap();
-    let sdp = tether_transport::webrtc::sdp::encode(tether_transport::webrtc::sdp::SdpKind::Offer, &offer.sdp);
-    drop(peer); // never set locally: no candidates, no ICE
+    let offer = peer.create_offer().unwrap();
+    let sdp = tether_transport::webrtc::sdp::encode(tether_transport::webrtc::sdp::SdpKind::Offer, &offer);
+    peer.close(); // no ICE from our side
     let mut stream = sig.call(call(&sdp, "test-machine")).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.stage, Some(pb::call_response::Stage::Init(_))));
@@ -291,21 +292,19 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
     use tether_proto::proto::rpc::webrtc::v1 as pb;
     use tether_proto::viam::robot::v1::{GetVersionRequest, robot_service_client::RobotServiceClient};
     use tether_transport::webrtc::sdp::{self, SdpKind};
-    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+    use tether_transport::webrtc::{PeerEvent, RtcPeer};
     let options = tether_transport::webrtc::peer::PeerOptions::default().with_ice_servers(vec![]);
-    let peer = tether_transport::webrtc::peer::new_peer(&options).await.map_err(|e| e.to_string())?;
-    let pipe = tether_transport::webrtc::pipe::Pipe::attach(peer.data.clone());
-    let offer = peer.pc.create_offer(None).await.map_err(|e| e.to_string())?;
-    let mut gathered = peer.pc.gathering_complete_promise().await;
-    peer.pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
-    let _ = gathered.recv().await;
-    let local = peer.pc.local_description().await.ok_or("no offer")?;
+    let peer = RtcPeer::new(&options, Default::default()).await.map_err(|e| e.to_string())?;
+    let rpc = peer.channel(Default::default());
+    peer.create_offer().map_err(|e| e.to_string())?;
+    while !matches!(peer.next_event().await, Some(PeerEvent::GatheringComplete) | None) {}
+    let local = peer.local_description().ok_or("no offer")?;
     let channel = tether_transport::dial::DirectConnection::connect(&addr.to_string(), &Default::default())
         .await
         .map_err(|e| e.to_string())?;
     let mut sig = pb::signaling_service_client::SignalingServiceClient::new(channel);
     let mut req =
-        tonic::Request::new(pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local.sdp), disable_trickle: true });
+        tonic::Request::new(pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &local), disable_trickle: true });
     req.metadata_mut().insert("rpc-host", "test-machine".parse().map_err(|_| "host")?);
     let mut answers = sig.call(req).await.map_err(|e| e.to_string())?.into_inner();
     let Some(pb::call_response::Stage::Init(init)) =
@@ -314,32 +313,32 @@ async fn eager_dial(addr: std::net::SocketAddr, limit: Duration) -> Result<bool,
         return Err("no answer".into());
     };
     let (_, answer) = sdp::decode(&init.sdp).map_err(|e| e.to_string())?;
-    let answer = RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?;
-    let (opened, closed) = (pipe.opened.clone(), pipe.closed.clone());
-    let pc = peer.pc.clone();
+    let events = peer.clone();
     let outcome = async move {
-        pc.set_remote_description(answer).await.map_err(|e| e.to_string())?;
-        opened.cancelled().await;
-        let mut robot =
-            RobotServiceClient::new(tether_transport::webrtc::client::WebRtcChannel::new(pipe, Default::default()));
-        // The machine closing the connection fails the call (UNAVAILABLE).
-        tokio::select! {
-            r = robot.get_version(GetVersionRequest {}) => Ok(r.is_ok()),
-            _ = closed.cancelled() => Ok(false),
+        events.accept_answer(answer).map_err(|e| e.to_string())?;
+        loop {
+            match events.next_event().await {
+                Some(PeerEvent::Open) => break,
+                Some(PeerEvent::Closed(_)) | None => return Ok(false),
+                _ => {}
+            }
         }
+        // The call goes out the instant our side is open. The machine
+        // closing the connection fails it (UNAVAILABLE).
+        Ok(RobotServiceClient::new(rpc).get_version(GetVersionRequest {}).await.is_ok())
     };
     let result = tokio::time::timeout(limit, outcome).await.map_err(|_| "hung".to_string())?;
-    let _ = peer.pc.close().await;
+    peer.close();
     drop(answers);
     result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_writes_the_instant_its_channel_opens_never_hangs() {
-    // webrtc-rs 0.17 can lose the machine's side of the negotiated channel to
-    // such a caller's first message (see tether_transport::webrtc::peer::open_lost).
-    // Every dial must then end promptly: answered, or closed by the machine
-    // (well before the 10 s dial deadline), never stuck.
+    // webrtc-rs 0.17 (and `rtc` 0.21 when the machine answers as the DTLS
+    // client) could lose the machine's side of the negotiated channel to such
+    // a caller's first message. The machine answers as the DTLS/SCTP server,
+    // so its side is open before the caller's: every dial is answered.
     let m = start(full_config("")).await;
     // The embedded signaler knows the host once the machine's answerers are in.
     let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
@@ -355,7 +354,7 @@ async fn a_caller_that_writes_the_instant_its_channel_opens_never_hangs() {
             }
         }
     }
-    assert!(answered >= 30, "{answered} of 40 eager dials answered ({closed} closed by the machine)");
+    assert_eq!(answered, 40, "{answered} of 40 eager dials answered ({closed} closed by the machine)");
     eventually_idle(&m).await;
     let robot = RobotClient::connect(dial(m.addr, "test-machine"), Options::default()).await.unwrap();
     assert_eq!(robot.resource_names().await.unwrap().len(), 3);

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         Command::Call(_) => "warn",
         Command::Demo(_) => "error",
     });
-    // The LIFO-less runtime: see tether_transport::runtime.
+    // The runtime: see tether_transport::runtime.
     let runtime = match tether_transport::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,17 +10,16 @@
 //! * [`identity`]: signing and verifying caller assertions, with which an
 //!   external signaling service vouches to a machine for the authenticated
 //!   caller of a WebRTC offer (the claims are in `tether_wire::identity`).
-//! * [`webrtc`]: gRPC over a WebRTC data channel on webrtc-rs: peer
-//!   connections, the pipe, and the server and client drivers of the sans-IO
-//!   framing in `tether_wire::framing`, so that one tonic router and one set
-//!   of generated clients run over every transport.
+//! * [`webrtc`]: gRPC over a WebRTC data channel: peer connections on the
+//!   sans-IO `rtc` core, each driven by one task that also owns the sans-IO
+//!   framing of `tether_wire::framing` for its role, so that one tonic router
+//!   and one set of generated clients run over every transport.
 //! * [`grpc`]: the status of a gRPC response from its headers.
 
 pub mod auth;
 pub mod dial;
 pub mod grpc;
 pub mod identity;
-pub mod rtc;
 pub mod server;
 pub mod webrtc;
 
@@ -29,23 +28,9 @@ pub use server::{ConnectionInfo, TransportKind};
 pub use tether_wire::MAX_MESSAGE_SIZE;
 
 /// The multi-threaded tokio runtime tether's binaries run on: everything
-/// enabled and, when built with `--cfg tokio_unstable` (tether's
-/// `.cargo/config.toml` sets it), without tokio's LIFO slot.
-///
-/// Without the LIFO slot a task woken by another task's worker can be stolen
-/// by an idle worker at once instead of waiting for the waker to yield. It
-/// matters to webrtc-rs 0.17: its SCTP read loop wakes the task that opens
-/// our negotiated data channels and then keeps reading; a caller's first
-/// message processed in that gap loses the channel
-/// ([`webrtc::peer::open_lost`]). Measured on a raw pair, a caller writing
-/// the instant it opens: 7-12 of 400 opens lost with the slot, 0-3 of 800
-/// without; unary latency unchanged within noise.
+/// enabled, nothing unstable.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    builder.build()
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 /// Boxed error used across tower services.

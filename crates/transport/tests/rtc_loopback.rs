@@ -11,15 +11,20 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use tether_proto::proto::rpc::v1 as auth_pb;
 use tether_transport::auth::{ApiKey, AuthServer, Authority};
-use tether_transport::rtc::peer::RtcOptions;
-use tether_transport::rtc::{PeerEvent, RtcChannel, RtcPeer};
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind};
+use tether_transport::webrtc::RtcOptions;
 use tether_transport::webrtc::peer::PeerOptions;
+use tether_transport::webrtc::{PeerEvent, RtcChannel, RtcPeer};
 use tether_wire::framing::Limits;
 
+/// The auth service and reflection (a bidirectional streaming method).
 fn auth_service() -> HttpService {
     let authority = Arc::new(Authority::new("m", vec![ApiKey { id: "k".into(), key: "s".into() }]));
-    let routes = tonic::service::Routes::new(AuthServer::new(authority).into_service());
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .unwrap();
+    let routes = tonic::service::Routes::new(AuthServer::new(authority).into_service()).add_service(reflection);
     tower::util::BoxCloneSyncService::new(routes)
 }
 
@@ -62,10 +67,6 @@ fn trickle(from: RtcPeer, to: RtcPeer) {
 /// returns as soon as the descriptions are exchanged (calls made before the
 /// channel opens wait for it).
 async fn connect(svc: HttpService) -> (RtcChannel, RtcPeer, RtcPeer) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let caller = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
     let answerer = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
     let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 1 };
@@ -169,4 +170,82 @@ async fn a_call_sent_at_open_is_answered_every_time() {
         caller.close();
         answerer.close();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_without_eos_are_answered() {
+    // The TypeScript SDK sends headers and one message for a unary call, and
+    // never eos; the handler must run anyway.
+    use prost::Message;
+    use tether_wire::framing::{ClientConn, ClientEvent};
+    let caller = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
+    let answerer = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
+    let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 1 };
+    answerer.serve(auth_service(), info, None, Limits::default());
+    let raw = caller.raw();
+    let answer = answerer.accept_offer(caller.create_offer().unwrap()).unwrap();
+    caller.accept_answer(answer).unwrap();
+    trickle(caller.clone(), answerer.clone());
+    trickle(answerer.clone(), caller.clone());
+
+    let mut conn = ClientConn::new(Limits::default());
+    let id = conn.start_call("/proto.rpc.v1.AuthService/Authenticate", &[], None).unwrap();
+    conn.send_message(id, &authenticate("s").encode_to_vec(), false).unwrap();
+    while let Some(p) = conn.poll_transmit() {
+        raw.send(p).await.unwrap();
+    }
+    let mut events = Vec::new();
+    while !matches!(events.last(), Some(ClientEvent::Trailers { .. })) {
+        let packet = tokio::time::timeout(Duration::from_secs(10), raw.recv()).await.expect("answered").unwrap();
+        conn.handle_incoming(&packet).unwrap();
+        events.extend(std::iter::from_fn(|| conn.poll_event()));
+    }
+    assert!(matches!(events[0], ClientEvent::Headers { .. }), "{events:?}");
+    let ClientEvent::Message { message, .. } = &events[1] else { panic!("{events:?}") };
+    assert!(!auth_pb::AuthenticateResponse::decode(message.as_ref()).unwrap().access_token.is_empty());
+    assert!(matches!(events[2], ClientEvent::Trailers { code: tether_wire::Code::Ok, .. }), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidi_streams_run_concurrently() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let (channel, _caller, _answerer) = connect(auth_service()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let channel = channel.clone();
+        tasks.spawn(async move {
+            let mut refl = ServerReflectionClient::new(channel);
+            let reqs: Vec<_> = (0..3)
+                .map(|_| ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(if i % 2 == 0 {
+                        MessageRequest::ListServices(String::new())
+                    } else {
+                        MessageRequest::FileContainingSymbol("viam.robot.v1.RobotService".into())
+                    }),
+                })
+                .collect();
+            let mut stream = refl.server_reflection_info(futures::stream::iter(reqs)).await.unwrap().into_inner();
+            let mut n = 0;
+            while let Some(msg) = stream.message().await.unwrap() {
+                match msg.message_response.unwrap() {
+                    MessageResponse::ListServicesResponse(l) => assert!(!l.service.is_empty()),
+                    MessageResponse::FileDescriptorResponse(f) => assert!(!f.file_descriptor_proto.is_empty()),
+                    other => panic!("{other:?}"),
+                }
+                n += 1;
+            }
+            assert_eq!(n, 3);
+        });
+    }
+    let all = async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all).await.expect("every stream ends");
 }

@@ -1,19 +1,36 @@
-//! gRPC over WebRTC data channels: the peer and pipe plumbing and the
-//! server and client drivers over the sans-IO framing. The signaling roles
-//! that set a connection up (the machine's answerer, the client's caller)
-//! live in `tether-signaling`.
+//! gRPC over WebRTC data channels on the sans-IO `rtc` core (webrtc-rs
+//! 0.21), driven by tether's own event loop.
+//!
+//! One task per peer connection ([`driver`]) owns the `rtc` state, the UDP
+//! sockets and the data-channel framing state of the role it plays: the
+//! machine's side serves an [`HttpService`](crate::server::HttpService) over
+//! the `data` channel ([`serve`]), the client's side is a `tower::Service`
+//! that tonic-generated clients run over unchanged ([`channel`]). Calls reach
+//! the loop through the shared state and wakers, not through a task and a
+//! channel per call.
+//!
+//! Each turn of the loop feeds what arrived (datagrams, timer expiries, work
+//! queued by calls) into the state, moves data-channel packets between the
+//! framing and the `rtc` core, and sends every datagram the turn produced
+//! before it sleeps.
 
-pub mod client;
+//!
+//! The signaling roles that set a connection up (the machine's answerer,
+//! the client's caller) live in `tether-signaling`; [`peer`] has the options
+//! they share, [`sdp`] the wire form of descriptions and candidates.
+
+pub mod channel;
+pub mod driver;
 pub mod peer;
-pub mod pipe;
+pub mod raw;
 pub mod sdp;
-pub mod server;
+pub mod serve;
+
+pub use channel::RtcChannel;
+pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer};
+pub use raw::RawChannel;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-
-use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
-use webrtc::peer_connection::RTCPeerConnection;
 
 /// The selected ICE candidate pair of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,27 +43,4 @@ pub struct SelectedPair {
     pub local_type: String,
     /// The peer's candidate type.
     pub remote_type: String,
-}
-
-fn kind(t: RTCIceCandidateType) -> String {
-    match t {
-        RTCIceCandidateType::Host => "host",
-        RTCIceCandidateType::Srflx => "srflx",
-        RTCIceCandidateType::Prflx => "prflx",
-        RTCIceCandidateType::Relay => "relay",
-        RTCIceCandidateType::Unspecified => "unspecified",
-    }
-    .to_owned()
-}
-
-/// The connection's selected candidate pair, once ICE has chosen one.
-pub async fn selected_pair(pc: &Arc<RTCPeerConnection>) -> Option<SelectedPair> {
-    let pair = pc.sctp().transport().ice_transport().get_selected_candidate_pair().await?;
-    let addr = |a: &str, p: u16| format!("{a}:{p}").parse().ok();
-    Some(SelectedPair {
-        local: addr(&pair.local.address, pair.local.port),
-        remote: addr(&pair.remote.address, pair.remote.port),
-        local_type: kind(pair.local.typ),
-        remote_type: kind(pair.remote.typ),
-    })
 }

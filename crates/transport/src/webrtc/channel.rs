@@ -17,18 +17,20 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderName};
 use http::{HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
+use std::time::Duration;
+use tether_wire::framing::Metadata;
 use tether_wire::framing::{ClientConn, ClientEvent, Limits};
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower_service::Service;
 
-use super::peer::{Endpoint, RtcPeer, Shared};
+use super::driver::{Endpoint, RtcPeer, Shared};
 use super::serve::STREAM_WINDOW;
 use crate::BoxError;
-use crate::webrtc::client::{closed_status, header_map, parse_grpc_timeout, request_metadata, tonic_code, trailers};
 
 #[derive(Default)]
 struct ClientStream {
@@ -388,5 +390,97 @@ impl HttpBody for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+/// The status of every call on a dead connection.
+pub fn closed_status() -> Status {
+    Status::unavailable("webrtc connection closed")
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn request_metadata(headers: &HeaderMap) -> Metadata {
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "te" | "content-type"
+                    | "user-agent"
+                    | "grpc-timeout"
+                    | "authorization"
+                    | "grpc-accept-encoding"
+                    | "grpc-encoding"
+            )
+        })
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+        .collect()
+}
+
+fn header_map(md: &Metadata) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in md {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            h.append(k, v);
+        }
+    }
+    h
+}
+
+/// The tonic code of a code of the sans-IO layer.
+fn tonic_code(code: tether_wire::Code) -> Code {
+    Code::from_i32(code as i32)
+}
+
+fn trailers(code: Code, message: &str, md: &Metadata) -> HeaderMap {
+    let mut h = header_map(md);
+    h.insert("grpc-status", HeaderValue::from(code as i32));
+    if !message.is_empty() {
+        let encoded = percent_encode(message);
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(percent_encode("a b%\n"), "a b%25%0A");
     }
 }

@@ -51,10 +51,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::SelectedPair;
 use super::channel::ClientSide;
+use super::peer::PeerOptions;
+use super::raw::RawSide;
 use super::serve::ServerSide;
-use crate::webrtc::SelectedPair;
-use crate::webrtc::peer::PeerOptions;
 
 /// Size asked for each UDP socket's send and receive buffers. With Linux's
 /// default (208 KiB) a data-channel burst overflows the receiver's buffer on
@@ -106,6 +107,10 @@ pub enum PeerEvent {
     LocalCandidate(pb::IceCandidate),
     /// Every local candidate has been reported.
     GatheringComplete,
+    /// ICE found a working candidate pair.
+    IceConnected,
+    /// DTLS is up (the peer connection is `connected`).
+    Connected,
     /// The `data` channel is open: calls can flow.
     Open,
     /// The connection is gone (ICE failed or disconnected, the channel or
@@ -119,6 +124,7 @@ pub(crate) enum Endpoint {
     Detached(VecDeque<Bytes>),
     Server(ServerSide),
     Client(ClientSide),
+    Raw(RawSide),
 }
 
 impl Endpoint {
@@ -127,6 +133,7 @@ impl Endpoint {
             Self::Detached(early) => early.push_back(message),
             Self::Server(s) => s.on_message(&message, shared),
             Self::Client(c) => c.on_message(&message, wake),
+            Self::Raw(r) => r.on_message(message, wake),
         }
     }
 
@@ -136,6 +143,7 @@ impl Endpoint {
             Self::Detached(_) => None,
             Self::Server(s) => s.poll_transmit(wake),
             Self::Client(c) => c.poll_transmit(wake),
+            Self::Raw(r) => r.poll_transmit(wake),
         }
     }
 
@@ -144,6 +152,7 @@ impl Endpoint {
             Self::Detached(_) => {}
             Self::Server(s) => s.on_close(wake),
             Self::Client(c) => c.on_close(wake),
+            Self::Raw(r) => r.on_close(wake),
         }
     }
 }
@@ -199,6 +208,8 @@ pub(crate) struct Inner {
     events: VecDeque<PeerEvent>,
     /// Why the connection ended, once it has.
     pub(crate) closed: Option<String>,
+    /// [`Shared::closed`], cancelled the moment the connection ends.
+    closed_token: CancellationToken,
     /// Local addresses of the UDP sockets (index = socket).
     locals: Vec<SocketAddr>,
     stun: Vec<StunQuery>,
@@ -495,6 +506,7 @@ impl RtcPeer {
             }
         }
 
+        let closed_token = CancellationToken::new();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 pc,
@@ -504,6 +516,7 @@ impl RtcPeer {
                 endpoint: Endpoint::Detached(VecDeque::new()),
                 events: VecDeque::new(),
                 closed: None,
+                closed_token: closed_token.clone(),
                 locals,
                 stun,
                 turn,
@@ -516,7 +529,7 @@ impl RtcPeer {
             }),
             driver: Notify::new(),
             events: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: closed_token,
         });
         tokio::spawn(drive(shared.clone(), sockets));
         Ok(Self { shared })
@@ -565,18 +578,9 @@ impl RtcPeer {
     }
 
     /// Adds a candidate the peer trickled. Empty and impossible candidates
-    /// are ignored (see [`crate::webrtc::sdp::candidate_from_pb`]).
+    /// are ignored (components outside 1..=256, which the wire allows and ICE does not).
     pub fn add_remote_candidate(&self, candidate: &pb::IceCandidate) -> Result<(), PeerError> {
-        if candidate.candidate.trim().is_empty() || tether_wire::sdp::bad_component(&candidate.candidate).is_some() {
-            return Ok(());
-        }
-        let init = RTCIceCandidateInit {
-            candidate: candidate.candidate.clone(),
-            sdp_mid: candidate.sdp_mid.clone(),
-            sdp_mline_index: candidate.sdpm_line_index.and_then(|i| u16::try_from(i).ok()),
-            username_fragment: candidate.username_fragment.clone(),
-            ..Default::default()
-        };
+        let Some(init) = super::sdp::candidate_init(candidate) else { return Ok(()) };
         self.shared.with(|inner, _| {
             inner.check_open()?;
             if inner.pc.remote_description().is_none() {
@@ -941,6 +945,7 @@ impl Inner {
         }
         tracing::debug!("peer connection closed: {reason}");
         self.closed = Some(reason.to_owned());
+        self.closed_token.cancel();
         self.endpoint.on_close(wake);
         let _ = self.pc.close();
         self.events.push_back(PeerEvent::Closed(reason.to_owned()));
@@ -1015,18 +1020,17 @@ impl Inner {
                     if !self.include_loopback && init.candidate.contains(" 127.") {
                         return;
                     }
-                    self.events.push_back(PeerEvent::LocalCandidate(pb::IceCandidate {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdpm_line_index: init.sdp_mline_index.map(u32::from),
-                        username_fragment: init.username_fragment,
-                    }));
+                    self.events.push_back(PeerEvent::LocalCandidate(super::sdp::candidate_to_pb(&init)));
                 }
             }
             RTCPeerConnectionEvent::OnIceGatheringStateChangeEvent(
                 rtc::peer_connection::state::RTCIceGatheringState::Complete,
             ) => self.events.push_back(PeerEvent::GatheringComplete),
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                rtc::peer_connection::state::RTCIceConnectionState::Connected,
+            ) => self.events.push_back(PeerEvent::IceConnected),
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Connected => self.events.push_back(PeerEvent::Connected),
                 RTCPeerConnectionState::Failed => self.close("ICE failed", wake),
                 RTCPeerConnectionState::Disconnected => self.close("ICE disconnected", wake),
                 RTCPeerConnectionState::Closed => self.close("connection closed", wake),

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tower::ServiceExt;
 
-use super::peer::{Endpoint, Inner, RtcPeer, Shared};
+use super::driver::{Endpoint, Inner, RtcPeer, Shared};
 use crate::auth::AuthEntity;
 use crate::server::{ConnectionInfo, HttpService};
-use crate::webrtc::server::{is_transport_header, metadata_of};
+use tether_wire::framing::Metadata;
 
 /// Response bytes one stream may have queued in the framing before its
 /// handler waits.
@@ -326,4 +326,32 @@ impl HttpBody for RequestBody {
         framed.extend_from_slice(&message);
         Poll::Ready(Some(Ok(Frame::data(framed.freeze()))))
     }
+}
+
+/// Headers that describe the transport, not the call; never passed on.
+fn is_transport_header(key: &str) -> bool {
+    key.starts_with(':')
+        || matches!(
+            key,
+            "te" | "content-type"
+                | "content-length"
+                | "user-agent"
+                | "grpc-timeout"
+                | "grpc-encoding"
+                | "grpc-accept-encoding"
+                | "connection"
+                | "host"
+                | "authorization"
+        )
+}
+
+fn metadata_of(headers: &HeaderMap) -> Metadata {
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            !is_transport_header(k) && k != "grpc-status" && k != "grpc-message" && k != "grpc-status-details-bin"
+        })
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+        .collect()
 }
