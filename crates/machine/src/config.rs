@@ -144,6 +144,10 @@ pub struct NetworkConfig {
     /// Turn WebRTC (and the embedded signaler's answerers) off.
     #[serde(default)]
     pub disable_webrtc: bool,
+    /// Most TCP connections open at once (default: three quarters of the
+    /// open-files limit; see `tether_transport::server::ServeOptions`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `network.turn`.
@@ -271,6 +275,9 @@ impl Config {
             if let Some(ttl) = &turn.ttl {
                 parse_go_duration(ttl).map_err(|e| ConfigError::new("network.turn.ttl", e))?;
             }
+        }
+        if self.network.max_connections == Some(0) {
+            return Err(ConfigError::new("network.max_connections", "must be at least 1"));
         }
         if self.network.hosts.len() > 5 * 8 || self.network.hosts.iter().any(|h| h.is_empty()) {
             return Err(ConfigError::new("network.hosts", "host names must be non-empty (at most 40)"));
