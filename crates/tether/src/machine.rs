@@ -47,7 +47,7 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tether_transport::server::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let names: Vec<String> = machine.resources().iter().map(|(n, c)| format!("{n} ({})", c.subtype())).collect();
     tracing::info!(

@@ -147,7 +147,7 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         .layer(AuthLayer::new(authority))
         .service(routes);
     let svc = tether_transport::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tether_transport::server::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;

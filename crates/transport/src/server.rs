@@ -242,6 +242,28 @@ impl ConnectionHandle {
     }
 }
 
+/// The listen backlog of [`bind`]: connections the kernel completes before
+/// [`serve`] accepts them. The standard library's 128 overflows when a few
+/// hundred connections arrive at once (the kernel then drops their handshakes
+/// and retries them for up to a minute); [`serve`] accepts and sheds faster
+/// than that.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener on `addr` (`ip:port` or `host:port`, the first
+/// address that binds) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: no address"))))
+}
+
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// A process-unique connection id (TCP connections and peer connections share the sequence).
@@ -426,8 +448,12 @@ where
         tokio::select! {
             result = conn.as_mut() => return result,
             _ = state.shed.cancelled() => return Err("shed at the connection cap".into()),
+            // A precondition is evaluated once per loop: the first request
+            // may have come since.
             _ = tokio::time::sleep_until(deadline), if !state.is_active() => {
-                return Err("no request within the handshake deadline".into());
+                if !state.is_active() {
+                    return Err("no request within the handshake deadline".into());
+                }
             }
             _ = shutdown.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
