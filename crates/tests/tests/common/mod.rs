@@ -26,6 +26,11 @@ impl Drop for TestMachine {
 }
 
 pub(crate) async fn start(cfg: Config) -> TestMachine {
+    start_with(cfg, Default::default()).await
+}
+
+/// [`start`] with the listener's options (limits, TLS).
+pub(crate) async fn start_with(cfg: Config, options: tether_transport::server::ServeOptions) -> TestMachine {
     // TETHER_LOG=debug shows what the machine does during a test.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -35,7 +40,7 @@ pub(crate) async fn start(cfg: Config) -> TestMachine {
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     // `serve` registers the machine's names before it returns its future.
-    tokio::spawn(machine.serve(listener, Default::default(), shutdown.clone()));
+    tokio::spawn(machine.serve(listener, options, shutdown.clone()));
     TestMachine { addr, machine, shutdown }
 }
 

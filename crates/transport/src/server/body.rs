@@ -35,8 +35,7 @@ fn evicted_status() -> Status {
 
 fn stalled_status(stall: Duration) -> Status {
     Status::deadline_exceeded(format!(
-        "request body made no progress for {}s in the middle of a message; stream reset",
-        stall.as_secs()
+        "request body made no progress for {stall:?} in the middle of a message; stream reset"
     ))
 }
 
