@@ -444,6 +444,7 @@ mod tests {
             (r#"{"components":[{"name":"a","api":"motor","model":"fake"}]}"#, "components[0].api"),
             (r#"{"components":[{"name":"a","api":"rdk:component:motor"}]}"#, "components[0].model"),
             (r#"{"network":{"bind_address":"nowhere"}}"#, "network.bind_address"),
+            (r#"{"network":{"max_connections":0}}"#, "network.max_connections"),
             (
                 r#"{"auth":{"handlers":[{"type":"robot-secret","config":{"keys":[{"id":"a","key":"b"}]}}]}}"#,
                 "auth.handlers[0].type",
@@ -453,6 +454,8 @@ mod tests {
             assert_eq!(Config::from_json(json).unwrap_err().field, field, "{json}");
         }
         assert!(Config::from_json("{not json").unwrap_err().field.starts_with("line 1"));
+        let cfg = Config::from_json(r#"{"network":{"max_connections":64}}"#).unwrap();
+        assert_eq!(cfg.network.max_connections, Some(64));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub fn raise_nofile() -> std::io::Result<Nofile> {
         soft = limits.soft,
         hard = limits.hard,
         soft_before = limits.soft_before,
-        max_connections = default_max_connections(limits.soft),
+        default_max_connections = default_max_connections(limits.soft),
         "open-files limit"
     );
     Ok(limits)

@@ -315,7 +315,7 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
         last_cap_warning: AtomicU64::new(0),
         started: tokio::time::Instant::now(),
     });
-    tracing::debug!(local = ?shared.local, max_connections = cap, "serving");
+    tracing::info!(local = ?shared.local, max_connections = cap, "connection cap");
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -340,7 +340,7 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
             }
             (registry::Admission::Shed { victim, reason }, Some(state)) => {
                 tracing::debug!(%remote, victim, ?reason, "connection cap reached: shed one");
-                shared.warn_at_cap(format_args!("shedding connections ({reason:?} first) to admit new ones"));
+                shared.warn_at_cap(format_args!("shed a connection {reason} to admit {remote}"));
                 state
             }
             (registry::Admission::Admitted, Some(state)) => state,

@@ -117,6 +117,16 @@ pub(crate) enum ShedReason {
     Idle,
 }
 
+impl std::fmt::Display for ShedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShedReason::Handshaking => "that had not finished its handshake",
+            ShedReason::Unauthenticated => "that had not authenticated",
+            ShedReason::Idle => "idle for a minute or more",
+        })
+    }
+}
+
 #[derive(Default)]
 struct Table {
     all: BTreeMap<u64, Arc<ConnState>>,
