@@ -114,21 +114,17 @@ async fn silent_and_slow_connections_are_closed_at_the_handshake_deadline() {
 
 #[tokio::test]
 async fn a_silent_tls_connection_is_closed_at_the_handshake_deadline() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let tls = tether_transport::server::TlsConfig::from_pem_files(&cert_path, &key_path).unwrap();
+    let cert = SelfSigned::new(dir.path(), "");
     let deadline = Duration::from_millis(500);
-    let options = ServeOptions::default().with_tls(Some(tls)).with_handshake_timeout(deadline);
+    let options = ServeOptions::default().with_tls(Some(cert.tls())).with_handshake_timeout(deadline);
     let m = start_with(motor_config("2s"), options).await;
     let mut silent = TcpStream::connect(m.addr).await.unwrap();
     let closed = closed_within(&mut silent, Duration::from_secs(5)).await.expect("closed");
     assert!(closed >= deadline - Duration::from_millis(50) && closed < Duration::from_secs(2), "{closed:?}");
     // A TLS client gets through, and its connection outlives the deadline.
     let conf = tether_client::DialConf::direct(format!("https://localhost:{}", m.addr.port()))
-        .with_tls_ca_pem(cert.cert.pem());
+        .with_tls_ca_pem(cert.pem.clone());
     let robot = tether_client::RobotClient::connect(conf, Default::default()).await.unwrap();
     assert_eq!(robot.resource_names().await.unwrap().len(), 2);
     tokio::time::sleep(deadline * 2).await;

@@ -160,3 +160,27 @@ pub(crate) async fn connect_when_registered(
     }
     Err(last.expect("at least one attempt"))
 }
+
+/// A self-signed certificate for `localhost`, as PEM files in `dir`
+/// (`{prefix}cert.pem`, `{prefix}key.pem`).
+pub(crate) struct SelfSigned {
+    /// The certificate, to trust it (`DialConf::with_tls_ca_pem`).
+    pub pem: String,
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+}
+
+impl SelfSigned {
+    pub(crate) fn new(dir: &std::path::Path, prefix: &str) -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let (cert_path, key_path) = (dir.join(format!("{prefix}cert.pem")), dir.join(format!("{prefix}key.pem")));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+        Self { pem: cert.cert.pem(), cert_path, key_path }
+    }
+
+    /// The listener's TLS settings for this certificate.
+    pub(crate) fn tls(&self) -> tether_transport::server::TlsConfig {
+        tether_transport::server::TlsConfig::from_pem_files(&self.cert_path, &self.key_path).expect("TLS config")
+    }
+}
