@@ -240,7 +240,9 @@ struct Account {
     budget: Arc<Budget>,
     holder: u64,
     conn: u64,
-    eviction: Arc<Eviction>,
+    /// Created when the body first holds bytes (most requests never do:
+    /// their message arrives in one frame).
+    eviction: Option<Arc<Eviction>>,
     framing: Framing,
     messages: Messages,
     whole: usize,
@@ -264,7 +266,12 @@ impl Account {
             return Ok(());
         }
         self.held = held;
-        self.budget.set(self.holder, self.conn, &self.eviction, held)
+        let eviction = self.eviction.get_or_insert_with(Default::default);
+        self.budget.set(self.holder, self.conn, eviction, held)
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.eviction.as_ref().is_some_and(|e| e.is_evicted())
     }
 
     /// In the middle of a message: silence now is a stall.
@@ -304,16 +311,8 @@ pin_project_lite::pin_project! {
 impl<B> GuardedBody<B> {
     pub(crate) fn new(inner: B, budget: Arc<Budget>, conn: u64, framing: Framing, stall: Duration) -> Self {
         let holder = budget.next_holder.fetch_add(1, Ordering::Relaxed);
-        let account = Account {
-            budget,
-            holder,
-            conn,
-            eviction: Arc::new(Eviction::default()),
-            framing,
-            messages: Messages::default(),
-            whole: 0,
-            held: 0,
-        };
+        let account =
+            Account { budget, holder, conn, eviction: None, framing, messages: Messages::default(), whole: 0, held: 0 };
         Self { inner, account, stall, stalled: None, failed: false }
     }
 }
@@ -336,7 +335,7 @@ where
             account.finish();
             Poll::Ready(Some(Err(Box::new(evicted_status()) as BoxError)))
         };
-        if this.account.eviction.is_evicted() {
+        if this.account.is_evicted() {
             return evicted(this.failed, this.account);
         }
         match this.inner.poll_frame(cx) {
@@ -359,8 +358,10 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                this.account.eviction.waker.register(cx.waker());
-                if this.account.eviction.is_evicted() {
+                if let Some(eviction) = &this.account.eviction {
+                    eviction.waker.register(cx.waker());
+                }
+                if this.account.is_evicted() {
                     return evicted(this.failed, this.account);
                 }
                 if this.account.mid_message() {
