@@ -144,6 +144,10 @@ pub struct NetworkConfig {
     /// Turn WebRTC (and the embedded signaler's answerers) off.
     #[serde(default)]
     pub disable_webrtc: bool,
+    /// Most TCP connections open at once (default: three quarters of the
+    /// open-files limit; see `tether_transport::server::ServeOptions`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `network.turn`.
@@ -271,6 +275,9 @@ impl Config {
             if let Some(ttl) = &turn.ttl {
                 parse_go_duration(ttl).map_err(|e| ConfigError::new("network.turn.ttl", e))?;
             }
+        }
+        if self.network.max_connections == Some(0) {
+            return Err(ConfigError::new("network.max_connections", "must be at least 1"));
         }
         if self.network.hosts.len() > 5 * 8 || self.network.hosts.iter().any(|h| h.is_empty()) {
             return Err(ConfigError::new("network.hosts", "host names must be non-empty (at most 40)"));
@@ -437,6 +444,7 @@ mod tests {
             (r#"{"components":[{"name":"a","api":"motor","model":"fake"}]}"#, "components[0].api"),
             (r#"{"components":[{"name":"a","api":"rdk:component:motor"}]}"#, "components[0].model"),
             (r#"{"network":{"bind_address":"nowhere"}}"#, "network.bind_address"),
+            (r#"{"network":{"max_connections":0}}"#, "network.max_connections"),
             (
                 r#"{"auth":{"handlers":[{"type":"robot-secret","config":{"keys":[{"id":"a","key":"b"}]}}]}}"#,
                 "auth.handlers[0].type",
@@ -446,6 +454,8 @@ mod tests {
             assert_eq!(Config::from_json(json).unwrap_err().field, field, "{json}");
         }
         assert!(Config::from_json("{not json").unwrap_err().field.starts_with("line 1"));
+        let cfg = Config::from_json(r#"{"network":{"max_connections":64}}"#).unwrap();
+        assert_eq!(cfg.network.max_connections, Some(64));
     }
 
     #[test]

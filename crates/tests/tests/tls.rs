@@ -2,21 +2,20 @@
 
 mod common;
 
+use common::SelfSigned;
 use tether_client::components::Motor;
 use tether_client::{Credentials, DialConf, Options, RobotClient};
 use tether_machine::Machine;
 use tether_machine::config::Config;
 use tether_machine::models::Models;
-use tether_transport::server::{ServeOptions, TlsConfig};
+use tether_transport::server::ServeOptions;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn tls_with_api_key() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let cert = SelfSigned::new(dir.path(), "");
+    let (cert_path, key_path) = (cert.cert_path.clone(), cert.key_path.clone());
     let cfg = Config::from_json(&format!(
         r#"{{"components":[{{"name":"motor1","api":"rdk:component:motor","model":"fake"}}],
             "network":{{"tls_cert_file":{:?},"tls_key_file":{:?}}},
@@ -25,7 +24,7 @@ async fn tls_with_api_key() {
     ))
     .unwrap();
     let machine = Machine::from_config(&cfg, &Models::builtin()).unwrap();
-    let tls = TlsConfig::from_pem_files(&cert_path, &key_path).unwrap();
+    let tls = cert.tls();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
@@ -33,7 +32,7 @@ async fn tls_with_api_key() {
     tokio::spawn(async move { machine.serve(listener, ServeOptions::default().with_tls(Some(tls)), shutdown).await });
 
     let conf = DialConf::direct(format!("https://localhost:{port}"))
-        .with_tls_ca_pem(cert.cert.pem())
+        .with_tls_ca_pem(cert.pem.clone())
         .with_credentials(Credentials::api_key("k", "s"));
     let robot = RobotClient::connect(conf, Options::default()).await.unwrap();
     let motor = Motor::from_robot(&robot, "motor1");

@@ -18,10 +18,13 @@ pub(crate) struct MachineArgs {
     /// `(id, key)` at the external signaling services.
     pub signaling_key: Option<(String, String)>,
     pub no_webrtc: bool,
+    pub max_connections: Option<usize>,
 }
 
 pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
-    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc } = args;
+    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections } = args;
+    // Before anything opens files: the connection cap is derived from it.
+    tether_transport::limits::raise_nofile().context("reading the open-files limit")?;
     let mut cfg = match &config {
         Some(path) => Config::from_file(path)?,
         None => Config::fake(),
@@ -34,6 +37,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         cfg.network.signaling_api_key = Some(tether_transport::auth::ApiKey { id, key });
     }
     cfg.network.disable_webrtc |= no_webrtc;
+    if max_connections.is_some() {
+        cfg.network.max_connections = max_connections;
+    }
     cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
     let addr = listen.or_else(|| cfg.network.bind_address.clone()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
@@ -41,7 +47,7 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tether_transport::server::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let names: Vec<String> = machine.resources().iter().map(|(n, c)| format!("{n} ({})", c.subtype())).collect();
     tracing::info!(
@@ -60,7 +66,8 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    let serving = machine.serve(listener, ServeOptions::default().with_tls(tls), shutdown);
+    let options = ServeOptions::default().with_tls(tls).with_max_connections(cfg.network.max_connections);
+    let serving = machine.serve(listener, options, shutdown);
     tokio::spawn(report_signalers(machine.clone()));
     serving.await;
     Ok(ExitCode::SUCCESS)

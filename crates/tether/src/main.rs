@@ -49,6 +49,10 @@ enum Command {
         /// Do not answer WebRTC calls.
         #[arg(long)]
         no_webrtc: bool,
+        /// Most TCP connections open at once (overrides network.max_connections;
+        /// default: three quarters of the open-files limit).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: Option<u32>,
     },
     /// Run a standalone signaling service.
     Signaling(signaling::SignalingArgs),
@@ -100,9 +104,28 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Machine { listen, config, hosts, signaling, signaling_key_id, signaling_key, no_webrtc } => {
+            Command::Machine {
+                listen,
+                config,
+                hosts,
+                signaling,
+                signaling_key_id,
+                signaling_key,
+                no_webrtc,
+                max_connections,
+            } => {
                 let signaling_key = signaling_key_id.zip(signaling_key);
-                machine::run(machine::MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc }).await
+                let max_connections = max_connections.map(|n| n as usize);
+                machine::run(machine::MachineArgs {
+                    listen,
+                    config,
+                    hosts,
+                    signaling,
+                    signaling_key,
+                    no_webrtc,
+                    max_connections,
+                })
+                .await
             }
             Command::Signaling(args) => signaling::run(args).await,
             Command::Call(args) => call::run(args).await,

@@ -39,6 +39,10 @@ pub(crate) struct SignalingArgs {
     /// signaling is open to anyone.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<std::path::PathBuf>,
+    /// Most TCP connections open at once (default: three quarters of the
+    /// open-files limit).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 }
 
 /// Audience of the access tokens minted by a standalone signaler.
@@ -96,6 +100,8 @@ fn ice_server(url: &str) -> tether_proto::proto::rpc::webrtc::v1::IceServer {
 }
 
 pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
+    // Before anything opens files: the connection cap is derived from it.
+    tether_transport::limits::raise_nofile().context("reading the open-files limit")?;
     let auth = args.auth.as_deref().map(load_auth).transpose()?;
     let queue: Arc<dyn CallQueue> = match &args.redis {
         Some(url) => {
@@ -141,7 +147,7 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         .layer(AuthLayer::new(authority))
         .service(routes);
     let svc = tether_transport::server::grpc_web(tower::util::BoxCloneSyncService::new(svc));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tether_transport::server::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
@@ -153,6 +159,7 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    tether_transport::server::serve(listener, svc, ServeOptions::default(), shutdown).await;
+    let options = ServeOptions::default().with_max_connections(args.max_connections.map(|n| n as usize));
+    tether_transport::server::serve(listener, svc, options, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -260,6 +260,13 @@ where
                 }
             }
         }
+        // The connection limits shed unauthenticated connections first
+        // (crate::server); an open server authenticates everyone.
+        if (self.authority.is_none() || req.uri().path() != AUTHENTICATE_PATH)
+            && let Some(connection) = req.extensions().get::<crate::server::ConnectionHandle>()
+        {
+            connection.mark_authenticated();
+        }
         Box::pin(inner.call(req))
     }
 }

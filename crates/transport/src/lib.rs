@@ -15,15 +15,18 @@
 //!   framing of `tether_wire::framing` for its role, so that one tonic router
 //!   and one set of generated clients run over every transport.
 //! * [`grpc`]: the status of a gRPC response from its headers.
+//! * [`limits`]: the open-files limit raised at start, and the connection cap
+//!   derived from it.
 
 pub mod auth;
 pub mod dial;
 pub mod grpc;
 pub mod identity;
+pub mod limits;
 pub mod server;
 pub mod webrtc;
 
-pub use server::{ConnectionInfo, TransportKind};
+pub use server::{ConnectionHandle, ConnectionInfo, TransportKind};
 
 pub use tether_wire::MAX_MESSAGE_SIZE;
 

@@ -26,6 +26,11 @@ impl Drop for TestMachine {
 }
 
 pub(crate) async fn start(cfg: Config) -> TestMachine {
+    start_with(cfg, Default::default()).await
+}
+
+/// [`start`] with the listener's options (limits, TLS).
+pub(crate) async fn start_with(cfg: Config, options: tether_transport::server::ServeOptions) -> TestMachine {
     // TETHER_LOG=debug shows what the machine does during a test.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -35,7 +40,7 @@ pub(crate) async fn start(cfg: Config) -> TestMachine {
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     // `serve` registers the machine's names before it returns its future.
-    tokio::spawn(machine.serve(listener, Default::default(), shutdown.clone()));
+    tokio::spawn(machine.serve(listener, options, shutdown.clone()));
     TestMachine { addr, machine, shutdown }
 }
 
@@ -154,4 +159,28 @@ pub(crate) async fn connect_when_registered(
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+/// A self-signed certificate for `localhost`, as PEM files in `dir`
+/// (`{prefix}cert.pem`, `{prefix}key.pem`).
+pub(crate) struct SelfSigned {
+    /// The certificate, to trust it (`DialConf::with_tls_ca_pem`).
+    pub pem: String,
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+}
+
+impl SelfSigned {
+    pub(crate) fn new(dir: &std::path::Path, prefix: &str) -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let (cert_path, key_path) = (dir.join(format!("{prefix}cert.pem")), dir.join(format!("{prefix}key.pem")));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+        Self { pem: cert.cert.pem(), cert_path, key_path }
+    }
+
+    /// The listener's TLS settings for this certificate.
+    pub(crate) fn tls(&self) -> tether_transport::server::TlsConfig {
+        tether_transport::server::TlsConfig::from_pem_files(&self.cert_path, &self.key_path).expect("TLS config")
+    }
 }
