@@ -476,10 +476,12 @@ impl RtcPeer {
         let start = now();
         let mut stun = Vec::new();
         for (socket, local) in locals.iter().enumerate() {
-            if local.ip().is_loopback() {
-                continue;
-            }
             for server in &stun_servers {
+                // Ask from the sockets that can reach the server: a loopback
+                // socket only a loopback server, and the other way round.
+                if local.ip().is_loopback() != server.addr.ip().is_loopback() {
+                    continue;
+                }
                 let mut msg = Message::new();
                 if msg.build(&[Box::<TransactionId>::default(), Box::new(BINDING_REQUEST)]).is_err() {
                     continue;
