@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rtc::data_channel::{RTCDataChannelId, RTCDataChannelInit};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::{SctpMaxMessageSize, SettingEngine, SettingEngineBuilder};
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
@@ -385,6 +386,15 @@ fn setting_engine(options: &PeerOptions) -> SettingEngine {
         .with_relay_acceptance_min_wait(if options.relay_only { Some(Duration::ZERO) } else { None })
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::QueryOnly)
         .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_SIZE))
+        // Never AES-256-GCM for SRTP: webrtc-rs 0.12 (the Viam Python SDK's
+        // stack) panics deriving its keys (webrtc-rs#649). The core's default
+        // list has it second; without it the choice is the same everywhere
+        // else.
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+        ])
         // As the answerer, be the DTLS (and so SCTP) server. The offerer
         // then starts both handshakes once its ICE has selected a pair,
         // which the answerer (controlled) has always done by then: an
