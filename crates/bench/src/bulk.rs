@@ -138,8 +138,14 @@ pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
         get_images(&direct, camera, size, 1).await?;
         get_images(&webrtc, camera, size, 1).await?;
         let (mut raw, mut rtc, mut h2) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rtc_cpu, mut rtc_bytes) = (Duration::ZERO, 0usize);
         for _ in 0..runs {
+            // Machine and client both run in this process: its CPU time is
+            // what moving the bytes over WebRTC costs both ends.
+            let cpu = super::procs::cpu_time(std::process::id())?;
             rtc.push(get_images(&webrtc, camera, size, rounds).await?);
+            rtc_cpu += super::procs::cpu_time(std::process::id())?.saturating_sub(cpu);
+            rtc_bytes += size * rounds;
             h2.push(get_images(&direct, camera, size, rounds).await?);
             raw.push(raw_throughput(size * rounds).await?);
             // Let the torn-down raw peers' tasks finish before the next timed run.
@@ -157,6 +163,14 @@ pub(crate) async fn rows(scale: Scale) -> anyhow::Result<Vec<Row>> {
                      raw = {} MB in 16 KiB messages on the same stack's data channel (same driver, no framing) between two in-process peers",
                     size * rounds / 1_000_000
                 )),
+        );
+        let cpu_per_gb = rtc_cpu.as_secs_f64() / (rtc_bytes as f64 / 1e9);
+        rows.push(
+            Row::new(4, format!("GetImage {mib} MiB over WebRTC: CPU-seconds per GB (machine + client)"), cpu_per_gb, "CPU-s/GB")
+                .baseline("none (absolute; the ratio column repeats the value)")
+                .ratio(cpu_per_gb)
+                .goal(15.0)
+                .note("user + system time of the bench process, which runs the machine and the client, over the timed WebRTC runs"),
         );
         rows.push(
             Row::new(4, format!("GetImage {mib} MiB over WebRTC vs direct HTTP/2"), rtc, "MB/s")
