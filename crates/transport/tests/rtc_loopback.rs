@@ -249,3 +249,25 @@ async fn bidi_streams_run_concurrently() {
     };
     tokio::time::timeout(Duration::from_secs(30), all).await.expect("every stream ends");
 }
+
+/// Messages above 64 KiB (webrtc-rs 0.17 closed the channel on them) arrive
+/// whole: the driver advertises a 256 KiB `max-message-size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_above_64_kib_arrive_whole() {
+    let caller = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
+    let answerer = RtcPeer::new(&options(), RtcOptions::default()).await.unwrap();
+    let (a, b) = (caller.raw(), answerer.raw());
+    let offer = caller.create_offer().unwrap();
+    assert!(offer.contains("a=max-message-size:262144"), "{offer}");
+    let answer = answerer.accept_offer(offer).unwrap();
+    caller.accept_answer(answer).unwrap();
+    trickle(caller.clone(), answerer.clone());
+    trickle(answerer.clone(), caller.clone());
+    for size in [65_536usize, 200_000] {
+        let message: Bytes = (0..size).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
+        a.send(message.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), b.recv()).await.expect("delivered").unwrap();
+        assert_eq!(got.len(), size);
+        assert!(got == message, "a {size}-byte message arrived changed");
+    }
+}
