@@ -63,8 +63,12 @@ use super::serve::ServerSide;
 /// loopback and SCTP recovers slowly; the kernel caps the request at
 /// `net.core.{r,w}mem_max`, which is all the fallback there is to do.
 const SOCKET_BUFFER: usize = 4 << 20;
-/// The largest datagram read.
-const MAX_DATAGRAM: usize = 65_536;
+/// The largest datagram read. WebRTC keeps datagrams under the path MTU
+/// (SCTP packets here are at most 1,200 bytes, TURN adds a few dozen); a
+/// larger one is truncated and fails its integrity check. The buffer is per
+/// connection, so it is sized for what arrives, not for UDP's maximum
+/// (64 KiB of it was a fifth of an idle connection's memory).
+const MAX_DATAGRAM: usize = 2048;
 /// Datagrams read per wake-up before the state runs a turn.
 const RECV_BATCH: usize = 64;
 /// How long a STUN binding request for a server-reflexive candidate is
