@@ -6,29 +6,28 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1::{
-    AnswerRequest, AnswerRequestDoneStage, AnswerRequestErrorStage, AnswerRequestHeartbeatStage,
-    AnswerRequestInitStage, AnswerRequestUpdateStage, AnswerResponse, CallRequest, CallResponse, CallResponseInitStage,
-    CallResponseUpdateStage, CallUpdateRequest, CallUpdateResponse, IceCandidate, IceServer,
-    OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse, WebRtcConfig, answer_request, answer_response,
-    call_response, call_update_request,
+    AnswerRequest, AnswerResponse, CallRequest, CallResponse, CallUpdateRequest, CallUpdateResponse, IceServer,
+    OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse,
     signaling_service_server::{SignalingService, SignalingServiceServer},
 };
 use tether_transport::auth::AuthEntity;
-use tether_transport::identity::{CallerClaims, VouchKey};
+use tether_transport::identity::VouchKey;
+use tether_transport::server::ConnectionInfo;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authorizer, Role};
-use crate::grants::{CallLimits, PendingCalls, PendingSlot, RateLimiter};
-use crate::host::{HOST_NOT_PRECONFIGURED, HostAllowList, multi_hosts, single_host};
+use crate::core::{
+    AnswerAction, AnswerRelay, CallEnd, CallRelay, CallStep, Heartbeat, SignalingCore, message_before_offer,
+};
+use crate::host::HostAllowList;
 use crate::ice::TurnRestConfig;
+use crate::limits::{CallLimits, Caller, LimitStats};
 use crate::queue::{
-    AnswererEvent, AnswererExchange, AnswererResponder, CallQueue, CallerEvent, CallerHandle, Offer, OfferInit,
-    QueueError,
+    AnswererEvent, AnswererExchange, AnswererResponder, AnswererSession, CallQueue, CallerEvent, QueueError,
 };
 
 /// Default interval of heartbeats to answerers that allow them.
@@ -189,10 +188,12 @@ impl SignalingServerBuilder {
         self
     }
 
-    /// Limits `Call`: per-caller rate (keyed by the authenticated entity, or
-    /// the peer address without auth; RESOURCE_EXHAUSTED `request exceeds
-    /// rate limit …`) and concurrent unanswered calls per host
-    /// (RESOURCE_EXHAUSTED).
+    /// Limits `Call` (default [`CallLimits::default`]: pending offers per
+    /// host and exchanges per caller address capped, no rate limit): per-caller
+    /// rate (keyed by the authenticated entity, or the peer address without
+    /// auth; RESOURCE_EXHAUSTED `request exceeds rate limit …`), concurrent
+    /// unanswered calls per host and exchanges in progress per caller address
+    /// (RESOURCE_EXHAUSTED `too many …`).
     pub fn call_limits(mut self, limits: CallLimits) -> Self {
         self.config.call_limits = limits;
         self
@@ -223,13 +224,7 @@ impl SignalingServerBuilder {
 
     /// The server.
     pub fn build(self) -> SignalingServer {
-        let mut config = self.config;
-        config.heartbeat_interval = config.heartbeat_interval.clamp(Duration::from_millis(1), MAX_HEARTBEAT_INTERVAL);
-        config.offer_deadline = config.offer_deadline.min(MAX_OFFER_DEADLINE);
-        let rate = config.call_limits.rate_per_minute.map(RateLimiter::new);
-        SignalingServer {
-            shared: Arc::new(Shared { queue: self.queue, config, rate, pending: PendingCalls::default() }),
-        }
+        SignalingServer { shared: Arc::new(Shared { queue: self.queue, core: SignalingCore::new(self.config) }) }
     }
 }
 
@@ -259,9 +254,7 @@ pub struct SignalingServer {
 #[derive(Debug)]
 struct Shared {
     queue: Arc<dyn CallQueue>,
-    config: SignalingConfig,
-    rate: Option<RateLimiter>,
-    pending: PendingCalls,
+    core: SignalingCore,
 }
 
 impl SignalingServer {
@@ -277,7 +270,17 @@ impl SignalingServer {
 
     /// The effective configuration.
     pub fn config(&self) -> &SignalingConfig {
-        &self.shared.config
+        self.shared.core.config()
+    }
+
+    /// The sans-IO core making the server's decisions (see [`crate::core`]).
+    pub fn core(&self) -> &SignalingCore {
+        &self.shared.core
+    }
+
+    /// Counters of the call limits (pending offers and exchanges counted now).
+    pub fn limit_stats(&self) -> LimitStats {
+        self.shared.core.stats(Instant::now())
     }
 
     /// The call queue.
@@ -291,63 +294,24 @@ impl SignalingServer {
     }
 }
 
-impl Shared {
-    fn check_hosts(&self, hosts: &[String]) -> Result<(), Status> {
-        let allowed = &self.config.allowed_hosts;
-        if allowed.as_ref().is_some_and(|list| hosts.iter().any(|h| !list.contains(h))) {
-            return Err(Status::invalid_argument(HOST_NOT_PRECONFIGURED));
-        }
-        Ok(())
-    }
-
-    async fn authorize<T>(&self, request: &Request<T>, hosts: &[String], role: Role) -> Result<(), Status> {
-        if let Some(authorizer) = &self.config.authorizer {
-            let entity = request.extensions().get::<AuthEntity>();
-            for h in hosts {
-                authorizer.authorize(entity, h, role).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Static servers followed by TURN servers with fresh credentials.
-    fn ice_servers(&self, host: &str) -> Vec<IceServer> {
-        let now = SystemTime::now();
-        let mut servers = self.config.ice_servers.clone();
-        servers.extend(self.config.turn.iter().map(|t| t.ice_server(host, now)));
-        servers
-    }
-}
-
-/// Who a `Call` is rate-limited as: the authenticated entity, else the
-/// peer's IP address.
-fn caller_key<T>(request: &Request<T>) -> String {
-    match request.extensions().get::<AuthEntity>() {
-        Some(AuthEntity(e)) => format!("entity:{e}"),
-        None => match request.remote_addr() {
-            Some(addr) => format!("ip:{}", addr.ip()),
-            None => "anonymous".to_owned(),
-        },
-    }
+/// Who placed a request: its authenticated entity and its peer's address
+/// (from tether's server, which attaches a [`ConnectionInfo`], else from
+/// tonic's own).
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    let entity = request.extensions().get::<AuthEntity>().map(|e| e.0.clone());
+    let address = request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.remote)
+        .or_else(|| request.remote_addr())
+        .map(|a| a.ip());
+    Caller { entity, address }
 }
 
 /// The monotonic instant of a wall-clock deadline (at most a day away).
 fn to_instant(deadline: SystemTime) -> Instant {
     let left = deadline.duration_since(SystemTime::now()).unwrap_or_default().min(MAX_OFFER_DEADLINE);
     Instant::now() + left
-}
-
-fn rpc_status(code: Code, message: impl Into<String>) -> RpcStatus {
-    RpcStatus { code: code as i32, message: message.into(), details: Vec::new() }
-}
-
-/// The caller-facing status for an answerer's error.
-fn answerer_error(st: &RpcStatus) -> Status {
-    let code = match Code::from(st.code) {
-        Code::Ok => Code::Unknown,
-        c => c,
-    };
-    Status::new(code, format!("error from answerer: {}", st.message))
 }
 
 enum Sent {
@@ -364,11 +328,10 @@ async fn send_until<T>(tx: &mpsc::Sender<T>, msg: T, deadline: Instant) -> Sent 
     }
 }
 
-async fn tick(heartbeat: &mut Option<Interval>) {
-    match heartbeat {
-        Some(i) => {
-            i.tick().await;
-        }
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -379,53 +342,33 @@ impl SignalingService for SignalingServer {
     type AnswerStream = ReceiverStream<Result<AnswerRequest, Status>>;
 
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<Self::CallStream>, Status> {
-        let shared = &self.shared;
-        let host = single_host(request.metadata())?;
-        let hosts = [host];
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Caller).await?;
-        let [host] = hosts;
-        if let Some(rate) = &shared.rate {
-            rate.check(&caller_key(&request))?;
-        }
-        let slot = match shared.config.call_limits.max_pending_per_host {
-            Some(max) => Some(shared.pending.acquire(&host, max)?),
-            None => None,
-        };
-        if !shared.queue.is_answerer_online(&host).await {
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let host = core.caller_host(request.metadata())?;
+        let entity = request.extensions().get::<AuthEntity>();
+        core.authorize(entity, std::slice::from_ref(&host), Role::Caller).await?;
+        let caller = caller_of(&request);
+        let admitted = core.admit_call(&host, &caller, request.get_ref(), Instant::now())?;
+        if !queue.is_answerer_online(&host).await {
             return Err(Status::not_found(HOST_OFFLINE));
         }
-        let caller_entity = request.extensions().get::<AuthEntity>().map(|e| e.0.clone());
-        let req = request.into_inner();
-        let init = OfferInit {
-            host: host.clone(),
-            sdp: req.sdp,
-            disable_trickle: req.disable_trickle,
-            ttl: shared.config.offer_deadline,
-            caller: caller_entity,
-        };
-        let handle = shared.queue.send_offer(init).await.map_err(Status::from)?;
+        let init = core.offer_init(host.clone(), &caller, request.into_inner());
+        let handle = queue.send_offer(init).await.map_err(Status::from)?;
+        let relay = core.start_call(&handle.offer, admitted, to_instant(handle.offer.deadline));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_call(shared.queue.clone(), host, handle, tx, slot));
+        tokio::spawn(run_call(self.shared.clone(), host, handle.events, relay, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn call_update(&self, request: Request<CallUpdateRequest>) -> Result<Response<CallUpdateResponse>, Status> {
-        let shared = &self.shared;
-        let host = single_host(request.metadata())?;
-        let hosts = [host];
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Caller).await?;
-        let [host] = hosts;
-        let req = request.into_inner();
-        let event = match req.update {
-            Some(call_update_request::Update::Candidate(c)) => CallerEvent::Candidate(c),
-            Some(call_update_request::Update::Done(true)) => CallerEvent::Done,
-            Some(call_update_request::Update::Done(false)) => return Ok(Response::new(CallUpdateResponse {})),
-            Some(call_update_request::Update::Error(s)) => CallerEvent::Error(s),
-            None => return Err(Status::invalid_argument("expected an update")),
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let host = core.caller_host(request.metadata())?;
+        let entity = request.extensions().get::<AuthEntity>();
+        core.authorize(entity, std::slice::from_ref(&host), Role::Caller).await?;
+        let Some((uuid, event)) = core.caller_update(request.into_inner())? else {
+            return Ok(Response::new(CallUpdateResponse {}));
         };
-        match tokio::time::timeout(HANDLER_TIMEOUT, shared.queue.send_caller_event(&host, &req.uuid, event)).await {
+        let terminal = event.is_terminal();
+        match tokio::time::timeout(HANDLER_TIMEOUT, queue.send_caller_event(&host, &uuid, event)).await {
             Ok(Ok(())) => {}
             // Callers race with the end of the exchange; late updates are harmless.
             Ok(Err(QueueError::NoActiveOffer(uuid))) => {
@@ -434,6 +377,9 @@ impl SignalingService for SignalingServer {
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(Status::deadline_exceeded("timed out relaying the call update")),
         }
+        if terminal {
+            core.caller_finished(&host, &uuid);
+        }
         Ok(Response::new(CallUpdateResponse {}))
     }
 
@@ -441,24 +387,13 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<Streaming<AnswerResponse>>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
-        let shared = &self.shared;
-        if shared.config.in_process_answerers_only {
-            return Err(Status::permission_denied(ANSWERS_IN_PROCESS));
-        }
-        let hosts = multi_hosts(request.metadata())?;
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Answerer).await?;
-        let heartbeats =
-            request.metadata().get_all(HEARTBEATS_ALLOWED).iter().any(|v| v.to_str().is_ok_and(|s| s == "true"));
-        let session = shared.queue.register_answerer(hosts).await.map_err(Status::from)?;
-        let (out, rx) = mpsc::channel(STREAM_BUFFER);
-        let heartbeat = heartbeats.then(|| {
-            let period = shared.config.heartbeat_interval;
-            let mut i = tokio::time::interval_at(Instant::now() + period, period);
-            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            i
-        });
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let hosts = core.answer_hosts(request.metadata())?;
         let entity = request.extensions().get::<AuthEntity>().cloned();
+        core.authorize(entity.as_ref(), &hosts, Role::Answerer).await?;
+        let heartbeat = core.heartbeats(request.metadata(), Instant::now());
+        let session = queue.register_answerer(hosts).await.map_err(Status::from)?;
+        let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let worker =
             AnswerWorker { shared: self.shared.clone(), out, inbound: request.into_inner(), heartbeat, entity };
         tokio::spawn(worker.run(session));
@@ -469,78 +404,35 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<OptionalWebRtcConfigRequest>,
     ) -> Result<Response<OptionalWebRtcConfigResponse>, Status> {
-        let shared = &self.shared;
-        let hosts = multi_hosts(request.metadata())?;
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Config).await?;
-        let host = hosts.first().map(String::as_str).unwrap_or_default();
-        let config = WebRtcConfig { additional_ice_servers: shared.ice_servers(host), disable_trickle: false };
-        Ok(Response::new(OptionalWebRtcConfigResponse { config: Some(config) }))
+        let core = &self.shared.core;
+        let hosts = core.config_hosts(request.metadata())?;
+        core.authorize(request.extensions().get::<AuthEntity>(), &hosts, Role::Config).await?;
+        Ok(Response::new(core.webrtc_config(&hosts)))
     }
 }
 
-/// How a Call stream ends.
-enum CallEnd {
-    /// The answerer is done (or went away after answering): end with OK.
-    Finished,
-    Deadline,
-    AnswererError(RpcStatus),
-    /// The answerer went away (or finished) without answering.
-    AnswererGone(&'static str),
-    CallerGone,
-}
-
-/// Relays answerer events to one caller's `Call` stream.
+/// Serves one caller's `Call` stream: relays the answerer's events until the
+/// exchange ends, then tells whoever needs to know.
 async fn run_call(
-    queue: Arc<dyn CallQueue>,
+    shared: Arc<Shared>,
     host: String,
-    handle: CallerHandle,
+    mut events: BoxStream<'static, AnswererEvent>,
+    mut relay: CallRelay,
     tx: mpsc::Sender<Result<CallResponse, Status>>,
-    mut pending: Option<PendingSlot>,
 ) {
-    let CallerHandle { offer, mut events } = handle;
-    let uuid = offer.uuid;
-    let deadline = to_instant(offer.deadline);
-    let mut answered = false;
-    // Candidates that (against the protocol) arrive before the answer.
-    let mut early: Vec<IceCandidate> = Vec::new();
-    let update = |c: IceCandidate| CallResponse {
-        uuid: uuid.clone(),
-        stage: Some(call_response::Stage::Update(CallResponseUpdateStage { candidate: Some(c) })),
-    };
+    let deadline = relay.deadline();
     let end = 'relay: loop {
-        let event = tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = tx.closed() => break CallEnd::CallerGone,
-            _ = tokio::time::sleep_until(deadline) => break CallEnd::Deadline,
-            ev = events.next() => ev,
+            _ = tx.closed() => CallStep::End(CallEnd::CallerGone),
+            _ = tokio::time::sleep_until(deadline) => CallStep::End(CallEnd::Deadline),
+            ev = events.next() => relay.on_event(ev, Instant::now()),
         };
-        let mut outgoing = Vec::new();
-        match event {
-            Some(AnswererEvent::Answer(sdp)) => {
-                if answered {
-                    tracing::warn!(%uuid, "answerer sent a second answer; ignored");
-                    continue;
-                }
-                answered = true;
-                // No longer pending once answered.
-                drop(pending.take());
-                outgoing.push(CallResponse {
-                    uuid: uuid.clone(),
-                    stage: Some(call_response::Stage::Init(CallResponseInitStage { sdp })),
-                });
-                outgoing.extend(early.drain(..).map(update));
-            }
-            Some(AnswererEvent::Candidate(c)) if answered => outgoing.push(update(c)),
-            Some(AnswererEvent::Candidate(c)) => early.push(c),
-            Some(AnswererEvent::Done) if answered => break CallEnd::Finished,
-            Some(AnswererEvent::Done) => break CallEnd::AnswererGone("answerer finished without answering"),
-            Some(AnswererEvent::Error(st)) => break CallEnd::AnswererError(st),
-            None if answered => break CallEnd::Finished,
-            None if Instant::now() + Duration::from_millis(50) >= deadline => break CallEnd::Deadline,
-            None => break CallEnd::AnswererGone("answerer went away before answering"),
-        }
-        for msg in outgoing {
+        let msgs = match step {
+            CallStep::End(end) => break end,
+            CallStep::Send(msgs) => msgs,
+        };
+        for msg in msgs {
             match send_until(&tx, Ok(msg), deadline).await {
                 Sent::Ok => {}
                 Sent::Closed => break 'relay CallEnd::CallerGone,
@@ -548,34 +440,30 @@ async fn run_call(
             }
         }
     };
-    let notify = match end {
-        CallEnd::Finished => None,
-        CallEnd::Deadline => {
-            let status = Status::deadline_exceeded("offer deadline exceeded before the answerer finished");
-            let _ = send_until(&tx, Err(status), Instant::now() + Duration::from_secs(1)).await;
-            Some(rpc_status(Code::DeadlineExceeded, "caller's offer deadline exceeded"))
-        }
-        CallEnd::AnswererError(st) => {
-            let _ = send_until(&tx, Err(answerer_error(&st)), Instant::now() + HANDLER_TIMEOUT).await;
-            None
-        }
-        CallEnd::AnswererGone(why) => {
-            let _ = send_until(&tx, Err(Status::unavailable(why)), Instant::now() + HANDLER_TIMEOUT).await;
-            None
-        }
-        CallEnd::CallerGone => {
-            if answered {
-                // Let a racing CallUpdate{done} win (the queue ignores an error after done).
-                tokio::time::sleep(CALLER_GONE_GRACE.min(deadline.saturating_duration_since(Instant::now()))).await;
-            }
-            Some(rpc_status(Code::Cancelled, "caller went away"))
-        }
-    };
-    if let Some(st) = notify {
-        let send = queue.send_caller_event(&host, &uuid, CallerEvent::Error(st));
+    shared.core.end_call(&relay, &end);
+    if let Some(status) = end.status() {
+        let bound = if end == CallEnd::Deadline { Duration::from_secs(1) } else { HANDLER_TIMEOUT };
+        let _ = send_until(&tx, Err(status), Instant::now() + bound).await;
+    }
+    drop(tx);
+    if end == CallEnd::CallerGone && relay.answered() {
+        // Let a racing CallUpdate{done} win (the queue ignores an error after done).
+        tokio::time::sleep(CALLER_GONE_GRACE.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    if let Some(st) = end.notice() {
+        let uuid = relay.uuid();
+        let send = shared.queue.send_caller_event(&host, uuid, CallerEvent::Error(st));
         if let Ok(Err(e)) = tokio::time::timeout(HANDLER_TIMEOUT, send).await {
             tracing::debug!(%host, %uuid, error = %e, "could not tell the answerer about the caller");
         }
+    }
+}
+
+/// Relays one answerer event to the caller, within the exchange's deadline.
+async fn respond(responder: &dyn AnswererResponder, event: AnswererEvent, deadline: Instant) -> Result<(), QueueError> {
+    match tokio::time::timeout_at(deadline, responder.respond(event)).await {
+        Ok(r) => r,
+        Err(_) => Err(QueueError::Unavailable("timed out relaying to the caller".into())),
     }
 }
 
@@ -584,24 +472,18 @@ struct AnswerWorker {
     shared: Arc<Shared>,
     out: mpsc::Sender<Result<AnswerRequest, Status>>,
     inbound: Streaming<AnswerResponse>,
-    heartbeat: Option<Interval>,
+    heartbeat: Option<Heartbeat>,
     /// The answerer's authenticated entity.
     entity: Option<AuthEntity>,
 }
 
-/// What to do after an answerer message.
-enum Next {
-    Continue,
-    /// End the RPC with OK.
-    Stop,
-}
-
 impl AnswerWorker {
-    async fn run(mut self, mut session: Box<dyn crate::queue::AnswererSession>) {
+    async fn run(mut self, mut session: Box<dyn AnswererSession>) {
         let exchange = {
             let recv = session.recv_offer();
             tokio::pin!(recv);
             loop {
+                let beat = self.heartbeat.map(|h| h.due());
                 tokio::select! {
                     biased;
                     _ = self.out.closed() => return,
@@ -616,11 +498,11 @@ impl AnswerWorker {
                         // Half-closed or broken before any offer: nobody to answer.
                         None | Some(Err(_)) => return,
                         Some(Ok(_)) => {
-                            self.fail(Status::invalid_argument("unexpected answerer message before an offer")).await;
+                            self.fail(message_before_offer()).await;
                             return;
                         }
                     },
-                    _ = tick(&mut self.heartbeat) => if !self.heartbeat() { return },
+                    _ = sleep_until(beat) => if !self.heartbeat() { return },
                 }
             }
         };
@@ -629,38 +511,12 @@ impl AnswerWorker {
         drop(session);
     }
 
-    /// Sends a heartbeat unless the buffer is full; `false` if the answerer is gone.
-    fn heartbeat(&self) -> bool {
-        let msg = AnswerRequest {
-            uuid: String::new(),
-            stage: Some(answer_request::Stage::Heartbeat(AnswerRequestHeartbeatStage {})),
-        };
+    /// Sends the heartbeat that is due unless the buffer is full; `false` if
+    /// the answerer is gone.
+    fn heartbeat(&mut self) -> bool {
+        let Some(h) = &mut self.heartbeat else { return true };
+        let msg = h.fire(Instant::now());
         !matches!(self.out.try_send(Ok(msg)), Err(mpsc::error::TrySendError::Closed(_)))
-    }
-
-    /// The caller assertion for `offer`, when the caller was authenticated
-    /// and this answerer has a vouch key; empty otherwise.
-    fn vouch(&self, offer: &Offer) -> String {
-        let (Some(caller), Some(AuthEntity(answerer)), Some(keys)) =
-            (&offer.caller, &self.entity, &self.shared.config.vouch_keys)
-        else {
-            return String::new();
-        };
-        let Some(key) = keys(answerer) else { return String::new() };
-        // An offer whose SDP cannot be read names no peer; the answerer
-        // rejects it anyway.
-        let fp = match tether_transport::webrtc::sdp::decode(&offer.sdp) {
-            Ok((_, sdp)) => tether_transport::webrtc::sdp::fingerprints(&sdp),
-            Err(_) => return String::new(),
-        };
-        let ttl = offer.deadline.duration_since(SystemTime::now()).unwrap_or_default().as_secs() + 1;
-        match key.sign(&CallerClaims::new(caller.clone(), offer.host.clone(), offer.uuid.clone(), fp, ttl)) {
-            Ok(token) => token,
-            Err(e) => {
-                tracing::warn!(uuid = %offer.uuid, "could not vouch for the caller: {e}");
-                String::new()
-            }
-        }
     }
 
     async fn fail(&self, status: Status) {
@@ -670,175 +526,74 @@ impl AnswerWorker {
     async fn exchange(&mut self, exchange: AnswererExchange) {
         let AnswererExchange { offer, mut caller_events, responder } = exchange;
         let deadline = to_instant(offer.deadline);
-        let uuid = offer.uuid.clone();
-        let tether_caller_assertion = self.vouch(&offer);
-        let init = AnswerRequest {
-            uuid: uuid.clone(),
-            stage: Some(answer_request::Stage::Init(AnswerRequestInitStage {
-                sdp: offer.sdp,
-                optional_config: Some(WebRtcConfig {
-                    additional_ice_servers: self.shared.ice_servers(&offer.host),
-                    disable_trickle: offer.disable_trickle,
-                }),
-                deadline: Some(offer.deadline.into()),
-                tether_caller_assertion,
-            })),
-        };
+        let (mut relay, init) = self.shared.core.start_answer(offer, self.entity.as_ref(), deadline);
+        // Dropped once the answerer cannot respond any more (done, error,
+        // half-close), which tells the queue.
+        let mut responder = Some(responder);
         if !matches!(send_until(&self.out, Ok(init), deadline).await, Sent::Ok) {
             return;
         }
-        let mut relay = Relay { uuid, deadline, responder: Some(responder), answered: false };
-        let mut caller_finished = false;
         loop {
-            if caller_finished && relay.responder.is_none() {
+            if relay.is_over() {
                 return;
             }
+            let beat = self.heartbeat.map(|h| h.due());
             tokio::select! {
                 biased;
                 _ = self.out.closed() => return,
                 _ = tokio::time::sleep_until(deadline) => {
-                    if !caller_finished {
-                        let _ = self.out.try_send(Ok(relay.done()));
+                    if let Some(last) = relay.on_deadline() {
+                        let _ = self.out.try_send(Ok(last));
                     }
                     return;
                 }
-                ev = next_caller_event(&mut caller_events), if !caller_finished => {
-                    let msgs = match ev {
-                        Some(CallerEvent::Candidate(c)) => vec![relay.update(c)],
-                        Some(CallerEvent::Error(st)) => {
-                            // The caller gave up: relay the error, then done, and end.
-                            caller_finished = true;
-                            relay.responder = None;
-                            vec![relay.error(st), relay.done()]
-                        }
-                        // Done, or the offer is gone.
-                        Some(CallerEvent::Done) | None => {
-                            caller_finished = true;
-                            vec![relay.done()]
-                        }
-                    };
+                ev = caller_events.next(), if relay.wants_caller_events() => {
+                    let msgs = relay.on_caller(ev);
+                    if !relay.responding() {
+                        responder = None;
+                    }
                     for m in msgs {
                         if !matches!(send_until(&self.out, Ok(m), deadline).await, Sent::Ok) {
                             return;
                         }
                     }
                 }
-                msg = self.inbound.next(), if relay.responder.is_some() => match msg {
-                    Some(Ok(resp)) => match relay.handle(resp).await {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Stop) => return,
-                        Err(status) => {
-                            relay.tell_caller_protocol_error(&status).await;
-                            self.fail(status).await;
-                            return;
+                msg = self.inbound.next(), if relay.responding() => match msg {
+                    Some(Ok(resp)) => {
+                        let result = match relay.on_answerer(resp) {
+                            Ok(AnswerAction { relay: event, stop }) => {
+                                let sent = match (event, &responder) {
+                                    (Some(ev), Some(r)) => relay.responded(respond(r.as_ref(), ev, deadline).await),
+                                    _ => Ok(()),
+                                };
+                                sent.map(|()| stop)
+                            }
+                            Err(status) => Err(status),
+                        };
+                        if !relay.responding() {
+                            responder = None;
                         }
-                    },
-                    // Half-closed: the answerer cannot respond any more, but it
-                    // may still read what the caller sends until the caller is done.
-                    None => relay.responder = None,
+                        match result {
+                            Ok(false) => {}
+                            Ok(true) => return,
+                            Err(status) => {
+                                // Tell the caller (if it is still listening) that the answerer broke the protocol.
+                                if let Some(r) = &responder {
+                                    let _ = respond(r.as_ref(), AnswerRelay::protocol_error(&status), deadline).await;
+                                }
+                                self.fail(status).await;
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        relay.on_half_close();
+                        responder = None;
+                    }
                     Some(Err(_)) => return,
                 },
-                _ = tick(&mut self.heartbeat) => if !self.heartbeat() { return },
+                _ = sleep_until(beat) => if !self.heartbeat() { return },
             }
         }
-    }
-}
-
-async fn next_caller_event(events: &mut BoxStream<'static, CallerEvent>) -> Option<CallerEvent> {
-    events.next().await
-}
-
-/// The answerer half of one exchange.
-struct Relay {
-    uuid: String,
-    deadline: Instant,
-    /// `None` once the answerer finished (done, error, half-close).
-    responder: Option<Box<dyn AnswererResponder>>,
-    answered: bool,
-}
-
-impl Relay {
-    fn request(&self, stage: answer_request::Stage) -> AnswerRequest {
-        AnswerRequest { uuid: self.uuid.clone(), stage: Some(stage) }
-    }
-
-    fn update(&self, candidate: IceCandidate) -> AnswerRequest {
-        self.request(answer_request::Stage::Update(AnswerRequestUpdateStage { candidate: Some(candidate) }))
-    }
-
-    fn done(&self) -> AnswerRequest {
-        self.request(answer_request::Stage::Done(AnswerRequestDoneStage {}))
-    }
-
-    fn error(&self, status: RpcStatus) -> AnswerRequest {
-        self.request(answer_request::Stage::Error(AnswerRequestErrorStage { status: Some(status) }))
-    }
-
-    async fn respond(&mut self, event: AnswererEvent) -> Result<(), Status> {
-        let terminal = event.is_terminal();
-        let Some(responder) = &self.responder else { return Ok(()) };
-        let res = match tokio::time::timeout_at(self.deadline, responder.respond(event)).await {
-            Ok(r) => r,
-            Err(_) => Err(QueueError::Unavailable("timed out relaying to the caller".into())),
-        };
-        if terminal {
-            self.responder = None;
-        }
-        match res {
-            Ok(()) => Ok(()),
-            // The caller's side is finished or expired; keep the stream going
-            // until the caller events end it.
-            Err(QueueError::NoActiveOffer(_)) => {
-                tracing::debug!(uuid = %self.uuid, "answerer event for an offer that is gone");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Validates and relays one answerer message.
-    async fn handle(&mut self, resp: AnswerResponse) -> Result<Next, Status> {
-        if resp.uuid != self.uuid {
-            return Err(Status::invalid_argument(format!("uuid mismatch; have={:?} want={:?}", resp.uuid, self.uuid)));
-        }
-        match resp.stage {
-            Some(answer_response::Stage::Init(init)) => {
-                if self.answered {
-                    return Err(Status::invalid_argument("got init stage more than once"));
-                }
-                self.answered = true;
-                self.respond(AnswererEvent::Answer(init.sdp)).await?;
-            }
-            Some(answer_response::Stage::Update(update)) => {
-                if !self.answered {
-                    return Err(Status::invalid_argument("got update stage before init stage"));
-                }
-                match update.candidate {
-                    Some(c) => self.respond(AnswererEvent::Candidate(c)).await?,
-                    None => tracing::debug!(uuid = %self.uuid, "answerer update without a candidate; ignored"),
-                }
-            }
-            Some(answer_response::Stage::Done(_)) => {
-                if !self.answered {
-                    return Err(Status::invalid_argument("got done stage before init stage"));
-                }
-                self.respond(AnswererEvent::Done).await?;
-            }
-            Some(answer_response::Stage::Error(e)) => {
-                let status = e.status.unwrap_or_else(|| rpc_status(Code::Unknown, "answerer error without a status"));
-                self.respond(AnswererEvent::Error(status)).await?;
-                // The answerer gave up; the caller learns it from its Call stream.
-                return Ok(Next::Stop);
-            }
-            None => return Err(Status::invalid_argument("unknown answer stage")),
-        }
-        Ok(Next::Continue)
-    }
-
-    /// Tells the caller (if it is still listening) that the answerer broke
-    /// the protocol.
-    async fn tell_caller_protocol_error(&mut self, status: &Status) {
-        let st = rpc_status(Code::Unknown, format!("answerer protocol error: {}", status.message()));
-        let _ = self.respond(AnswererEvent::Error(st)).await;
     }
 }
