@@ -20,6 +20,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use futures::stream::BoxStream;
+
 use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1::{
     AnswerRequest, AnswerRequestDoneStage, AnswerRequestErrorStage, AnswerRequestHeartbeatStage,
@@ -37,7 +39,7 @@ use crate::SignalingConfig;
 use crate::auth::Role;
 use crate::host::{HOST_NOT_PRECONFIGURED, multi_hosts, single_host};
 use crate::limits::{Admitted, Caller, LimitStats, Limits, Slot, bounded_status, check_candidate, check_sdp};
-use crate::queue::{AnswererEvent, CallerEvent, Offer, OfferInit, QueueError};
+use crate::queue::{AnswererEvent, AnswererExchange, AnswererResponder, CallerEvent, Offer, OfferInit, QueueError};
 use crate::server::{ANSWERS_IN_PROCESS, HEARTBEATS_ALLOWED, MAX_HEARTBEAT_INTERVAL, MAX_OFFER_DEADLINE};
 
 /// An answerer that runs out of events within this much of its offer's
@@ -131,7 +133,14 @@ impl SignalingCore {
     /// slots; its exchange ends at `deadline`.
     pub fn start_call(&self, offer: &Offer, admitted: Admitted, deadline: Instant) -> CallRelay {
         self.limits.started(&offer.uuid, &offer.host, deadline, admitted.address);
-        CallRelay { uuid: offer.uuid.clone(), deadline, answered: false, early: Vec::new(), host_slot: admitted.host }
+        CallRelay {
+            uuid: offer.uuid.clone(),
+            host: offer.host.clone(),
+            deadline,
+            answered: false,
+            early: Vec::new(),
+            host_slot: admitted.host,
+        }
     }
 
     /// The `Call` stream of `relay` ended with `end`.
@@ -185,14 +194,16 @@ impl SignalingCore {
         OptionalWebRtcConfigResponse { config: Some(config) }
     }
 
-    /// An answerer (authenticated as `answerer`) claimed `offer`: its relay
-    /// (the exchange ends at `deadline`) and the init message it is sent.
+    /// An answerer (authenticated as `answerer`) claimed an offer: the
+    /// exchange's relay (it ends at `deadline`), the caller's events and the
+    /// init message the answerer is sent.
     pub fn start_answer(
         &self,
-        offer: Offer,
+        exchange: AnswererExchange,
         answerer: Option<&AuthEntity>,
         deadline: Instant,
-    ) -> (AnswerRelay, AnswerRequest) {
+    ) -> (AnswerRelay, BoxStream<'static, CallerEvent>, AnswerRequest) {
+        let AnswererExchange { offer, caller_events, responder } = exchange;
         let tether_caller_assertion = self.vouch(&offer, answerer);
         let init = AnswerRequest {
             uuid: offer.uuid.clone(),
@@ -206,9 +217,14 @@ impl SignalingCore {
                 tether_caller_assertion,
             })),
         };
-        let relay =
-            AnswerRelay { uuid: offer.uuid, deadline, responding: true, answered: false, caller_finished: false };
-        (relay, init)
+        let relay = AnswerRelay {
+            uuid: offer.uuid,
+            deadline,
+            responder: Some(responder),
+            answered: false,
+            caller_finished: false,
+        };
+        (relay, caller_events, init)
     }
 
     /// The caller assertion for `offer`, when the caller was authenticated
@@ -337,6 +353,7 @@ pub enum CallStep {
 #[derive(Debug)]
 pub struct CallRelay {
     uuid: String,
+    host: String,
     deadline: Instant,
     answered: bool,
     /// Candidates that (against the protocol) arrive before the answer.
@@ -349,6 +366,11 @@ impl CallRelay {
     /// The exchange's uuid.
     pub fn uuid(&self) -> &str {
         &self.uuid
+    }
+
+    /// The host called.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// When the exchange must be over.
@@ -403,25 +425,36 @@ impl CallRelay {
 }
 
 /// What to do with a valid answerer message.
-#[derive(Debug, PartialEq)]
-pub struct AnswerAction {
-    /// Relay this to the caller (then report with [`AnswerRelay::responded`]).
-    pub relay: Option<AnswererEvent>,
+struct AnswerAction {
+    /// Relay this to the caller.
+    relay: Option<AnswererEvent>,
     /// End the `Answer` stream with OK afterwards.
-    pub stop: bool,
+    stop: bool,
 }
 
 /// One answerer's `Answer` stream, from the init of its offer on.
-#[derive(Debug)]
 pub struct AnswerRelay {
     uuid: String,
     deadline: Instant,
-    /// The answerer may still send events to the caller (no done, error or
-    /// half-close yet).
-    responding: bool,
+    /// Relays the answerer's events to the caller; dropped once the answerer
+    /// cannot respond any more (done, error, half-close, the caller's error),
+    /// which tells the queue.
+    responder: Option<Box<dyn AnswererResponder>>,
     answered: bool,
     /// The caller sent done or an error, or its events ended.
     caller_finished: bool,
+}
+
+impl std::fmt::Debug for AnswerRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerRelay")
+            .field("uuid", &self.uuid)
+            .field("deadline", &self.deadline)
+            .field("responding", &self.responding())
+            .field("answered", &self.answered)
+            .field("caller_finished", &self.caller_finished)
+            .finish()
+    }
 }
 
 impl AnswerRelay {
@@ -435,10 +468,9 @@ impl AnswerRelay {
         self.deadline
     }
 
-    /// Whether the answerer's messages are still read (and its responder
-    /// kept: drop it once this is `false`).
+    /// Whether the answerer's messages are still read.
     pub fn responding(&self) -> bool {
-        self.responding
+        self.responder.is_some()
     }
 
     /// Whether the caller's events are still relayed.
@@ -448,7 +480,7 @@ impl AnswerRelay {
 
     /// Both sides are finished: end the stream with OK.
     pub fn is_over(&self) -> bool {
-        self.caller_finished && !self.responding
+        self.caller_finished && !self.responding()
     }
 
     fn request(&self, stage: answer_request::Stage) -> AnswerRequest {
@@ -459,14 +491,62 @@ impl AnswerRelay {
         self.request(answer_request::Stage::Done(AnswerRequestDoneStage {}))
     }
 
-    /// Validates one answerer message: what to relay to the caller, or the
-    /// protocol error that ends the stream (tell the caller with
-    /// [`Self::protocol_error`]).
-    pub fn on_answerer(&mut self, resp: AnswerResponse) -> Result<AnswerAction, Status> {
+    /// Handles one answerer message: validates it and relays what it says
+    /// to the caller (through the queue, within the deadline). `Ok(true)`:
+    /// end the stream with OK; `Err`: the answerer broke the protocol (the
+    /// caller has been told) or the queue failed; end the stream with it.
+    pub async fn on_answerer(&mut self, resp: AnswerResponse) -> Result<bool, Status> {
+        let result = match self.validate(resp) {
+            Ok(action) => {
+                let relayed = match action.relay {
+                    Some(event) => self.relay(event).await,
+                    None => Ok(()),
+                };
+                relayed.map(|()| action.stop)
+            }
+            Err(status) => Err(status),
+        };
+        if let Err(status) = &result {
+            // Tell the caller (if it is still listening) that the answerer broke the protocol.
+            let st = rpc_status(Code::Unknown, format!("answerer protocol error: {}", status.message()));
+            let _ = self.respond(AnswererEvent::Error(st)).await;
+        }
+        result
+    }
+
+    /// Relays one event, dropping the responder after a terminal one.
+    async fn relay(&mut self, event: AnswererEvent) -> Result<(), Status> {
+        let terminal = event.is_terminal();
+        let result = self.respond(event).await;
+        if terminal {
+            self.responder = None;
+        }
+        match result {
+            Ok(()) => Ok(()),
+            // The caller's side is finished or expired; keep the stream going
+            // until the caller events end it.
+            Err(QueueError::NoActiveOffer(_)) => {
+                tracing::debug!(uuid = %self.uuid, "answerer event for an offer that is gone");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn respond(&self, event: AnswererEvent) -> Result<(), QueueError> {
+        let Some(responder) = &self.responder else { return Ok(()) };
+        match tokio::time::timeout_at(self.deadline, responder.respond(event)).await {
+            Ok(r) => r,
+            Err(_) => Err(QueueError::Unavailable("timed out relaying to the caller".into())),
+        }
+    }
+
+    /// What an answerer message means, if it is valid here.
+    fn validate(&mut self, resp: AnswerResponse) -> Result<AnswerAction, Status> {
         if resp.uuid != self.uuid {
             return Err(Status::invalid_argument(format!("uuid mismatch; have={:?} want={:?}", resp.uuid, self.uuid)));
         }
-        let (event, stop) = match resp.stage {
+        let (relay, stop) = match resp.stage {
             Some(answer_response::Stage::Init(init)) => {
                 if self.answered {
                     return Err(Status::invalid_argument("got init stage more than once"));
@@ -503,36 +583,13 @@ impl AnswerRelay {
             }
             None => return Err(Status::invalid_argument("unknown answer stage")),
         };
-        if event.as_ref().is_some_and(AnswererEvent::is_terminal) {
-            self.responding = false;
-        }
-        Ok(AnswerAction { relay: event, stop })
-    }
-
-    /// The result of relaying an event to the caller: an error of the queue
-    /// ends the stream (an exchange already over on the caller's side does not).
-    pub fn responded(&self, result: Result<(), QueueError>) -> Result<(), Status> {
-        match result {
-            Ok(()) => Ok(()),
-            // The caller's side is finished or expired; keep the stream going
-            // until the caller events end it.
-            Err(QueueError::NoActiveOffer(_)) => {
-                tracing::debug!(uuid = %self.uuid, "answerer event for an offer that is gone");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// What the caller is told when the answerer broke the protocol with `status`.
-    pub fn protocol_error(status: &Status) -> AnswererEvent {
-        AnswererEvent::Error(rpc_status(Code::Unknown, format!("answerer protocol error: {}", status.message())))
+        Ok(AnswerAction { relay, stop })
     }
 
     /// The answerer half-closed its stream: it cannot respond any more, but
     /// it may still read what the caller sends until the caller is done.
     pub fn on_half_close(&mut self) {
-        self.responding = false;
+        self.responder = None;
     }
 
     /// The next caller event (`None`: the caller's events ended): the
@@ -545,7 +602,7 @@ impl AnswerRelay {
             Some(CallerEvent::Error(st)) => {
                 // The caller gave up: relay the error, then done, and end.
                 self.caller_finished = true;
-                self.responding = false;
+                self.responder = None;
                 let error = self.request(answer_request::Stage::Error(AnswerRequestErrorStage { status: Some(st) }));
                 vec![error, self.done()]
             }
@@ -562,7 +619,7 @@ impl AnswerRelay {
     pub fn on_deadline(&mut self) -> Option<AnswerRequest> {
         let last = (!self.caller_finished).then(|| self.done());
         self.caller_finished = true;
-        self.responding = false;
+        self.responder = None;
         last
     }
 }

@@ -17,18 +17,15 @@ use tether_transport::server::ConnectionInfo;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authorizer, Role};
-use crate::core::{
-    AnswerAction, AnswerRelay, CallEnd, CallRelay, CallStep, Heartbeat, SignalingCore, message_before_offer,
-};
+use crate::core::{CallEnd, CallRelay, CallStep, Heartbeat, SignalingCore, message_before_offer};
 use crate::host::HostAllowList;
 use crate::ice::TurnRestConfig;
 use crate::limits::{CallLimits, Caller, LimitStats};
-use crate::queue::{
-    AnswererEvent, AnswererExchange, AnswererResponder, AnswererSession, CallQueue, CallerEvent, QueueError,
-};
+use crate::queue::{AnswererEvent, AnswererExchange, AnswererSession, CallQueue, CallerEvent, QueueError};
 
 /// Default interval of heartbeats to answerers that allow them.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -308,10 +305,11 @@ fn caller_of<T>(request: &Request<T>) -> Caller {
     Caller { entity, address }
 }
 
-/// The monotonic instant of a wall-clock deadline (at most a day away).
-fn to_instant(deadline: SystemTime) -> Instant {
+/// The monotonic instant of a wall-clock deadline (at most a day away),
+/// `now` being the monotonic now.
+fn to_instant(deadline: SystemTime, now: Instant) -> Instant {
     let left = deadline.duration_since(SystemTime::now()).unwrap_or_default().min(MAX_OFFER_DEADLINE);
-    Instant::now() + left
+    now + left
 }
 
 enum Sent {
@@ -336,37 +334,59 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-#[tonic::async_trait]
-impl SignalingService for SignalingServer {
-    type CallStream = ReceiverStream<Result<CallResponse, Status>>;
-    type AnswerStream = ReceiverStream<Result<AnswerRequest, Status>>;
-
-    async fn call(&self, request: Request<CallRequest>) -> Result<Response<Self::CallStream>, Status> {
+/// The request handling of the four RPCs without tonic: what the service's
+/// handlers run once they have taken the request apart, and what the
+/// `signaling` fuzz target drives directly. None of these spawns a task or
+/// waits for anything but the call queue (and the authorization hook).
+impl SignalingServer {
+    /// `Call` up to the queued offer: the host, authorization, admission
+    /// (size, limits), the host's presence, the queue. Returns the relay of
+    /// the caller's stream and the answerer's events to feed it.
+    pub async fn handle_call(
+        &self,
+        md: &MetadataMap,
+        caller: Caller,
+        req: CallRequest,
+        now: Instant,
+    ) -> Result<(CallRelay, BoxStream<'static, AnswererEvent>), Status> {
         let (queue, core) = (&self.shared.queue, &self.shared.core);
-        let host = core.caller_host(request.metadata())?;
-        let entity = request.extensions().get::<AuthEntity>();
-        core.authorize(entity, std::slice::from_ref(&host), Role::Caller).await?;
-        let caller = caller_of(&request);
-        let admitted = core.admit_call(&host, &caller, request.get_ref(), Instant::now())?;
+        let host = core.caller_host(md)?;
+        let entity = caller.entity.clone().map(AuthEntity);
+        core.authorize(entity.as_ref(), std::slice::from_ref(&host), Role::Caller).await?;
+        let admitted = core.admit_call(&host, &caller, &req, now)?;
         if !queue.is_answerer_online(&host).await {
             return Err(Status::not_found(HOST_OFFLINE));
         }
-        let init = core.offer_init(host.clone(), &caller, request.into_inner());
+        let init = core.offer_init(host, &caller, req);
+        // The offer lives `ttl` from now (its wall-clock deadline is for the answerer).
+        let deadline = now + init.ttl;
         let handle = queue.send_offer(init).await.map_err(Status::from)?;
-        let relay = core.start_call(&handle.offer, admitted, to_instant(handle.offer.deadline));
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_call(self.shared.clone(), host, handle.events, relay, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let relay = core.start_call(&handle.offer, admitted, deadline);
+        Ok((relay, handle.events))
     }
 
-    async fn call_update(&self, request: Request<CallUpdateRequest>) -> Result<Response<CallUpdateResponse>, Status> {
+    /// After a `Call` stream ended with `end`: tells the answerer what it
+    /// needs to know (the deadline passed, the caller went away).
+    pub async fn notify_answerer(&self, relay: &CallRelay, end: &CallEnd) {
+        let Some(st) = end.notice() else { return };
+        let (host, uuid) = (relay.host(), relay.uuid());
+        let send = self.shared.queue.send_caller_event(host, uuid, CallerEvent::Error(st));
+        if let Ok(Err(e)) = tokio::time::timeout(HANDLER_TIMEOUT, send).await {
+            tracing::debug!(%host, %uuid, error = %e, "could not tell the answerer about the caller");
+        }
+    }
+
+    /// `CallUpdate`: relays the caller's candidate, done or error.
+    pub async fn handle_call_update(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+        req: CallUpdateRequest,
+    ) -> Result<(), Status> {
         let (queue, core) = (&self.shared.queue, &self.shared.core);
-        let host = core.caller_host(request.metadata())?;
-        let entity = request.extensions().get::<AuthEntity>();
+        let host = core.caller_host(md)?;
         core.authorize(entity, std::slice::from_ref(&host), Role::Caller).await?;
-        let Some((uuid, event)) = core.caller_update(request.into_inner())? else {
-            return Ok(Response::new(CallUpdateResponse {}));
-        };
+        let Some((uuid, event)) = core.caller_update(req)? else { return Ok(()) };
         let terminal = event.is_terminal();
         match tokio::time::timeout(HANDLER_TIMEOUT, queue.send_caller_event(&host, &uuid, event)).await {
             Ok(Ok(())) => {}
@@ -380,6 +400,55 @@ impl SignalingService for SignalingServer {
         if terminal {
             core.caller_finished(&host, &uuid);
         }
+        Ok(())
+    }
+
+    /// `Answer` up to the registered answerer: its session (the hosts are
+    /// online while it lives) and its heartbeats, if it asked for them.
+    pub async fn handle_answer(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+        now: Instant,
+    ) -> Result<(Box<dyn AnswererSession>, Option<Heartbeat>), Status> {
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let hosts = core.answer_hosts(md)?;
+        core.authorize(entity, &hosts, Role::Answerer).await?;
+        let heartbeat = core.heartbeats(md, now);
+        let session = queue.register_answerer(hosts).await.map_err(Status::from)?;
+        Ok((session, heartbeat))
+    }
+
+    /// `OptionalWebRTCConfig`.
+    pub async fn handle_config(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+    ) -> Result<OptionalWebRtcConfigResponse, Status> {
+        let core = &self.shared.core;
+        let hosts = core.config_hosts(md)?;
+        core.authorize(entity, &hosts, Role::Config).await?;
+        Ok(core.webrtc_config(&hosts))
+    }
+}
+
+#[tonic::async_trait]
+impl SignalingService for SignalingServer {
+    type CallStream = ReceiverStream<Result<CallResponse, Status>>;
+    type AnswerStream = ReceiverStream<Result<AnswerRequest, Status>>;
+
+    async fn call(&self, request: Request<CallRequest>) -> Result<Response<Self::CallStream>, Status> {
+        let caller = caller_of(&request);
+        let (md, _, req) = request.into_parts();
+        let (relay, events) = self.handle_call(&md, caller, req, Instant::now()).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(run_call(self.clone(), relay, events, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn call_update(&self, request: Request<CallUpdateRequest>) -> Result<Response<CallUpdateResponse>, Status> {
+        let (md, ext, req) = request.into_parts();
+        self.handle_call_update(&md, ext.get::<AuthEntity>(), req).await?;
         Ok(Response::new(CallUpdateResponse {}))
     }
 
@@ -387,15 +456,11 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<Streaming<AnswerResponse>>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
-        let (queue, core) = (&self.shared.queue, &self.shared.core);
-        let hosts = core.answer_hosts(request.metadata())?;
-        let entity = request.extensions().get::<AuthEntity>().cloned();
-        core.authorize(entity.as_ref(), &hosts, Role::Answerer).await?;
-        let heartbeat = core.heartbeats(request.metadata(), Instant::now());
-        let session = queue.register_answerer(hosts).await.map_err(Status::from)?;
+        let (md, ext, inbound) = request.into_parts();
+        let entity = ext.get::<AuthEntity>().cloned();
+        let (session, heartbeat) = self.handle_answer(&md, entity.as_ref(), Instant::now()).await?;
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
-        let worker =
-            AnswerWorker { shared: self.shared.clone(), out, inbound: request.into_inner(), heartbeat, entity };
+        let worker = AnswerWorker { server: self.clone(), out, inbound, heartbeat, entity };
         tokio::spawn(worker.run(session));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -404,20 +469,17 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<OptionalWebRtcConfigRequest>,
     ) -> Result<Response<OptionalWebRtcConfigResponse>, Status> {
-        let core = &self.shared.core;
-        let hosts = core.config_hosts(request.metadata())?;
-        core.authorize(request.extensions().get::<AuthEntity>(), &hosts, Role::Config).await?;
-        Ok(Response::new(core.webrtc_config(&hosts)))
+        let (md, ext, _) = request.into_parts();
+        Ok(Response::new(self.handle_config(&md, ext.get::<AuthEntity>()).await?))
     }
 }
 
 /// Serves one caller's `Call` stream: relays the answerer's events until the
 /// exchange ends, then tells whoever needs to know.
 async fn run_call(
-    shared: Arc<Shared>,
-    host: String,
-    mut events: BoxStream<'static, AnswererEvent>,
+    server: SignalingServer,
     mut relay: CallRelay,
+    mut events: BoxStream<'static, AnswererEvent>,
     tx: mpsc::Sender<Result<CallResponse, Status>>,
 ) {
     let deadline = relay.deadline();
@@ -440,7 +502,7 @@ async fn run_call(
             }
         }
     };
-    shared.core.end_call(&relay, &end);
+    server.shared.core.end_call(&relay, &end);
     if let Some(status) = end.status() {
         let bound = if end == CallEnd::Deadline { Duration::from_secs(1) } else { HANDLER_TIMEOUT };
         let _ = send_until(&tx, Err(status), Instant::now() + bound).await;
@@ -450,26 +512,12 @@ async fn run_call(
         // Let a racing CallUpdate{done} win (the queue ignores an error after done).
         tokio::time::sleep(CALLER_GONE_GRACE.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-    if let Some(st) = end.notice() {
-        let uuid = relay.uuid();
-        let send = shared.queue.send_caller_event(&host, uuid, CallerEvent::Error(st));
-        if let Ok(Err(e)) = tokio::time::timeout(HANDLER_TIMEOUT, send).await {
-            tracing::debug!(%host, %uuid, error = %e, "could not tell the answerer about the caller");
-        }
-    }
-}
-
-/// Relays one answerer event to the caller, within the exchange's deadline.
-async fn respond(responder: &dyn AnswererResponder, event: AnswererEvent, deadline: Instant) -> Result<(), QueueError> {
-    match tokio::time::timeout_at(deadline, responder.respond(event)).await {
-        Ok(r) => r,
-        Err(_) => Err(QueueError::Unavailable("timed out relaying to the caller".into())),
-    }
+    server.notify_answerer(&relay, &end).await;
 }
 
 /// Serves one `Answer` stream: wait for an offer, relay one exchange.
 struct AnswerWorker {
-    shared: Arc<Shared>,
+    server: SignalingServer,
     out: mpsc::Sender<Result<AnswerRequest, Status>>,
     inbound: Streaming<AnswerResponse>,
     heartbeat: Option<Heartbeat>,
@@ -524,12 +572,9 @@ impl AnswerWorker {
     }
 
     async fn exchange(&mut self, exchange: AnswererExchange) {
-        let AnswererExchange { offer, mut caller_events, responder } = exchange;
-        let deadline = to_instant(offer.deadline);
-        let (mut relay, init) = self.shared.core.start_answer(offer, self.entity.as_ref(), deadline);
-        // Dropped once the answerer cannot respond any more (done, error,
-        // half-close), which tells the queue.
-        let mut responder = Some(responder);
+        let deadline = to_instant(exchange.offer.deadline, Instant::now());
+        let (mut relay, mut caller_events, init) =
+            self.server.shared.core.start_answer(exchange, self.entity.as_ref(), deadline);
         if !matches!(send_until(&self.out, Ok(init), deadline).await, Sent::Ok) {
             return;
         }
@@ -548,48 +593,22 @@ impl AnswerWorker {
                     return;
                 }
                 ev = caller_events.next(), if relay.wants_caller_events() => {
-                    let msgs = relay.on_caller(ev);
-                    if !relay.responding() {
-                        responder = None;
-                    }
-                    for m in msgs {
+                    for m in relay.on_caller(ev) {
                         if !matches!(send_until(&self.out, Ok(m), deadline).await, Sent::Ok) {
                             return;
                         }
                     }
                 }
                 msg = self.inbound.next(), if relay.responding() => match msg {
-                    Some(Ok(resp)) => {
-                        let result = match relay.on_answerer(resp) {
-                            Ok(AnswerAction { relay: event, stop }) => {
-                                let sent = match (event, &responder) {
-                                    (Some(ev), Some(r)) => relay.responded(respond(r.as_ref(), ev, deadline).await),
-                                    _ => Ok(()),
-                                };
-                                sent.map(|()| stop)
-                            }
-                            Err(status) => Err(status),
-                        };
-                        if !relay.responding() {
-                            responder = None;
+                    Some(Ok(resp)) => match relay.on_answerer(resp).await {
+                        Ok(false) => {}
+                        Ok(true) => return,
+                        Err(status) => {
+                            self.fail(status).await;
+                            return;
                         }
-                        match result {
-                            Ok(false) => {}
-                            Ok(true) => return,
-                            Err(status) => {
-                                // Tell the caller (if it is still listening) that the answerer broke the protocol.
-                                if let Some(r) = &responder {
-                                    let _ = respond(r.as_ref(), AnswerRelay::protocol_error(&status), deadline).await;
-                                }
-                                self.fail(status).await;
-                                return;
-                            }
-                        }
-                    }
-                    None => {
-                        relay.on_half_close();
-                        responder = None;
-                    }
+                    },
+                    None => relay.on_half_close(),
                     Some(Err(_)) => return,
                 },
                 _ = sleep_until(beat) => if !self.heartbeat() { return },
