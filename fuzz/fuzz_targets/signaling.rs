@@ -142,7 +142,8 @@ struct CallSide {
     init: bool,
     ended: Option<(Instant, Option<Code>)>,
     hung_up: bool,
-    /// The caller sent done or an error and the server took it.
+    /// The caller sent done or an error and the server took it (or it does
+    /// not trickle: nothing to send).
     finished: bool,
     deadline: Instant,
 }
@@ -331,6 +332,8 @@ impl World {
         let caller = Caller { entity: entity.clone(), address: Some(address.parse::<IpAddr>().expect("address")) };
         let address = caller.address_key();
         let sdp = req.sdp.clone();
+        // A caller that does not trickle has nothing more to send.
+        let finished = req.disable_trickle;
         self.log.offers.push(sdp.clone());
         let t = Instant::now();
         let result = now("Call", self.server.handle_call(&md, caller, req, t));
@@ -353,7 +356,7 @@ impl World {
                     init: false,
                     ended: None,
                     hung_up: false,
-                    finished: false,
+                    finished,
                     deadline,
                 });
             }

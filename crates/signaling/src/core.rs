@@ -132,7 +132,8 @@ impl SignalingCore {
     /// The relay of a queued offer's `Call` stream, holding the call's
     /// slots; its exchange ends at `deadline`.
     pub fn start_call(&self, offer: &Offer, admitted: Admitted, deadline: Instant) -> CallRelay {
-        self.limits.started(&offer.uuid, &offer.host, deadline, admitted.address);
+        // A caller that does not trickle has nothing more to send.
+        self.limits.started(&offer.uuid, &offer.host, deadline, offer.disable_trickle, admitted.address);
         CallRelay {
             uuid: offer.uuid.clone(),
             host: offer.host.clone(),

@@ -80,7 +80,8 @@ pub struct CallLimits {
     pub max_pending_per_host: Option<usize>,
     /// Exchanges in progress per caller address (IPv4 address, or IPv6 /64
     /// prefix), from `Call` until the caller is done (its `CallUpdate` with
-    /// done or an error, or it hangs up before the answerer is done) or the
+    /// done or an error, or it hangs up before the answerer is done; a caller
+    /// that does not trickle is done when its `Call` stream ends) or the
     /// offer deadline passes; `None` = unlimited.
     pub max_pending_per_address: Option<usize>,
 }
@@ -402,10 +403,11 @@ impl Limits {
         Ok(Admitted { host, address })
     }
 
-    /// Registers the exchange `uuid` of an admitted call (its caller-address
+    /// Registers the exchange `uuid` of an admitted call: its caller-address
     /// slot is held until [`Self::caller_done`] after [`Self::call_ended`],
-    /// or `deadline`).
-    pub(crate) fn started(&self, uuid: &str, host: &str, deadline: Instant, slot: Option<Slot>) {
+    /// or `deadline`; `caller_done` when the caller has nothing more to send
+    /// (it does not trickle).
+    pub(crate) fn started(&self, uuid: &str, host: &str, deadline: Instant, caller_done: bool, slot: Option<Slot>) {
         if slot.is_none() {
             return;
         }
@@ -414,8 +416,7 @@ impl Limits {
         x.next_seq += 1;
         let seq = x.next_seq;
         x.by_deadline.insert((deadline, seq), uuid.to_owned());
-        let exchange =
-            Exchange { host: host.to_owned(), deadline, seq, call_open: true, caller_done: false, _slot: slot };
+        let exchange = Exchange { host: host.to_owned(), deadline, seq, call_open: true, caller_done, _slot: slot };
         x.by_uuid.insert(uuid.to_owned(), exchange);
     }
 
@@ -521,7 +522,7 @@ mod tests {
         let a = l.admit("h", &from("192.0.2.1"), now).unwrap();
         assert_eq!(l.admit("h", &from("192.0.2.1"), now).unwrap_err().code(), Code::ResourceExhausted);
         l.admit("h", &from("192.0.2.2"), now).unwrap();
-        l.started("u1", "h", deadline, a.address);
+        l.started("u1", "h", deadline, false, a.address);
         // Answered and done on the answerer's side: held for the caller's done.
         l.call_ended("u1", true);
         assert!(l.admit("h", &from("192.0.2.1"), now).is_err());
@@ -530,16 +531,21 @@ mod tests {
         l.caller_done("h", "u1");
         let b = l.admit("h", &from("192.0.2.1"), now).unwrap();
         // Done before the stream ended: released when it ends.
-        l.started("u2", "h", deadline, b.address);
+        l.started("u2", "h", deadline, false, b.address);
         l.caller_done("h", "u2");
         assert_eq!(l.stats(now).exchanges, 1);
         l.call_ended("u2", true);
         let c = l.admit("h", &from("192.0.2.1"), now).unwrap();
         // Abandoned: released at the deadline.
-        l.started("u3", "h", deadline, c.address);
+        l.started("u3", "h", deadline, false, c.address);
         l.call_ended("u3", true);
         assert!(l.admit("h", &from("192.0.2.1"), deadline - Duration::from_millis(1)).is_err());
         assert_eq!(l.stats(deadline).exchanges, 0);
-        l.admit("h", &from("192.0.2.1"), deadline).unwrap();
+        let d = l.admit("h", &from("192.0.2.1"), deadline).unwrap();
+        // Without trickle the caller is done once its stream ends.
+        l.started("u4", "h", deadline + Duration::from_secs(10), true, d.address);
+        assert_eq!(l.stats(deadline).exchanges, 1);
+        l.call_ended("u4", true);
+        assert_eq!(l.stats(deadline).exchanges, 0);
     }
 }
