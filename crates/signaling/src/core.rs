@@ -1,6 +1,8 @@
 //! The sans-IO core of [`SignalingServer`](crate::SignalingServer): every
-//! decision the server takes about a request or a message, with no IO, no
-//! task and no timer of its own.
+//! decision the server takes about a request or a message, with no task, no
+//! timer and no IO of its own (the one await: [`AnswerRelay::on_answerer`]
+//! hands the answerer's events to the call queue's responder, as the
+//! [`CallQueue`](crate::CallQueue) seam requires).
 //!
 //! * [`SignalingCore`] validates requests (`rpc-host` metadata, the host
 //!   allow-list, sizes), admits calls under the [`CallLimits`](crate::CallLimits)
@@ -21,7 +23,6 @@
 use std::time::{Duration, SystemTime};
 
 use futures::stream::BoxStream;
-
 use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1::{
     AnswerRequest, AnswerRequestDoneStage, AnswerRequestErrorStage, AnswerRequestHeartbeatStage,

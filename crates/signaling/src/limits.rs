@@ -293,7 +293,8 @@ impl Drop for Slot {
     }
 }
 
-/// The slots a `Call` took when it was admitted; see [`Limits::admit`].
+/// The slots a `Call` took when it was admitted (see
+/// [`SignalingCore::admit_call`](crate::core::SignalingCore::admit_call)).
 #[derive(Debug, Default)]
 pub struct Admitted {
     /// Released once the offer is answered (or the call ends).
