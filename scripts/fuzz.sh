@@ -21,7 +21,8 @@
 # PKG/target/logs/build.log).
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
-# e.g. "-jobs=2" or "-rss_limit_mb=4096"), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a
+# e.g. "-jobs=2", "-rss_limit_mb=4096" or "-runs=10000000" for a fixed number of inputs, SECONDS
+# then being an upper bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a
 # nightly toolchain installed, as on CI).
 set -euo pipefail
 
@@ -149,8 +150,10 @@ for t in "${TARGETS[@]}"; do
     -max_total_time="$SECS" -timeout="$TIMEOUT" -print_final_stats=1 "${EXTRA[@]}" >"$tlog" 2>&1 || rc=$?
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$tlog" | tail -1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$tlog" | tail -1)"
+  # How long the target ran (less than SECS when FUZZ_FLAGS has -runs=N).
+  took="$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$tlog" | tail -1)"
   if [[ $rc -eq 0 ]]; then
-    SUMMARY+=("PASS  $t ($(rel "$pkg")): ${runs:-?} runs in ${SECS}s (${rate:-?}/s)")
+    SUMMARY+=("PASS  $t ($(rel "$pkg")): ${runs:-?} runs in ${took:-$SECS}s (${rate:-?}/s)")
     grep -E "^#[0-9]+[[:space:]]+DONE" "$tlog" | tail -1 || true
   else
     FAILED=1

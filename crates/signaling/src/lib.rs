@@ -15,7 +15,13 @@
 //! * [`HostAllowList`] restricts a server to some hosts (a machine's embedded
 //!   signaler), [`Authorizer`] is the hook for per-entity host grants
 //!   ([`KeyGrants`] grants API keys hosts to call and to answer for), and
-//!   [`CallLimits`] rate-limits callers and caps pending calls per host;
+//!   [`CallLimits`] caps pending offers per host and exchanges per caller
+//!   address (on by default) and can rate-limit callers; offers, answers and
+//!   candidates larger than [`MAX_SDP_SIZE`] / [`MAX_CANDIDATE_SIZE`] are
+//!   refused before they are queued;
+//! * [`core`] is the sans-IO decision logic the server runs (request
+//!   validation, limits, stage ordering, relaying), callable without a
+//!   runtime;
 //! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials;
 //! * the two client roles of the protocol: [`answerer`] (a machine taking
 //!   offers, from an in-process queue or over `Answer` streams) and
@@ -35,9 +41,11 @@
 pub mod answerer;
 mod auth;
 pub mod caller;
+pub mod core;
 mod grants;
 mod host;
 mod ice;
+mod limits;
 mod memory;
 mod queue;
 #[cfg(feature = "redis")]
@@ -50,9 +58,13 @@ pub use self::redis::{
     RedisQueue, RedisQueueError, RedisQueueOptions, default_instance_id,
 };
 pub use auth::{Authorizer, Role};
-pub use grants::{CallLimits, Grant, KeyGrants};
+pub use grants::{Grant, KeyGrants};
 pub use host::{HOST_NOT_PRECONFIGURED, HostAllowList, MAX_HOSTS, RPC_HOST};
 pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials};
+pub use limits::{
+    Admitted, CallLimits, Caller, DEFAULT_MAX_PENDING_PER_ADDRESS, DEFAULT_MAX_PENDING_PER_HOST, LimitStats,
+    MAX_CANDIDATE_SIZE, MAX_SDP_SIZE, MAX_STATUS_DETAILS, MAX_STATUS_MESSAGE, Slot, address_key,
+};
 pub use memory::{DEFAULT_ONLINE_GRACE, MAX_EVENTS_PER_SIDE, MemoryQueue, MemoryQueueStats};
 pub use queue::{
     AnswererEvent, AnswererExchange, AnswererResponder, AnswererSession, CallQueue, CallerEvent, CallerHandle, Offer,

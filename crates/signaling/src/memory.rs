@@ -3,12 +3,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
+// tokio's clock (the system's, unless a test runtime pauses it), so that a
+// paused runtime (the fuzz target) drives expiry and presence too.
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::queue::{

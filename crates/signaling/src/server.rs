@@ -6,30 +6,26 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tether_proto::google::rpc::Status as RpcStatus;
 use tether_proto::proto::rpc::webrtc::v1::{
-    AnswerRequest, AnswerRequestDoneStage, AnswerRequestErrorStage, AnswerRequestHeartbeatStage,
-    AnswerRequestInitStage, AnswerRequestUpdateStage, AnswerResponse, CallRequest, CallResponse, CallResponseInitStage,
-    CallResponseUpdateStage, CallUpdateRequest, CallUpdateResponse, IceCandidate, IceServer,
-    OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse, WebRtcConfig, answer_request, answer_response,
-    call_response, call_update_request,
+    AnswerRequest, AnswerResponse, CallRequest, CallResponse, CallUpdateRequest, CallUpdateResponse, IceServer,
+    OptionalWebRtcConfigRequest, OptionalWebRtcConfigResponse,
     signaling_service_server::{SignalingService, SignalingServiceServer},
 };
 use tether_transport::auth::AuthEntity;
-use tether_transport::identity::{CallerClaims, VouchKey};
+use tether_transport::identity::VouchKey;
+use tether_transport::server::ConnectionInfo;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authorizer, Role};
-use crate::grants::{CallLimits, PendingCalls, PendingSlot, RateLimiter};
-use crate::host::{HOST_NOT_PRECONFIGURED, HostAllowList, multi_hosts, single_host};
+use crate::core::{CallEnd, CallRelay, CallStep, Heartbeat, SignalingCore, message_before_offer};
+use crate::host::HostAllowList;
 use crate::ice::TurnRestConfig;
-use crate::queue::{
-    AnswererEvent, AnswererExchange, AnswererResponder, CallQueue, CallerEvent, CallerHandle, Offer, OfferInit,
-    QueueError,
-};
+use crate::limits::{CallLimits, Caller, LimitStats};
+use crate::queue::{AnswererEvent, AnswererExchange, AnswererSession, CallQueue, CallerEvent, QueueError};
 
 /// Default interval of heartbeats to answerers that allow them.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -189,10 +185,12 @@ impl SignalingServerBuilder {
         self
     }
 
-    /// Limits `Call`: per-caller rate (keyed by the authenticated entity, or
-    /// the peer address without auth; RESOURCE_EXHAUSTED `request exceeds
-    /// rate limit …`) and concurrent unanswered calls per host
-    /// (RESOURCE_EXHAUSTED).
+    /// Limits `Call` (default [`CallLimits::default`]: pending offers per
+    /// host and exchanges per caller address capped, no rate limit): per-caller
+    /// rate (keyed by the authenticated entity, or the peer address without
+    /// auth; RESOURCE_EXHAUSTED `request exceeds rate limit …`), concurrent
+    /// unanswered calls per host and exchanges in progress per caller address
+    /// (RESOURCE_EXHAUSTED `too many …`).
     pub fn call_limits(mut self, limits: CallLimits) -> Self {
         self.config.call_limits = limits;
         self
@@ -223,13 +221,7 @@ impl SignalingServerBuilder {
 
     /// The server.
     pub fn build(self) -> SignalingServer {
-        let mut config = self.config;
-        config.heartbeat_interval = config.heartbeat_interval.clamp(Duration::from_millis(1), MAX_HEARTBEAT_INTERVAL);
-        config.offer_deadline = config.offer_deadline.min(MAX_OFFER_DEADLINE);
-        let rate = config.call_limits.rate_per_minute.map(RateLimiter::new);
-        SignalingServer {
-            shared: Arc::new(Shared { queue: self.queue, config, rate, pending: PendingCalls::default() }),
-        }
+        SignalingServer { shared: Arc::new(Shared { queue: self.queue, core: SignalingCore::new(self.config) }) }
     }
 }
 
@@ -259,9 +251,7 @@ pub struct SignalingServer {
 #[derive(Debug)]
 struct Shared {
     queue: Arc<dyn CallQueue>,
-    config: SignalingConfig,
-    rate: Option<RateLimiter>,
-    pending: PendingCalls,
+    core: SignalingCore,
 }
 
 impl SignalingServer {
@@ -277,7 +267,17 @@ impl SignalingServer {
 
     /// The effective configuration.
     pub fn config(&self) -> &SignalingConfig {
-        &self.shared.config
+        self.shared.core.config()
+    }
+
+    /// The sans-IO core making the server's decisions (see [`crate::core`]).
+    pub fn core(&self) -> &SignalingCore {
+        &self.shared.core
+    }
+
+    /// Counters of the call limits (pending offers and exchanges counted now).
+    pub fn limit_stats(&self) -> LimitStats {
+        self.shared.core.stats(Instant::now())
     }
 
     /// The call queue.
@@ -291,63 +291,25 @@ impl SignalingServer {
     }
 }
 
-impl Shared {
-    fn check_hosts(&self, hosts: &[String]) -> Result<(), Status> {
-        let allowed = &self.config.allowed_hosts;
-        if allowed.as_ref().is_some_and(|list| hosts.iter().any(|h| !list.contains(h))) {
-            return Err(Status::invalid_argument(HOST_NOT_PRECONFIGURED));
-        }
-        Ok(())
-    }
-
-    async fn authorize<T>(&self, request: &Request<T>, hosts: &[String], role: Role) -> Result<(), Status> {
-        if let Some(authorizer) = &self.config.authorizer {
-            let entity = request.extensions().get::<AuthEntity>();
-            for h in hosts {
-                authorizer.authorize(entity, h, role).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Static servers followed by TURN servers with fresh credentials.
-    fn ice_servers(&self, host: &str) -> Vec<IceServer> {
-        let now = SystemTime::now();
-        let mut servers = self.config.ice_servers.clone();
-        servers.extend(self.config.turn.iter().map(|t| t.ice_server(host, now)));
-        servers
-    }
+/// Who placed a request: its authenticated entity and its peer's address
+/// (from tether's server, which attaches a [`ConnectionInfo`], else from
+/// tonic's own).
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    let entity = request.extensions().get::<AuthEntity>().map(|e| e.0.clone());
+    let address = request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.remote)
+        .or_else(|| request.remote_addr())
+        .map(|a| a.ip());
+    Caller { entity, address }
 }
 
-/// Who a `Call` is rate-limited as: the authenticated entity, else the
-/// peer's IP address.
-fn caller_key<T>(request: &Request<T>) -> String {
-    match request.extensions().get::<AuthEntity>() {
-        Some(AuthEntity(e)) => format!("entity:{e}"),
-        None => match request.remote_addr() {
-            Some(addr) => format!("ip:{}", addr.ip()),
-            None => "anonymous".to_owned(),
-        },
-    }
-}
-
-/// The monotonic instant of a wall-clock deadline (at most a day away).
-fn to_instant(deadline: SystemTime) -> Instant {
+/// The monotonic instant of a wall-clock deadline (at most a day away),
+/// `now` being the monotonic now.
+fn to_instant(deadline: SystemTime, now: Instant) -> Instant {
     let left = deadline.duration_since(SystemTime::now()).unwrap_or_default().min(MAX_OFFER_DEADLINE);
-    Instant::now() + left
-}
-
-fn rpc_status(code: Code, message: impl Into<String>) -> RpcStatus {
-    RpcStatus { code: code as i32, message: message.into(), details: Vec::new() }
-}
-
-/// The caller-facing status for an answerer's error.
-fn answerer_error(st: &RpcStatus) -> Status {
-    let code = match Code::from(st.code) {
-        Code::Ok => Code::Unknown,
-        c => c,
-    };
-    Status::new(code, format!("error from answerer: {}", st.message))
+    now + left
 }
 
 enum Sent {
@@ -364,12 +326,109 @@ async fn send_until<T>(tx: &mpsc::Sender<T>, msg: T, deadline: Instant) -> Sent 
     }
 }
 
-async fn tick(heartbeat: &mut Option<Interval>) {
-    match heartbeat {
-        Some(i) => {
-            i.tick().await;
-        }
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The request handling of the four RPCs without tonic: what the service's
+/// handlers run once they have taken the request apart, and what the
+/// `signaling` fuzz target drives directly. None of these spawns a task or
+/// waits for anything but the call queue (and the authorization hook).
+impl SignalingServer {
+    /// `Call` up to the queued offer: the host, authorization, admission
+    /// (size, limits), the host's presence, the queue. Returns the relay of
+    /// the caller's stream and the answerer's events to feed it.
+    pub async fn handle_call(
+        &self,
+        md: &MetadataMap,
+        caller: Caller,
+        req: CallRequest,
+        now: Instant,
+    ) -> Result<(CallRelay, BoxStream<'static, AnswererEvent>), Status> {
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let host = core.caller_host(md)?;
+        let entity = caller.entity.clone().map(AuthEntity);
+        core.authorize(entity.as_ref(), std::slice::from_ref(&host), Role::Caller).await?;
+        let admitted = core.admit_call(&host, &caller, &req, now)?;
+        if !queue.is_answerer_online(&host).await {
+            return Err(Status::not_found(HOST_OFFLINE));
+        }
+        let init = core.offer_init(host, &caller, req);
+        // The offer lives `ttl` from now (its wall-clock deadline is for the answerer).
+        let deadline = now + init.ttl;
+        let handle = queue.send_offer(init).await.map_err(Status::from)?;
+        let relay = core.start_call(&handle.offer, admitted, deadline);
+        Ok((relay, handle.events))
+    }
+
+    /// After a `Call` stream ended with `end`: tells the answerer what it
+    /// needs to know (the deadline passed, the caller went away).
+    pub async fn notify_answerer(&self, relay: &CallRelay, end: &CallEnd) {
+        let Some(st) = end.notice() else { return };
+        let (host, uuid) = (relay.host(), relay.uuid());
+        let send = self.shared.queue.send_caller_event(host, uuid, CallerEvent::Error(st));
+        if let Ok(Err(e)) = tokio::time::timeout(HANDLER_TIMEOUT, send).await {
+            tracing::debug!(%host, %uuid, error = %e, "could not tell the answerer about the caller");
+        }
+    }
+
+    /// `CallUpdate`: relays the caller's candidate, done or error.
+    pub async fn handle_call_update(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+        req: CallUpdateRequest,
+    ) -> Result<(), Status> {
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let host = core.caller_host(md)?;
+        core.authorize(entity, std::slice::from_ref(&host), Role::Caller).await?;
+        let Some((uuid, event)) = core.caller_update(req)? else { return Ok(()) };
+        let terminal = event.is_terminal();
+        match tokio::time::timeout(HANDLER_TIMEOUT, queue.send_caller_event(&host, &uuid, event)).await {
+            Ok(Ok(())) => {}
+            // Callers race with the end of the exchange; late updates are harmless.
+            Ok(Err(QueueError::NoActiveOffer(uuid))) => {
+                tracing::debug!(%host, %uuid, "call update for no active offer")
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(Status::deadline_exceeded("timed out relaying the call update")),
+        }
+        if terminal {
+            core.caller_finished(&host, &uuid);
+        }
+        Ok(())
+    }
+
+    /// `Answer` up to the registered answerer: its session (the hosts are
+    /// online while it lives) and its heartbeats, if it asked for them.
+    pub async fn handle_answer(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+        now: Instant,
+    ) -> Result<(Box<dyn AnswererSession>, Option<Heartbeat>), Status> {
+        let (queue, core) = (&self.shared.queue, &self.shared.core);
+        let hosts = core.answer_hosts(md)?;
+        core.authorize(entity, &hosts, Role::Answerer).await?;
+        let heartbeat = core.heartbeats(md, now);
+        let session = queue.register_answerer(hosts).await.map_err(Status::from)?;
+        Ok((session, heartbeat))
+    }
+
+    /// `OptionalWebRTCConfig`.
+    pub async fn handle_config(
+        &self,
+        md: &MetadataMap,
+        entity: Option<&AuthEntity>,
+    ) -> Result<OptionalWebRtcConfigResponse, Status> {
+        let core = &self.shared.core;
+        let hosts = core.config_hosts(md)?;
+        core.authorize(entity, &hosts, Role::Config).await?;
+        Ok(core.webrtc_config(&hosts))
     }
 }
 
@@ -379,61 +438,17 @@ impl SignalingService for SignalingServer {
     type AnswerStream = ReceiverStream<Result<AnswerRequest, Status>>;
 
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<Self::CallStream>, Status> {
-        let shared = &self.shared;
-        let host = single_host(request.metadata())?;
-        let hosts = [host];
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Caller).await?;
-        let [host] = hosts;
-        if let Some(rate) = &shared.rate {
-            rate.check(&caller_key(&request))?;
-        }
-        let slot = match shared.config.call_limits.max_pending_per_host {
-            Some(max) => Some(shared.pending.acquire(&host, max)?),
-            None => None,
-        };
-        if !shared.queue.is_answerer_online(&host).await {
-            return Err(Status::not_found(HOST_OFFLINE));
-        }
-        let caller_entity = request.extensions().get::<AuthEntity>().map(|e| e.0.clone());
-        let req = request.into_inner();
-        let init = OfferInit {
-            host: host.clone(),
-            sdp: req.sdp,
-            disable_trickle: req.disable_trickle,
-            ttl: shared.config.offer_deadline,
-            caller: caller_entity,
-        };
-        let handle = shared.queue.send_offer(init).await.map_err(Status::from)?;
+        let caller = caller_of(&request);
+        let (md, _, req) = request.into_parts();
+        let (relay, events) = self.handle_call(&md, caller, req, Instant::now()).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_call(shared.queue.clone(), host, handle, tx, slot));
+        tokio::spawn(run_call(self.clone(), relay, events, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn call_update(&self, request: Request<CallUpdateRequest>) -> Result<Response<CallUpdateResponse>, Status> {
-        let shared = &self.shared;
-        let host = single_host(request.metadata())?;
-        let hosts = [host];
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Caller).await?;
-        let [host] = hosts;
-        let req = request.into_inner();
-        let event = match req.update {
-            Some(call_update_request::Update::Candidate(c)) => CallerEvent::Candidate(c),
-            Some(call_update_request::Update::Done(true)) => CallerEvent::Done,
-            Some(call_update_request::Update::Done(false)) => return Ok(Response::new(CallUpdateResponse {})),
-            Some(call_update_request::Update::Error(s)) => CallerEvent::Error(s),
-            None => return Err(Status::invalid_argument("expected an update")),
-        };
-        match tokio::time::timeout(HANDLER_TIMEOUT, shared.queue.send_caller_event(&host, &req.uuid, event)).await {
-            Ok(Ok(())) => {}
-            // Callers race with the end of the exchange; late updates are harmless.
-            Ok(Err(QueueError::NoActiveOffer(uuid))) => {
-                tracing::debug!(%host, %uuid, "call update for no active offer")
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(Status::deadline_exceeded("timed out relaying the call update")),
-        }
+        let (md, ext, req) = request.into_parts();
+        self.handle_call_update(&md, ext.get::<AuthEntity>(), req).await?;
         Ok(Response::new(CallUpdateResponse {}))
     }
 
@@ -441,26 +456,11 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<Streaming<AnswerResponse>>,
     ) -> Result<Response<Self::AnswerStream>, Status> {
-        let shared = &self.shared;
-        if shared.config.in_process_answerers_only {
-            return Err(Status::permission_denied(ANSWERS_IN_PROCESS));
-        }
-        let hosts = multi_hosts(request.metadata())?;
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Answerer).await?;
-        let heartbeats =
-            request.metadata().get_all(HEARTBEATS_ALLOWED).iter().any(|v| v.to_str().is_ok_and(|s| s == "true"));
-        let session = shared.queue.register_answerer(hosts).await.map_err(Status::from)?;
+        let (md, ext, inbound) = request.into_parts();
+        let entity = ext.get::<AuthEntity>().cloned();
+        let (session, heartbeat) = self.handle_answer(&md, entity.as_ref(), Instant::now()).await?;
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
-        let heartbeat = heartbeats.then(|| {
-            let period = shared.config.heartbeat_interval;
-            let mut i = tokio::time::interval_at(Instant::now() + period, period);
-            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            i
-        });
-        let entity = request.extensions().get::<AuthEntity>().cloned();
-        let worker =
-            AnswerWorker { shared: self.shared.clone(), out, inbound: request.into_inner(), heartbeat, entity };
+        let worker = AnswerWorker { server: self.clone(), out, inbound, heartbeat, entity };
         tokio::spawn(worker.run(session));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -469,78 +469,32 @@ impl SignalingService for SignalingServer {
         &self,
         request: Request<OptionalWebRtcConfigRequest>,
     ) -> Result<Response<OptionalWebRtcConfigResponse>, Status> {
-        let shared = &self.shared;
-        let hosts = multi_hosts(request.metadata())?;
-        shared.check_hosts(&hosts)?;
-        shared.authorize(&request, &hosts, Role::Config).await?;
-        let host = hosts.first().map(String::as_str).unwrap_or_default();
-        let config = WebRtcConfig { additional_ice_servers: shared.ice_servers(host), disable_trickle: false };
-        Ok(Response::new(OptionalWebRtcConfigResponse { config: Some(config) }))
+        let (md, ext, _) = request.into_parts();
+        Ok(Response::new(self.handle_config(&md, ext.get::<AuthEntity>()).await?))
     }
 }
 
-/// How a Call stream ends.
-enum CallEnd {
-    /// The answerer is done (or went away after answering): end with OK.
-    Finished,
-    Deadline,
-    AnswererError(RpcStatus),
-    /// The answerer went away (or finished) without answering.
-    AnswererGone(&'static str),
-    CallerGone,
-}
-
-/// Relays answerer events to one caller's `Call` stream.
+/// Serves one caller's `Call` stream: relays the answerer's events until the
+/// exchange ends, then tells whoever needs to know.
 async fn run_call(
-    queue: Arc<dyn CallQueue>,
-    host: String,
-    handle: CallerHandle,
+    server: SignalingServer,
+    mut relay: CallRelay,
+    mut events: BoxStream<'static, AnswererEvent>,
     tx: mpsc::Sender<Result<CallResponse, Status>>,
-    mut pending: Option<PendingSlot>,
 ) {
-    let CallerHandle { offer, mut events } = handle;
-    let uuid = offer.uuid;
-    let deadline = to_instant(offer.deadline);
-    let mut answered = false;
-    // Candidates that (against the protocol) arrive before the answer.
-    let mut early: Vec<IceCandidate> = Vec::new();
-    let update = |c: IceCandidate| CallResponse {
-        uuid: uuid.clone(),
-        stage: Some(call_response::Stage::Update(CallResponseUpdateStage { candidate: Some(c) })),
-    };
+    let deadline = relay.deadline();
     let end = 'relay: loop {
-        let event = tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = tx.closed() => break CallEnd::CallerGone,
-            _ = tokio::time::sleep_until(deadline) => break CallEnd::Deadline,
-            ev = events.next() => ev,
+            _ = tx.closed() => CallStep::End(CallEnd::CallerGone),
+            _ = tokio::time::sleep_until(deadline) => CallStep::End(CallEnd::Deadline),
+            ev = events.next() => relay.on_event(ev, Instant::now()),
         };
-        let mut outgoing = Vec::new();
-        match event {
-            Some(AnswererEvent::Answer(sdp)) => {
-                if answered {
-                    tracing::warn!(%uuid, "answerer sent a second answer; ignored");
-                    continue;
-                }
-                answered = true;
-                // No longer pending once answered.
-                drop(pending.take());
-                outgoing.push(CallResponse {
-                    uuid: uuid.clone(),
-                    stage: Some(call_response::Stage::Init(CallResponseInitStage { sdp })),
-                });
-                outgoing.extend(early.drain(..).map(update));
-            }
-            Some(AnswererEvent::Candidate(c)) if answered => outgoing.push(update(c)),
-            Some(AnswererEvent::Candidate(c)) => early.push(c),
-            Some(AnswererEvent::Done) if answered => break CallEnd::Finished,
-            Some(AnswererEvent::Done) => break CallEnd::AnswererGone("answerer finished without answering"),
-            Some(AnswererEvent::Error(st)) => break CallEnd::AnswererError(st),
-            None if answered => break CallEnd::Finished,
-            None if Instant::now() + Duration::from_millis(50) >= deadline => break CallEnd::Deadline,
-            None => break CallEnd::AnswererGone("answerer went away before answering"),
-        }
-        for msg in outgoing {
+        let msgs = match step {
+            CallStep::End(end) => break end,
+            CallStep::Send(msgs) => msgs,
+        };
+        for msg in msgs {
             match send_until(&tx, Ok(msg), deadline).await {
                 Sent::Ok => {}
                 Sent::Closed => break 'relay CallEnd::CallerGone,
@@ -548,60 +502,36 @@ async fn run_call(
             }
         }
     };
-    let notify = match end {
-        CallEnd::Finished => None,
-        CallEnd::Deadline => {
-            let status = Status::deadline_exceeded("offer deadline exceeded before the answerer finished");
-            let _ = send_until(&tx, Err(status), Instant::now() + Duration::from_secs(1)).await;
-            Some(rpc_status(Code::DeadlineExceeded, "caller's offer deadline exceeded"))
-        }
-        CallEnd::AnswererError(st) => {
-            let _ = send_until(&tx, Err(answerer_error(&st)), Instant::now() + HANDLER_TIMEOUT).await;
-            None
-        }
-        CallEnd::AnswererGone(why) => {
-            let _ = send_until(&tx, Err(Status::unavailable(why)), Instant::now() + HANDLER_TIMEOUT).await;
-            None
-        }
-        CallEnd::CallerGone => {
-            if answered {
-                // Let a racing CallUpdate{done} win (the queue ignores an error after done).
-                tokio::time::sleep(CALLER_GONE_GRACE.min(deadline.saturating_duration_since(Instant::now()))).await;
-            }
-            Some(rpc_status(Code::Cancelled, "caller went away"))
-        }
-    };
-    if let Some(st) = notify {
-        let send = queue.send_caller_event(&host, &uuid, CallerEvent::Error(st));
-        if let Ok(Err(e)) = tokio::time::timeout(HANDLER_TIMEOUT, send).await {
-            tracing::debug!(%host, %uuid, error = %e, "could not tell the answerer about the caller");
-        }
+    server.shared.core.end_call(&relay, &end);
+    if let Some(status) = end.status() {
+        let bound = if end == CallEnd::Deadline { Duration::from_secs(1) } else { HANDLER_TIMEOUT };
+        let _ = send_until(&tx, Err(status), Instant::now() + bound).await;
     }
+    drop(tx);
+    if end == CallEnd::CallerGone && relay.answered() {
+        // Let a racing CallUpdate{done} win (the queue ignores an error after done).
+        tokio::time::sleep(CALLER_GONE_GRACE.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    server.notify_answerer(&relay, &end).await;
 }
 
 /// Serves one `Answer` stream: wait for an offer, relay one exchange.
 struct AnswerWorker {
-    shared: Arc<Shared>,
+    server: SignalingServer,
     out: mpsc::Sender<Result<AnswerRequest, Status>>,
     inbound: Streaming<AnswerResponse>,
-    heartbeat: Option<Interval>,
+    heartbeat: Option<Heartbeat>,
     /// The answerer's authenticated entity.
     entity: Option<AuthEntity>,
 }
 
-/// What to do after an answerer message.
-enum Next {
-    Continue,
-    /// End the RPC with OK.
-    Stop,
-}
-
 impl AnswerWorker {
-    async fn run(mut self, mut session: Box<dyn crate::queue::AnswererSession>) {
+    async fn run(mut self, mut session: Box<dyn AnswererSession>) {
         let exchange = {
             let recv = session.recv_offer();
             tokio::pin!(recv);
             loop {
+                let beat = self.heartbeat.map(|h| h.due());
                 tokio::select! {
                     biased;
                     _ = self.out.closed() => return,
@@ -616,11 +546,11 @@ impl AnswerWorker {
                         // Half-closed or broken before any offer: nobody to answer.
                         None | Some(Err(_)) => return,
                         Some(Ok(_)) => {
-                            self.fail(Status::invalid_argument("unexpected answerer message before an offer")).await;
+                            self.fail(message_before_offer()).await;
                             return;
                         }
                     },
-                    _ = tick(&mut self.heartbeat) => if !self.heartbeat() { return },
+                    _ = sleep_until(beat) => if !self.heartbeat() { return },
                 }
             }
         };
@@ -629,38 +559,12 @@ impl AnswerWorker {
         drop(session);
     }
 
-    /// Sends a heartbeat unless the buffer is full; `false` if the answerer is gone.
-    fn heartbeat(&self) -> bool {
-        let msg = AnswerRequest {
-            uuid: String::new(),
-            stage: Some(answer_request::Stage::Heartbeat(AnswerRequestHeartbeatStage {})),
-        };
+    /// Sends the heartbeat that is due unless the buffer is full; `false` if
+    /// the answerer is gone.
+    fn heartbeat(&mut self) -> bool {
+        let Some(h) = &mut self.heartbeat else { return true };
+        let msg = h.fire(Instant::now());
         !matches!(self.out.try_send(Ok(msg)), Err(mpsc::error::TrySendError::Closed(_)))
-    }
-
-    /// The caller assertion for `offer`, when the caller was authenticated
-    /// and this answerer has a vouch key; empty otherwise.
-    fn vouch(&self, offer: &Offer) -> String {
-        let (Some(caller), Some(AuthEntity(answerer)), Some(keys)) =
-            (&offer.caller, &self.entity, &self.shared.config.vouch_keys)
-        else {
-            return String::new();
-        };
-        let Some(key) = keys(answerer) else { return String::new() };
-        // An offer whose SDP cannot be read names no peer; the answerer
-        // rejects it anyway.
-        let fp = match tether_transport::webrtc::sdp::decode(&offer.sdp) {
-            Ok((_, sdp)) => tether_transport::webrtc::sdp::fingerprints(&sdp),
-            Err(_) => return String::new(),
-        };
-        let ttl = offer.deadline.duration_since(SystemTime::now()).unwrap_or_default().as_secs() + 1;
-        match key.sign(&CallerClaims::new(caller.clone(), offer.host.clone(), offer.uuid.clone(), fp, ttl)) {
-            Ok(token) => token,
-            Err(e) => {
-                tracing::warn!(uuid = %offer.uuid, "could not vouch for the caller: {e}");
-                String::new()
-            }
-        }
     }
 
     async fn fail(&self, status: Status) {
@@ -668,177 +572,47 @@ impl AnswerWorker {
     }
 
     async fn exchange(&mut self, exchange: AnswererExchange) {
-        let AnswererExchange { offer, mut caller_events, responder } = exchange;
-        let deadline = to_instant(offer.deadline);
-        let uuid = offer.uuid.clone();
-        let tether_caller_assertion = self.vouch(&offer);
-        let init = AnswerRequest {
-            uuid: uuid.clone(),
-            stage: Some(answer_request::Stage::Init(AnswerRequestInitStage {
-                sdp: offer.sdp,
-                optional_config: Some(WebRtcConfig {
-                    additional_ice_servers: self.shared.ice_servers(&offer.host),
-                    disable_trickle: offer.disable_trickle,
-                }),
-                deadline: Some(offer.deadline.into()),
-                tether_caller_assertion,
-            })),
-        };
+        let deadline = to_instant(exchange.offer.deadline, Instant::now());
+        let (mut relay, mut caller_events, init) =
+            self.server.shared.core.start_answer(exchange, self.entity.as_ref(), deadline);
         if !matches!(send_until(&self.out, Ok(init), deadline).await, Sent::Ok) {
             return;
         }
-        let mut relay = Relay { uuid, deadline, responder: Some(responder), answered: false };
-        let mut caller_finished = false;
         loop {
-            if caller_finished && relay.responder.is_none() {
+            if relay.is_over() {
                 return;
             }
+            let beat = self.heartbeat.map(|h| h.due());
             tokio::select! {
                 biased;
                 _ = self.out.closed() => return,
                 _ = tokio::time::sleep_until(deadline) => {
-                    if !caller_finished {
-                        let _ = self.out.try_send(Ok(relay.done()));
+                    if let Some(last) = relay.on_deadline() {
+                        let _ = self.out.try_send(Ok(last));
                     }
                     return;
                 }
-                ev = next_caller_event(&mut caller_events), if !caller_finished => {
-                    let msgs = match ev {
-                        Some(CallerEvent::Candidate(c)) => vec![relay.update(c)],
-                        Some(CallerEvent::Error(st)) => {
-                            // The caller gave up: relay the error, then done, and end.
-                            caller_finished = true;
-                            relay.responder = None;
-                            vec![relay.error(st), relay.done()]
-                        }
-                        // Done, or the offer is gone.
-                        Some(CallerEvent::Done) | None => {
-                            caller_finished = true;
-                            vec![relay.done()]
-                        }
-                    };
-                    for m in msgs {
+                ev = caller_events.next(), if relay.wants_caller_events() => {
+                    for m in relay.on_caller(ev) {
                         if !matches!(send_until(&self.out, Ok(m), deadline).await, Sent::Ok) {
                             return;
                         }
                     }
                 }
-                msg = self.inbound.next(), if relay.responder.is_some() => match msg {
-                    Some(Ok(resp)) => match relay.handle(resp).await {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Stop) => return,
+                msg = self.inbound.next(), if relay.responding() => match msg {
+                    Some(Ok(resp)) => match relay.on_answerer(resp).await {
+                        Ok(false) => {}
+                        Ok(true) => return,
                         Err(status) => {
-                            relay.tell_caller_protocol_error(&status).await;
                             self.fail(status).await;
                             return;
                         }
                     },
-                    // Half-closed: the answerer cannot respond any more, but it
-                    // may still read what the caller sends until the caller is done.
-                    None => relay.responder = None,
+                    None => relay.on_half_close(),
                     Some(Err(_)) => return,
                 },
-                _ = tick(&mut self.heartbeat) => if !self.heartbeat() { return },
+                _ = sleep_until(beat) => if !self.heartbeat() { return },
             }
         }
-    }
-}
-
-async fn next_caller_event(events: &mut BoxStream<'static, CallerEvent>) -> Option<CallerEvent> {
-    events.next().await
-}
-
-/// The answerer half of one exchange.
-struct Relay {
-    uuid: String,
-    deadline: Instant,
-    /// `None` once the answerer finished (done, error, half-close).
-    responder: Option<Box<dyn AnswererResponder>>,
-    answered: bool,
-}
-
-impl Relay {
-    fn request(&self, stage: answer_request::Stage) -> AnswerRequest {
-        AnswerRequest { uuid: self.uuid.clone(), stage: Some(stage) }
-    }
-
-    fn update(&self, candidate: IceCandidate) -> AnswerRequest {
-        self.request(answer_request::Stage::Update(AnswerRequestUpdateStage { candidate: Some(candidate) }))
-    }
-
-    fn done(&self) -> AnswerRequest {
-        self.request(answer_request::Stage::Done(AnswerRequestDoneStage {}))
-    }
-
-    fn error(&self, status: RpcStatus) -> AnswerRequest {
-        self.request(answer_request::Stage::Error(AnswerRequestErrorStage { status: Some(status) }))
-    }
-
-    async fn respond(&mut self, event: AnswererEvent) -> Result<(), Status> {
-        let terminal = event.is_terminal();
-        let Some(responder) = &self.responder else { return Ok(()) };
-        let res = match tokio::time::timeout_at(self.deadline, responder.respond(event)).await {
-            Ok(r) => r,
-            Err(_) => Err(QueueError::Unavailable("timed out relaying to the caller".into())),
-        };
-        if terminal {
-            self.responder = None;
-        }
-        match res {
-            Ok(()) => Ok(()),
-            // The caller's side is finished or expired; keep the stream going
-            // until the caller events end it.
-            Err(QueueError::NoActiveOffer(_)) => {
-                tracing::debug!(uuid = %self.uuid, "answerer event for an offer that is gone");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Validates and relays one answerer message.
-    async fn handle(&mut self, resp: AnswerResponse) -> Result<Next, Status> {
-        if resp.uuid != self.uuid {
-            return Err(Status::invalid_argument(format!("uuid mismatch; have={:?} want={:?}", resp.uuid, self.uuid)));
-        }
-        match resp.stage {
-            Some(answer_response::Stage::Init(init)) => {
-                if self.answered {
-                    return Err(Status::invalid_argument("got init stage more than once"));
-                }
-                self.answered = true;
-                self.respond(AnswererEvent::Answer(init.sdp)).await?;
-            }
-            Some(answer_response::Stage::Update(update)) => {
-                if !self.answered {
-                    return Err(Status::invalid_argument("got update stage before init stage"));
-                }
-                match update.candidate {
-                    Some(c) => self.respond(AnswererEvent::Candidate(c)).await?,
-                    None => tracing::debug!(uuid = %self.uuid, "answerer update without a candidate; ignored"),
-                }
-            }
-            Some(answer_response::Stage::Done(_)) => {
-                if !self.answered {
-                    return Err(Status::invalid_argument("got done stage before init stage"));
-                }
-                self.respond(AnswererEvent::Done).await?;
-            }
-            Some(answer_response::Stage::Error(e)) => {
-                let status = e.status.unwrap_or_else(|| rpc_status(Code::Unknown, "answerer error without a status"));
-                self.respond(AnswererEvent::Error(status)).await?;
-                // The answerer gave up; the caller learns it from its Call stream.
-                return Ok(Next::Stop);
-            }
-            None => return Err(Status::invalid_argument("unknown answer stage")),
-        }
-        Ok(Next::Continue)
-    }
-
-    /// Tells the caller (if it is still listening) that the answerer broke
-    /// the protocol.
-    async fn tell_caller_protocol_error(&mut self, status: &Status) {
-        let st = rpc_status(Code::Unknown, format!("answerer protocol error: {}", status.message()));
-        let _ = self.respond(AnswererEvent::Error(st)).await;
     }
 }
