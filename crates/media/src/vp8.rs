@@ -119,7 +119,7 @@ impl Encoder {
     /// Starts an encoder.
     pub fn new(config: EncoderConfig) -> Result<Self, Error> {
         let (w, h) = (config.width, config.height);
-        if w < 2 || h < 2 || w % 2 != 0 || h % 2 != 0 || w > 8192 || h > 8192 {
+        if w < 2 || h < 2 || !w.is_multiple_of(2) || !h.is_multiple_of(2) || w > 8192 || h > 8192 {
             return Err(Error(format!("bad picture size {w}x{h} (sides must be even, 2..=8192)")));
         }
         // SAFETY: both structs are plain C data for which all-zero is a valid
