@@ -72,7 +72,7 @@ pub(crate) fn media_engine() -> Result<(MediaEngine, Registry), PeerError> {
     let mut engine = MediaEngine::default();
     engine
         .register_codec(
-            RTCRtpCodecParameters { rtp_codec: vp8_codec(), payload_type: VP8_PAYLOAD_TYPE, ..Default::default() },
+            RTCRtpCodecParameters { rtp_codec: vp8_codec(), payload_type: VP8_PAYLOAD_TYPE },
             RtpCodecKind::Video,
         )
         .map_err(|e| PeerError::Rtc(e.to_string()))?;
@@ -307,10 +307,10 @@ impl Inner {
                 s.feedback.keyframe = true;
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                 s.feedback.estimate_bps = Some(remb.bitrate.max(0.0) as u64);
-            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                if let Some(r) = rr.reports.iter().find(|r| r.ssrc == s.ssrc) {
-                    s.feedback.fraction_lost = Some(r.fraction_lost);
-                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>()
+                && let Some(r) = rr.reports.iter().find(|r| r.ssrc == s.ssrc)
+            {
+                s.feedback.fraction_lost = Some(r.fraction_lost);
             }
         }
     }
