@@ -34,6 +34,7 @@ pub mod monitor;
 pub mod operations;
 pub mod services;
 pub mod session;
+pub mod video;
 pub mod webrtc;
 
 pub use tether_components as components;
@@ -123,6 +124,7 @@ pub struct Machine {
     stops: broadcast::Sender<SafetyStop>,
     started: SystemTime,
     webrtc: Arc<webrtc::WebRtc>,
+    video: Arc<video::VideoHub>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -148,6 +150,7 @@ impl Machine {
         let authority =
             (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
         let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
+        let video = video::VideoHub::new(resources.clone());
         Self {
             resources,
             sessions,
@@ -156,6 +159,7 @@ impl Machine {
             stops,
             started: SystemTime::now(),
             webrtc,
+            video,
         }
     }
 
@@ -175,6 +179,11 @@ impl Machine {
     /// The components.
     pub fn resources(&self) -> &Arc<Resources> {
         &self.resources
+    }
+
+    /// Camera streams (encoders and tracks).
+    pub fn video(&self) -> &Arc<video::VideoHub> {
+        &self.video
     }
 
     /// The session manager.
@@ -224,6 +233,9 @@ impl Machine {
             };
         }
         let mut routes = tether_components::for_each_kind!(component_routes)
+            .add_service(limits!(tether_proto::proto::stream::v1::stream_service_server::StreamServiceServer::new(
+                services::stream::StreamServer { resources: self.resources.clone(), hub: self.video.clone() }
+            )))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(limits!(self.webrtc.signaling.clone().into_service()));

@@ -545,7 +545,8 @@ impl Context {
         }
         let entity = self.caller_entity(offer, &offer_sdp)?;
         let trickle = !offer.disable_trickle;
-        let peer = RtcPeer::new(&self.config.peer, RtcOptions::default())
+        // The machine's connections can carry camera video (StreamService).
+        let peer = RtcPeer::new(&self.config.peer, RtcOptions::default().with_media(true))
             .await
             .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
         let result = self.exchange(offer, &peer, offer_sdp, trickle, deadline).await;

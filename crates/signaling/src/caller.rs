@@ -172,7 +172,7 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
     peer_options.ice_servers = filter_ice_servers(servers, options);
     peer_options.relay_only = options.relay_only;
 
-    let peer = RtcPeer::new(&peer_options, RtcOptions::default())
+    let peer = RtcPeer::new(&peer_options, RtcOptions::default().with_media(true))
         .await
         .map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
     let result = exchange(&mut signaling, options, &peer).await;

@@ -329,6 +329,30 @@ impl Inner {
     }
 }
 
+/// The peer connection a call arrived on: in the extensions of every
+/// request served over a data channel, so that a handler (the stream
+/// service) can add tracks to its caller's connection. Holds the connection
+/// weakly.
+#[derive(Clone)]
+pub struct CallPeer(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for CallPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CallPeer").field(&self.0.strong_count()).finish()
+    }
+}
+
+impl CallPeer {
+    pub(crate) fn of(shared: &Arc<Shared>) -> Self {
+        Self(Arc::downgrade(shared))
+    }
+
+    /// The connection, while it exists.
+    pub fn peer(&self) -> Option<RtcPeer> {
+        self.0.upgrade().map(|shared| RtcPeer { shared })
+    }
+}
+
 /// A video track on a peer connection, fed by the application. Dropping it
 /// removes the track (and renegotiates).
 pub struct VideoSender {

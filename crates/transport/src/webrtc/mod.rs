@@ -29,7 +29,7 @@ pub mod serve;
 
 pub use channel::RtcChannel;
 pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer};
-pub use media::{RtpPacket, VideoFeedback, VideoReceiver, VideoSender, Vp8Assembler, Vp8Frame};
+pub use media::{CallPeer, RtpPacket, VideoFeedback, VideoReceiver, VideoSender, Vp8Assembler, Vp8Frame};
 pub use raw::RawChannel;
 
 use std::net::SocketAddr;
