@@ -127,6 +127,7 @@ impl VideoHub {
         let size = self.size_for(conn, camera);
         let sender = peer.add_video(&stream_id(camera)).map_err(|e| VideoError::Track(e.to_string()))?;
         let viewer = Viewer { conn, sender, estimate: 0 };
+        tracing::info!(%camera, conn, ?size, "video track added");
         self.join(camera, size, viewer, cam);
         Ok(())
     }
@@ -152,6 +153,9 @@ impl VideoHub {
     /// Removes `camera`'s track from connection `conn`; false if it had none.
     pub fn remove(&self, conn: u64, camera: &str) -> bool {
         let removed = self.take_viewer(conn, camera);
+        if removed.is_some() {
+            tracing::info!(%camera, conn, "video track removed");
+        }
         removed.is_some()
     }
 
@@ -238,7 +242,7 @@ async fn run(hub: std::sync::Weak<VideoHub>, b: Arc<Broadcast>, cam: Arc<dyn Cam
     let mut encoder: Option<vp8::Encoder> = None;
     let mut first: Option<SystemTime> = None;
     let mut failures = 0u32;
-    tracing::debug!(camera = %b.camera, size = ?b.size, fps, "video encoder started");
+    tracing::info!(camera = %b.camera, size = ?b.size, fps, "video encoder started");
     loop {
         tick.tick().await;
         // Viewers whose connection closed leave; the last one out ends this.
@@ -252,7 +256,7 @@ async fn run(hub: std::sync::Weak<VideoHub>, b: Arc<Broadcast>, cam: Arc<dyn Cam
                 if state.broadcasts.get(&key).is_some_and(|x| Arc::ptr_eq(x, &b)) {
                     state.broadcasts.remove(&key);
                 }
-                tracing::debug!(camera = %b.camera, "video encoder stopped: no viewer left");
+                tracing::info!(camera = %b.camera, "video encoder stopped: no viewer left");
                 return;
             }
         }
