@@ -55,6 +55,12 @@ pub enum ConnectionEvent {
         /// The new session.
         new: String,
     },
+    /// A camera stream was added to the new connection after a
+    /// reconnection, by the client itself (frames flow again).
+    StreamRestored {
+        /// The camera.
+        camera: String,
+    },
     /// The connection dropped; reconnection starts.
     Reconnecting {
         /// Why it dropped.
@@ -92,6 +98,7 @@ impl ConnectionEvent {
             ConnectionEvent::Connected { .. } => "connected",
             ConnectionEvent::SessionResumed { .. } => "session_resumed",
             ConnectionEvent::SessionLapsed { .. } => "session_lapsed",
+            ConnectionEvent::StreamRestored { .. } => "stream_restored",
             ConnectionEvent::Reconnecting { .. } => "reconnecting",
             ConnectionEvent::RetryScheduled { .. } => "retry_scheduled",
             ConnectionEvent::ReconnectionFailed { .. } => "reconnection_failed",

@@ -27,6 +27,7 @@ mod error;
 mod events;
 mod robot;
 mod session;
+mod stream;
 mod transport;
 
 pub use components::convert;
@@ -34,6 +35,7 @@ pub use error::Error;
 pub use events::{ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOptions};
 pub use robot::RobotClient;
 pub use session::SessionChannel;
+pub use stream::{VideoSample, VideoStream};
 pub use tether_proto::viam::common::v1::ResourceName;
 pub use tether_transport::dial::Credentials;
 pub use tether_transport::webrtc::peer::IceServer;

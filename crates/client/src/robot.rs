@@ -71,6 +71,11 @@ pub(crate) fn reply<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>
     r.map(tonic::Response::into_inner).map_err(Error::from)
 }
 
+/// Emits `event` on `robot`'s event channel (for the client's own tasks).
+pub(crate) fn emit_event(robot: &RobotClient, event: ConnectionEvent) {
+    emit(&robot.inner.events, event);
+}
+
 fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
     tracing::info!(event = event.name(), details = ?event, "connection event");
     let _ = events.send(event);

@@ -101,7 +101,13 @@ impl VideoHub {
 
     /// Frames encoded by the running encoder of `camera` (any resolution).
     pub fn frames(&self, camera: &str) -> u64 {
-        self.state.lock().broadcasts.values().filter(|b| b.camera == camera).map(|b| b.frames.load(Ordering::Relaxed)).sum()
+        self.state
+            .lock()
+            .broadcasts
+            .values()
+            .filter(|b| b.camera == camera)
+            .map(|b| b.frames.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The resolution a connection has chosen for a camera.
@@ -120,7 +126,13 @@ impl VideoHub {
 
     /// Adds `camera`'s track to `peer` (connection `conn`); a connection
     /// already watching it keeps its track.
-    pub fn add(self: &Arc<Self>, peer: &RtcPeer, conn: u64, camera: &str, cam: Arc<dyn Camera>) -> Result<(), VideoError> {
+    pub fn add(
+        self: &Arc<Self>,
+        peer: &RtcPeer,
+        conn: u64,
+        camera: &str,
+        cam: Arc<dyn Camera>,
+    ) -> Result<(), VideoError> {
         if self.is_watching(conn, camera) {
             return Ok(());
         }

@@ -40,7 +40,13 @@ pub struct I420 {
 const MAX_SIDE: u32 = 8192;
 
 fn check_size(width: u32, height: u32) -> Result<(), PictureError> {
-    if width < 2 || height < 2 || !width.is_multiple_of(2) || !height.is_multiple_of(2) || width > MAX_SIDE || height > MAX_SIDE {
+    if width < 2
+        || height < 2
+        || !width.is_multiple_of(2)
+        || !height.is_multiple_of(2)
+        || width > MAX_SIDE
+        || height > MAX_SIDE
+    {
         return Err(PictureError::Size(width, height));
     }
     Ok(())

@@ -62,13 +62,7 @@ impl EncoderConfig {
     pub fn new(width: u32, height: u32, fps: u32) -> Self {
         let fps = fps.clamp(1, 120);
         let bits = u64::from(width) * u64::from(height) * u64::from(fps) / 10 / 1000;
-        Self {
-            width,
-            height,
-            fps,
-            bitrate_kbps: bits.clamp(150, 8000) as u32,
-            keyframe_interval: fps * 10,
-        }
+        Self { width, height, fps, bitrate_kbps: bits.clamp(150, 8000) as u32, keyframe_interval: fps * 10 }
     }
 
     /// Sets [`Self::bitrate_kbps`].
@@ -157,9 +151,8 @@ impl Encoder {
         let mut ctx: Box<vpx::vpx_codec_ctx_t> = Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
         // SAFETY: `ctx` and `cfg` are boxed, so the pointers libvpx keeps stay
         // valid until `drop` destroys the context.
-        let err = unsafe {
-            vpx::vpx_codec_enc_init_ver(&mut *ctx, iface, &*cfg, 0, vpx::VPX_ENCODER_ABI_VERSION as c_int)
-        };
+        let err =
+            unsafe { vpx::vpx_codec_enc_init_ver(&mut *ctx, iface, &*cfg, 0, vpx::VPX_ENCODER_ABI_VERSION as c_int) };
         check(&mut *ctx, err, "encoder init")?;
         let mut encoder = Self { ctx, cfg, width: w, height: h, buffer: Vec::new() };
         // Real-time speed: -6 trades a little quality for about half the CPU
@@ -234,9 +227,8 @@ impl Encoder {
         }
         let flags: c_long = if key { vpx::VPX_EFLAG_FORCE_KF as c_long } else { 0 };
         // SAFETY: an initialised context and a wrapped image of its size.
-        let err = unsafe {
-            vpx::vpx_codec_encode(&mut *self.ctx, &image, pts, 1, flags, vpx::VPX_DL_REALTIME as c_ulong)
-        };
+        let err =
+            unsafe { vpx::vpx_codec_encode(&mut *self.ctx, &image, pts, 1, flags, vpx::VPX_DL_REALTIME as c_ulong) };
         check(&mut *self.ctx, err, "encode")?;
         let mut out = Vec::new();
         let mut iter: vpx::vpx_codec_iter_t = ptr::null();
@@ -373,9 +365,8 @@ mod tests {
     use super::*;
 
     fn pattern(w: u32, h: u32, shift: u32) -> I420 {
-        let rgb: Vec<u8> = (0..h)
-            .flat_map(|y| (0..w).flat_map(move |x| [((x + shift) % 256) as u8, (y % 256) as u8, 100]))
-            .collect();
+        let rgb: Vec<u8> =
+            (0..h).flat_map(|y| (0..w).flat_map(move |x| [((x + shift) % 256) as u8, (y % 256) as u8, 100])).collect();
         I420::from_rgb(&rgb, w, h).unwrap()
     }
 

@@ -80,6 +80,11 @@ impl std::fmt::Debug for WebRtcConnection {
 }
 
 impl WebRtcConnection {
+    /// The peer connection (for media: [`RtcPeer::video_receiver`]).
+    pub fn peer(&self) -> &RtcPeer {
+        &self.peer
+    }
+
     /// Cancelled when the connection dies (ICE disconnected/failed, channel
     /// closed) or is closed.
     pub fn closed(&self) -> &CancellationToken {

@@ -181,9 +181,8 @@ fn parse_description(data: &[u8]) -> Result<(Description, bool), String> {
         let d = serde_json::from_str(text).map_err(|e| format!("bad JSON description: {e}"))?;
         return Ok((d, true));
     }
-    let json = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| format!("neither JSON nor base64: {e}"))?;
+    let json =
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("neither JSON nor base64: {e}"))?;
     let d = serde_json::from_slice(&json).map_err(|e| format!("bad JSON description: {e}"))?;
     Ok((d, false))
 }
@@ -406,6 +405,17 @@ impl RtcPeer {
             Ok(key)
         })?;
         Ok(VideoSender { shared: self.shared.clone(), key, stream_id: stream_id.to_owned() })
+    }
+
+    /// Sends `text` on the `negotiation` channel as it is (for robustness
+    /// tests: the peer must log and drop what it cannot parse).
+    pub fn send_negotiation_raw(&self, text: &str) -> Result<(), PeerError> {
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let id = inner.media.channel;
+            let mut dc = inner.pc.data_channel(id).ok_or_else(|| PeerError::Closed("no negotiation channel".into()))?;
+            dc.send_text(now(), text.to_owned()).map_err(|e| PeerError::Rtc(e.to_string()))
+        })
     }
 
     /// Video tracks this connection sends.
