@@ -20,6 +20,7 @@
 //! assert_eq!((decoded.width, decoded.height), (64, 48));
 //! ```
 
+pub mod ivf;
 mod picture;
 pub mod vp8;
 

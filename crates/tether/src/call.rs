@@ -47,6 +47,7 @@ Component actions (TARGET is a component name, kind found via ResourceNames):
   switch   set-position N | position | positions
   sensor   readings
   camera   image [--mime M] [--out FILE] | images [--out DIR] | point-cloud [--out FILE] | properties
+           stream [--seconds N] [--out FILE.ivf]  (WebRTC: video; prints fps, bitrate, frame delay)
   generic  only the shared actions:
   (every kind) do-command JSON | status | geometries (not button/switch)
 
@@ -58,6 +59,7 @@ Examples:
   tether call 127.0.0.1:8080 sensor1 readings --json
   tether call 127.0.0.1:8080 watch --reconnect-max-attempts 20
   tether call 127.0.0.1:8080 camera1 image --out frame.jpg
+  tether call 127.0.0.1:8080 camera1 stream --webrtc --seconds 5 --out camera1.ivf
   tether call 127.0.0.1:8080 generic1 do-command '{\"a\": 1}'";
 
 /// Arguments of `tether call`.
@@ -101,6 +103,9 @@ pub(crate) struct CallArgs {
     /// MIME type to ask a camera for (default image/jpeg, or pointcloud/pcd).
     #[arg(long, value_name = "MIME")]
     pub mime: Option<String>,
+    /// How long `camera stream` receives video (default 5).
+    #[arg(long, value_name = "SECS")]
+    pub seconds: Option<f64>,
     /// Connect over WebRTC, using ADDRESS as the signaling service and the
     /// machine's host name (unless --host or --signaling say otherwise).
     #[arg(long)]
@@ -227,6 +232,7 @@ pub(crate) struct Ctx<'a> {
     pub name: &'a str,
     pub out: Option<&'a std::path::Path>,
     pub mime: Option<&'a str>,
+    pub seconds: Option<f64>,
 }
 
 /// Runs `tether call`.
@@ -312,6 +318,13 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             "api-key" => args.api_key = Some(value("KEY")?),
             "out" => args.out = Some(PathBuf::from(value("PATH")?)),
             "mime" => args.mime = Some(value("MIME")?),
+            "seconds" => {
+                let v = value("SECS")?;
+                let secs = v.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
+                args.seconds = Some(secs.ok_or_else(|| {
+                    Failure::invalid(format!("--seconds must be a number of seconds in (0, 86400], got {v:?}"))
+                })?);
+            }
             "help" => {
                 return Err(Failure::invalid(
                     "--help goes before the target: tether call --help, or name just the component to list its actions",
@@ -469,7 +482,13 @@ async fn execute(robot: &RobotClient, args: &CallArgs) -> Result<Output, Failure
             components::actions(&resource.subtype).join(", ")
         )));
     };
-    let ctx = Ctx { robot, name: &resource.name, out: args.out.as_deref(), mime: args.mime.as_deref() };
+    let ctx = Ctx {
+        robot,
+        name: &resource.name,
+        out: args.out.as_deref(),
+        mime: args.mime.as_deref(),
+        seconds: args.seconds,
+    };
     components::run(&ctx, &resource.subtype, action, rest).await
 }
 

@@ -117,6 +117,9 @@ pub(crate) fn describe(event: &ConnectionEvent) -> (&'static str, Tone, String) 
                 "session {old} lapsed during the outage (the machine stopped what it controlled); new session {new}"
             ),
         ),
+        ConnectionEvent::StreamRestored { camera } => {
+            ("✓", Tone::Good, format!("{camera}'s video stream added again on the new connection"))
+        }
         ConnectionEvent::Reconnecting { error } => {
             // The client's usual reason is just "connection lost": say it once.
             let why = match error.as_deref() {
