@@ -806,3 +806,45 @@ fn an_unreachable_external_signaler_is_reported_and_the_machine_keeps_serving() 
         rx.try_iter().filter(|(n, l)| *n == "stderr" && l.contains("cannot answer")).map(|(_, l)| l).collect();
     assert!(again.is_empty(), "the same failure was logged again: {again:?}");
 }
+
+#[test]
+fn camera_stream_reports_video_and_writes_a_playable_ivf() {
+    let m = Machine::with_config(
+        r#"{"components": [{"name": "camera1", "api": "rdk:component:camera", "model": "rdk:builtin:fake",
+                            "attributes": {"width_px": 320, "height_px": 240, "frame_rate": 30}}],
+            "network": {"hosts": ["cli-bot"], "ice_servers": []}}"#,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("camera1.ivf");
+    let path_s = path.to_str().expect("utf-8 path");
+    let out = m.call(&with_webrtc(&["camera1", "stream", "--seconds", "2", "--out", path_s, "--json"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(320), Some(240)), "{v}");
+    let frames = v["frames"].as_u64().unwrap_or(0);
+    assert!(frames >= 20, "{frames} frames in 2 s at 30 fps: {v}");
+    assert!(v["keyframes"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(v["delay_ms_p50"].as_f64().is_some(), "the fake camera's frame code gives a delay: {v}");
+
+    // The file: an IVF header, then every frame, each decodable in order.
+    let bytes = std::fs::read(&path).expect("the IVF file");
+    assert_eq!(&bytes[..4], b"DKIF");
+    assert_eq!(&bytes[8..12], b"VP80");
+    let mut decoder = tether_media::vp8::Decoder::new().expect("decoder");
+    let (mut at, mut decoded) = (32usize, 0u64);
+    while at + 12 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let frame = &bytes[at + 12..at + 12 + size];
+        let picture = decoder.decode(frame).expect("decodable").expect("a picture");
+        assert_eq!((picture.width, picture.height), (320, 240));
+        decoded += 1;
+        at += 12 + size;
+    }
+    assert_eq!(at, bytes.len(), "no trailing bytes");
+    assert_eq!(decoded, frames);
+
+    // Direct gRPC cannot carry video: a clear FailedPrecondition.
+    let err = m.call(&["camera1", "stream", "--seconds", "1"]);
+    assert_ne!(err.code, Some(0));
+    assert!(err.stderr.contains("FailedPrecondition") && err.stderr.contains("WebRTC"), "{err:?}");
+}
