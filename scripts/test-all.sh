@@ -59,6 +59,9 @@ have_sbin ip || need+=(iproute2)
 have_sbin nft || need+=(nftables)
 command -v turnserver >/dev/null || need+=(coturn)
 command -v redis-server >/dev/null || need+=(redis-server)     # crates/signaling/tests/redis.rs starts its own
+# Camera video (crates/media): VP8 through Debian's libvpx, found with pkg-config.
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists vpx 2>/dev/null || need+=(libvpx-dev)
 # WebRTC interop: a real browser for the TypeScript SDK (driven by playwright-core, never a
 # downloaded browser) and `ip netns` for the private namespaces both WebRTC suites run in.
 CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
