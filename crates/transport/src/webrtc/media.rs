@@ -670,3 +670,68 @@ impl VideoReceiver {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_in_both_dialects() {
+        let json = r#"{"type":"offer","sdp":"v=0\r\n"}"#;
+        let (d, raw) = parse_description(json.as_bytes()).unwrap();
+        assert_eq!((d.typ.as_str(), d.sdp.as_str(), raw), ("offer", "v=0\r\n", true));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let (d, raw) = parse_description(b64.as_bytes()).unwrap();
+        assert_eq!((d.typ.as_str(), raw), ("offer", false));
+        for bad in [&b"\xff\xfe"[..], b"not base64!", b"e30=", b"{\"type\":1}", &vec![b'a'; MAX_DESCRIPTION + 1][..]] {
+            assert!(parse_description(bad).is_err(), "{:?}", String::from_utf8_lossy(&bad[..bad.len().min(20)]));
+        }
+    }
+
+    #[test]
+    fn the_assembler_drops_frames_with_a_gap_and_finds_keyframes() {
+        use rtc::rtp::packetizer::Payloader as _;
+        let mut payloader = rtc::rtp::codec::vp8::Vp8Payloader::default();
+        // A keyframe's tag has the P bit clear; a delta frame's set.
+        let key: Bytes = std::iter::once(0x10u8).chain(std::iter::repeat_n(7u8, 3000)).collect();
+        let delta: Bytes = std::iter::once(0x11u8).chain(std::iter::repeat_n(9u8, 2500)).collect();
+        let packets = |frame: &Bytes, ts: u32, seq: &mut u16, payloader: &mut rtc::rtp::codec::vp8::Vp8Payloader| {
+            let parts = payloader.payload(RTP_MTU, frame).unwrap();
+            let n = parts.len();
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| {
+                    *seq = seq.wrapping_add(1);
+                    RtpPacket {
+                        header: rtc::rtp::header::Header {
+                            marker: i + 1 == n,
+                            sequence_number: *seq,
+                            timestamp: ts,
+                            ..Default::default()
+                        },
+                        payload,
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut seq = u16::MAX - 1; // wraps inside the first frame
+        let mut a = Vp8Assembler::default();
+        let first = packets(&key, 0, &mut seq, &mut payloader);
+        assert!(first.len() > 1);
+        let got: Vec<_> = first.iter().filter_map(|p| a.push(p)).collect();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].key);
+        assert_eq!(got[0].data, key);
+        // A delta frame with its second packet lost is dropped, not handed out.
+        let mut second = packets(&delta, 3000, &mut seq, &mut payloader);
+        second.remove(1);
+        assert!(second.iter().all(|p| a.push(p).is_none()));
+        assert_eq!(a.incomplete, 1);
+        let third = packets(&delta, 6000, &mut seq, &mut payloader);
+        let got: Vec<_> = third.iter().filter_map(|p| a.push(p)).collect();
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].key);
+        assert_eq!(got[0].timestamp, 6000);
+    }
+}
