@@ -32,8 +32,10 @@ use tower::ServiceBuilder;
 pub mod config;
 pub mod monitor;
 pub mod operations;
+pub mod page;
 pub mod services;
 pub mod session;
+pub mod status;
 pub mod webrtc;
 
 pub use tether_components as components;
@@ -123,6 +125,7 @@ pub struct Machine {
     stops: broadcast::Sender<SafetyStop>,
     started: SystemTime,
     webrtc: Arc<webrtc::WebRtc>,
+    status: status::Status,
 }
 
 impl std::fmt::Debug for Machine {
@@ -148,6 +151,18 @@ impl Machine {
         let authority =
             (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
         let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
+        let status = status::Status::default();
+        let mut recorded = stops.subscribe();
+        let record = status.clone();
+        tokio::spawn(async move {
+            loop {
+                match recorded.recv().await {
+                    Ok(stop) => record.record_stop(&stop),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         Self {
             resources,
             sessions,
@@ -156,6 +171,7 @@ impl Machine {
             stops,
             started: SystemTime::now(),
             webrtc,
+            status,
         }
     }
 
@@ -239,13 +255,31 @@ impl Machine {
             .layer(tether_transport::grpc::StatusHygieneLayer)
             .layer(AuthLayer::new(self.authority.clone()))
             .layer(monitor)
+            .map_request({
+                let status = self.status.clone();
+                move |req: http::Request<tonic::body::Body>| {
+                    if let Some(info) = req.extensions().get::<tether_transport::server::ConnectionInfo>() {
+                        status.record_call(info);
+                    }
+                    req
+                }
+            })
             .service(routes);
         tower::util::BoxCloneSyncService::new(svc)
     }
 
-    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP.
+    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP; every
+    /// other request (a browser's `GET /`) goes to the control page
+    /// ([`page`]).
     pub fn http_service(&self) -> HttpService {
-        tether_transport::server::grpc_web(self.grpc_service())
+        let grpc = tether_transport::server::grpc_web(self.grpc_service());
+        let page = page::service(self.status.clone(), self.sessions.clone(), self.authority.clone());
+        tether_transport::server::with_fallback(grpc, page)
+    }
+
+    /// The clients and safety stops the control page shows.
+    pub fn status(&self) -> &status::Status {
+        &self.status
     }
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
@@ -298,6 +332,7 @@ impl Machine {
     }
 
     fn on_peer_event(&self, event: PeerEvent) {
+        self.status.peer_event(&event);
         let PeerEvent::Closed(info) = event else { return };
         let lost = self.sessions.connection_closed(info.id);
         spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());
