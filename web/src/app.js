@@ -387,7 +387,7 @@ function renderStatus(s) {
           'div',
           { title: `${fmt(sess.heartbeat_age_ms, 0)} ms since the last heartbeat, window ${fmt(sess.window_ms, 0)} ms` },
           el('div', { class: 'bar' }, el('i', { class: frac > 0.6 ? 'late' : '', style: `width:${(frac * 100).toFixed(0)}%` })),
-          `${fmt(sess.heartbeat_age_ms, 0)} / ${fmt(sess.window_ms, 0)} ms`,
+          `${fmt(sess.heartbeat_age_ms, 0)}/${fmt(sess.window_ms, 0)} ms`,
         );
       }
       return el(
@@ -833,7 +833,7 @@ async function buildPanels() {
       const make = PANELS[kind];
       grid.append(make ? make(r.name) : panel(kind, r.name, (err) => [el('div', { class: 'live' }, 'no panel for this kind'), doCommandBox(new GenericComponentClient(robot, r.name), err)]));
     }
-    root.append(el('h2', {}, `${title} (${members.length})`), grid);
+    root.append(el('div', { class: 'group' }, el('h2', {}, `${title} (${members.length})`), grid));
   }
   if (state.resources.length === 0) root.append(el('div', { id: 'splash' }, 'This machine has no components.'));
 }

@@ -50,6 +50,9 @@ use services::ComponentService;
 use services::robot::RobotServer;
 use session::{Expired, SessionManager};
 
+/// gRPC path prefix of the embedded signaler's calls.
+const SIGNALING_PREFIX: &str = "/proto.rpc.webrtc.v1.SignalingService/";
+
 /// A safety stop issued because a session lapsed or a peer connection died.
 #[derive(Clone, Debug)]
 pub struct SafetyStop {
@@ -258,7 +261,10 @@ impl Machine {
             .map_request({
                 let status = self.status.clone();
                 move |req: http::Request<tonic::body::Body>| {
-                    if let Some(info) = req.extensions().get::<tether_transport::server::ConnectionInfo>() {
+                    // A signaling exchange is not a client yet; the peer connection it makes is.
+                    if !req.uri().path().starts_with(SIGNALING_PREFIX)
+                        && let Some(info) = req.extensions().get::<tether_transport::server::ConnectionInfo>()
+                    {
                         status.record_call(info);
                     }
                     req

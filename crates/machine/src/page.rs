@@ -196,11 +196,11 @@ fn json_response(code: StatusCode, value: &serde_json::Value) -> Resp {
 
 fn status_response<B>(req: &Request<B>, status: &Status, sessions: &SessionManager, authority: Option<&Authority>) -> Resp {
     let entity = match authority {
-        None => String::new(),
+        None => None,
         Some(authority) => {
             let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
             match authority.check_header(header) {
-                Ok(entity) => entity.0,
+                Ok(entity) => Some(entity.0),
                 Err(e) => {
                     let mut r = json_response(
                         StatusCode::UNAUTHORIZED,
@@ -216,7 +216,7 @@ fn status_response<B>(req: &Request<B>, status: &Status, sessions: &SessionManag
         connection.mark_authenticated();
     }
     let own = req.headers().get(tether_wire::metadata::SESSION_ID).and_then(|v| v.to_str().ok());
-    json_response(StatusCode::OK, &status.snapshot(sessions, &entity, own))
+    json_response(StatusCode::OK, &status.snapshot(sessions, entity.as_deref(), own))
 }
 
 #[cfg(test)]

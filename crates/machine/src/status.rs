@@ -130,8 +130,8 @@ impl Status {
     }
 
     /// The JSON of `GET /tether/status` for a caller authenticated as
-    /// `entity` (empty on an open machine) whose own session is `own_sid`.
-    pub fn snapshot(&self, sessions: &SessionManager, entity: &str, own_sid: Option<&str>) -> Value {
+    /// `entity` (`None` on an open machine) whose own session is `own_sid`.
+    pub fn snapshot(&self, sessions: &SessionManager, entity: Option<&str>, own_sid: Option<&str>) -> Value {
         let now = Instant::now();
         let own = own_sid.and_then(|s| crate::session::parse_id(s).ok());
         let mut st = self.0.lock();
@@ -187,12 +187,12 @@ impl Status {
     }
 }
 
-fn session_json(s: &crate::session::SessionInfo, now: Instant, entity: &str, own: Option<uuid::Uuid>) -> Value {
+fn session_json(s: &crate::session::SessionInfo, now: Instant, entity: Option<&str>, own: Option<uuid::Uuid>) -> Value {
     let age = s.window.saturating_sub(s.deadline.saturating_duration_since(now));
     json!({
         "heartbeat_age_ms": ms(age),
         "window_ms": ms(s.window),
-        "yours": own == Some(s.id) && s.owner == entity,
+        "yours": own == Some(s.id) && entity.is_none_or(|e| e == s.owner),
     })
 }
 
@@ -232,7 +232,7 @@ mod tests {
             delay: Duration::from_millis(3),
         });
 
-        let snap = status.snapshot(&sessions, "alice", Some(&mine.to_string()));
+        let snap = status.snapshot(&sessions, Some("alice"), Some(&mine.to_string()));
         let text = snap.to_string();
         assert!(!text.contains(&mine.to_string()) && !text.contains(&theirs.to_string()), "{text}");
         let clients = snap["clients"].as_array().unwrap();
@@ -251,13 +251,13 @@ mod tests {
         assert_eq!(snap["safety_stops"][0]["delay_ms"], 3.0);
 
         // Another identity naming alice's session is not told it is theirs.
-        let snap = status.snapshot(&sessions, "bob", Some(&mine.to_string()));
+        let snap = status.snapshot(&sessions, Some("bob"), Some(&mine.to_string()));
         assert_eq!(snap["clients"][1]["session"]["yours"], false);
 
         // A closed peer leaves; an idle gRPC connection ages out.
         status.peer_event(&PeerEvent::Closed(rtc));
         tokio::time::advance(GRPC_IDLE).await;
-        let snap = status.snapshot(&sessions, "", None);
+        let snap = status.snapshot(&sessions, None, None);
         assert_eq!(snap["clients"], json!([]), "{snap}");
     }
 
