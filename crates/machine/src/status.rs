@@ -142,7 +142,8 @@ impl Status {
         conns.sort_by_key(|(id, _)| **id);
         for (_, c) in conns {
             // A session belongs to the connection its last heartbeat came over.
-            let pos = live.iter().position(|s| s.peer.webrtc == c.webrtc && c.remote.is_some() && s.peer.remote == c.remote);
+            let pos =
+                live.iter().position(|s| s.peer.webrtc == c.webrtc && c.remote.is_some() && s.peer.remote == c.remote);
             let session = pos.map(|i| live.swap_remove(i));
             clients.push(json!({
                 "transport": if c.webrtc { "webrtc" } else { "grpc" },
@@ -270,7 +271,12 @@ mod tests {
         }
         assert_eq!(status.0.lock().conns.len(), MAX_TRACKED);
         for _ in 0..(MAX_STOPS + 5) {
-            status.record_stop(&SafetyStop { session: None, connection: Some(1), resource: "m".into(), delay: Duration::ZERO });
+            status.record_stop(&SafetyStop {
+                session: None,
+                connection: Some(1),
+                resource: "m".into(),
+                delay: Duration::ZERO,
+            });
         }
         assert_eq!(status.0.lock().stops.len(), MAX_STOPS);
     }

@@ -239,7 +239,10 @@ impl DemoMachine {
             json!({"webrtc_host": HOST, "signaling": addr.to_string()}),
         );
         let page = format!("http://{addr}/");
-        report.note(format!("control page: {page} (a browser sees and drives the machine there)"), json!({"control_page": page}));
+        report.note(
+            format!("control page: {page} (a browser sees and drives the machine there)"),
+            json!({"control_page": page}),
+        );
         Ok(Self { machine, addr, shutdown, serving })
     }
 
