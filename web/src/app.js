@@ -424,14 +424,14 @@ function renderStatus(s) {
 const KINDS = [
   ['motor', 'Motors'],
   ['base', 'Bases'],
+  ['camera', 'Cameras'],
+  ['sensor', 'Sensors'],
   ['arm', 'Arms'],
   ['gantry', 'Gantries'],
   ['gripper', 'Grippers'],
   ['servo', 'Servos'],
   ['switch', 'Switches'],
   ['button', 'Buttons'],
-  ['sensor', 'Sensors'],
-  ['camera', 'Cameras'],
   ['generic', 'Generic'],
 ];
 const pollers = new Set();
