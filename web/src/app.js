@@ -40,6 +40,11 @@ const STATUS_MS = 1000;
 const RTT_MS = 1000;
 const RTT_SAMPLES = 60;
 const CREDS_KEY = 'tether.credentials';
+// Liveness: this many GetVersion probes in a row without an answer mean the link is dead (a
+// killed machine leaves a WebRTC peer connection looking alive for many seconds).
+const DEAD_AFTER_PROBES = 3;
+// After a loss, the SDK reconnects by itself (a few attempts); past this the page dials anew.
+const REDIAL_AFTER_MS = 4000;
 
 const $ = (sel) => document.querySelector(sel);
 function el(tag, attrs = {}, ...children) {
@@ -230,10 +235,17 @@ async function login() {
 let robot;
 const sdkCreds = () => (creds ? { type: 'api-key', payload: creds.key, authEntity: creds.id } : undefined);
 
+function newRobot() {
+  const r = new RobotClient();
+  // A fresh client resumes this page's session if the machine still has it (private in the SDK).
+  if (state.sessionId) r.sessionManager.currentSessionID = state.sessionId;
+  watchConnection(r);
+  return r;
+}
+
 async function dial() {
   const common = { credentials: sdkCreds(), reconnectMaxAttempts: 3, dialTimeout: 10_000 };
-  robot = new RobotClient();
-  watchConnection(robot);
+  robot = newRobot();
   try {
     logEvent(`dialing over WebRTC (signaling ${location.origin}, host ${location.host})`);
     await robot.dial({ ...common, host: location.host, signalingAddress: location.origin });
@@ -242,8 +254,7 @@ async function dial() {
   } catch (e) {
     logEvent(`WebRTC failed (${errText(e.cause?.[0] ?? e)}); falling back to gRPC-Web`, 'warn');
     await robot.disconnect().catch(() => {});
-    robot = new RobotClient();
-    watchConnection(robot);
+    robot = newRobot();
     await robot.dial({ ...common, host: DIRECT_HOST });
     state.transport = 'grpc-web';
   }
@@ -268,14 +279,21 @@ async function startSession() {
   else logEvent('session lapsed while disconnected; the machine stopped what it drove; new session started', 'warn');
 }
 
+let lostAt = 0;
+function connectionLost(why) {
+  state.phase = 'reconnecting';
+  lostAt = performance.now();
+  setBadge('#transport', 'reconnecting', 'warn');
+  setBadge('#rtt', '—');
+  logEvent(`connection lost (${why}); reconnecting`, 'warn');
+}
+
 function watchConnection(r) {
   let lost = false;
   r.on('disconnected', () => {
     if (r !== robot || state.phase !== 'connected') return;
     lost = true;
-    state.phase = 'reconnecting';
-    setBadge('#transport', 'reconnecting', 'warn');
-    logEvent('connection lost; reconnecting', 'warn');
+    connectionLost('closed');
   });
   r.on('dialing', (ev) => {
     if (r === robot && lost) logEvent(`dialing (${ev?.method ?? '?'}, attempt ${ev?.attempt ?? '?'})`);
@@ -319,18 +337,25 @@ async function showTransport() {
 // Live link health: RTT (GetVersion round trips) and its chart; the machine's status view.
 // ---------------------------------------------------------------------------------------------
 async function rttLoop() {
+  let misses = 0;
   for (;;) {
     if (state.phase === 'connected') {
       const t0 = performance.now();
       try {
-        await bounded(robot.getVersion(), 3000);
+        await bounded(robot.getVersion(), 2000);
         const ms = performance.now() - t0;
         state.rtt.push(ms);
         if (state.rtt.length > RTT_SAMPLES) state.rtt.shift();
         setBadge('#rtt', `${ms.toFixed(1)} ms`, 'ok');
         drawRtt();
+        misses = 0;
       } catch {
         setBadge('#rtt', 'timeout', 'bad');
+        misses += 1;
+        if (misses >= DEAD_AFTER_PROBES && state.phase === 'connected') {
+          connectionLost(`${misses} liveness probes unanswered`);
+          lostAt -= REDIAL_AFTER_MS; // the SDK has not noticed: dial anew at once
+        }
       }
       if (state.transport === 'webrtc' && state.rtt.length % 5 === 1) showTransport();
     }
@@ -838,6 +863,32 @@ async function buildPanels() {
   if (state.resources.length === 0) root.append(el('div', { id: 'splash' }, 'This machine has no components.'));
 }
 
+/** Dials anew (a fresh RobotClient, new panels) when the SDK's own reconnection gave up. */
+async function supervise() {
+  for (;;) {
+    await sleep(500);
+    if (state.phase !== 'reconnecting' || performance.now() - lostAt < REDIAL_AFTER_MS) continue;
+    logEvent('dialing the machine anew');
+    for (const p of pollers) p.alive = false;
+    pollers.clear();
+    allBases.clear();
+    keyBase = null;
+    const old = robot;
+    robot = undefined;
+    old?.disconnect().catch(() => {});
+    try {
+      await dial();
+      state.phase = 'connected';
+      logEvent('reconnected', 'ok');
+      await showTransport();
+      await buildPanels();
+    } catch (e) {
+      lostAt = performance.now() - REDIAL_AFTER_MS + 1000; // again in a second
+      logEvent(`redial failed: ${errText(e)}`, 'bad');
+    }
+  }
+}
+
 async function main() {
   $('#title').textContent = `tether machine at ${location.host}`;
   $('#stop-all').addEventListener('click', stopAll);
@@ -851,6 +902,7 @@ async function main() {
     $('#subtitle').textContent = `${state.resources.length} components · ${state.authRequired ? `key ${creds.id}` : 'open machine (no API keys)'}`;
     rttLoop();
     statusLoop();
+    supervise();
   } catch (e) {
     state.phase = 'failed';
     state.error = errText(e);

@@ -6,7 +6,7 @@
 // writes the screenshot to docs/control-page.png (otherwise to a temporary file).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { describe, test } from 'node:test';
 
 import { launchPage } from '../lib/browser.mjs';
+import { makeCertificates } from '../lib/certs.mjs';
 import { startMachine, tetherBin, waitForLog } from '../lib/machine.mjs';
 import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
@@ -62,11 +63,11 @@ const settled = () => ['connected', 'login', 'failed'].includes(window.tetherPag
 const pageState = (page) => page.evaluate(() => ({ ...window.tetherPage.state, events: window.tetherPage.state.events.map((e) => e.text) }));
 
 /** A machine (config) and Chromium on its page; both torn down after the test. */
-async function open(t, config, { viewport } = {}) {
+async function open(t, config, { viewport, flags = [], tls = false } = {}) {
   const machine = await startMachine(config, { listen: `${NS_IP}:0`, env: { TETHER_LOG: MACHINE_LOG } });
   t.after(() => machine.stop());
-  const origin = `http://${machine.address}`;
-  const browser = await launchPage(origin, [], { path: '/', ready: settled, viewport });
+  const origin = `${tls ? 'https' : 'http'}://${machine.address}`;
+  const browser = await launchPage(origin, flags, { path: '/', ready: settled, viewport });
   t.after(() => browser.close());
   let failed = true;
   t.after(() => {
@@ -222,6 +223,30 @@ describe('control page', () => {
     ok();
   });
 
+  test('reconnection: the machine restarts on the same port; the page reports the loss, dials again and drives the new machine', TEST_OPTS, async (t) => {
+    const { machine, page, ok } = await open(t, CONFIG);
+    await panelNames(page);
+    const events = async () => (await pageState(page)).events;
+    await machine.stop();
+    const lostMs = await waitFor('the page reports the loss', async () => (await events()).some((e) => /connection lost/.test(e)), 15_000);
+    const again = await startMachine(CONFIG, { listen: machine.address, env: { TETHER_LOG: MACHINE_LOG } });
+    t.after(() => again.stop());
+    const backMs = await waitFor(
+      'the page is connected again',
+      async () => (await pageState(page)).phase === 'connected' && (await events()).some((e) => /^session (lapsed|resumed)/.test(e)),
+      30_000,
+    );
+    const ev = await events();
+    report(t, `loss noticed after ${lostMs.toFixed(0)} ms; connected again ${backMs.toFixed(0)} ms after the restart; events: ${JSON.stringify(ev)}`);
+    assert.ok(ev.some((e) => /^reconnected/.test(e)), JSON.stringify(ev));
+    assert.ok(ev.some((e) => /^session lapsed/.test(e)), `the new machine cannot know the old session: ${JSON.stringify(ev)}`);
+    assert.deepEqual(await panelNames(page), expectedNames(CONFIG));
+    await page.locator('[data-name=motor1] input[type=range]').fill('40');
+    await page.click('[data-name=motor1] [data-action=set-power]');
+    await waitFor('motor1 at 40 % on the new machine', async () => Math.abs((await call(again, 'motor1', 'is-powered')).power_pct - 0.4) < 1e-9);
+    ok();
+  });
+
   test('API keys: no key → a clear prompt; a wrong key → a clear error; the right key → the components, kept only in the tab', TEST_OPTS, async (t) => {
     const config = { ...CONFIG, ...AUTH };
     const { machine, page, origin, ok } = await open(t, config);
@@ -259,6 +284,24 @@ describe('control page', () => {
       const { stdout } = await run(tetherBin(), ['call', machine.address, 'motor1', 'is-powered', '--json', '--api-key-id', KEY.id, '--api-key', KEY.key]);
       return Math.abs(JSON.parse(stdout).power_pct - 0.2) < 1e-9;
     });
+    ok();
+  });
+
+  test('TLS machine: the page is served over https on the same port and connects over WebRTC through the machine\'s own signaler', TEST_OPTS, async (t) => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tether-page-tls-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const certs = makeCertificates(dir, NS_IP);
+    const config = { ...CONFIG, network: network({ tls_cert_file: certs.certFile, tls_key_file: certs.keyFile }) };
+    const { machine, page, origin, ok } = await open(t, config, { tls: true, flags: [`--ignore-certificate-errors-spki-list=${certs.spki}`] });
+    assert.match(machine.log(), new RegExp(`control page: ${origin.replace(/\./g, '\\.')}/`));
+    const st = await pageState(page);
+    assert.equal(st.phase, 'connected', JSON.stringify(st.events));
+    assert.equal(st.transport, 'webrtc', JSON.stringify(st.events));
+    assert.equal(await page.evaluate(() => location.protocol), 'https:');
+    assert.deepEqual(await panelNames(page), expectedNames(config));
+    await page.locator('[data-name=motor1] input[type=range]').fill('10');
+    await page.click('[data-name=motor1] [data-action=set-power]');
+    await page.waitForFunction(() => document.querySelector('[data-name=motor1] [data-live=motor]')?.dataset.power === '0.1', null, { timeout: 5000 });
     ok();
   });
 
