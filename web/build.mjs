@@ -30,7 +30,7 @@ export async function buildInto(out) {
     platform: 'browser',
     target: 'es2022',
     minify: true,
-    legalComments: 'none',
+    legalComments: 'eof',
     charset: 'utf8',
     outfile: path.join(out, 'app.js'),
     logLevel: 'warning',

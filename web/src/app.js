@@ -822,6 +822,9 @@ window.addEventListener('keydown', (ev) => {
   ev.preventDefault();
   if (!ev.repeat) keyBase.press(dir);
 });
+window.addEventListener('keydown', (ev) => {
+  if (ev.code === 'Escape' && !ev.repeat) stopAll();
+});
 window.addEventListener('keyup', (ev) => {
   const dir = KEYS[ev.code];
   if (dir && keyBase) keyBase.release(dir);
@@ -868,7 +871,17 @@ async function supervise() {
   for (;;) {
     await sleep(500);
     if (state.phase !== 'reconnecting' || performance.now() - lostAt < REDIAL_AFTER_MS) continue;
-    logEvent('dialing the machine anew');
+    // Dial only once the machine answers HTTP again: a dial into a machine that is still starting
+    // would settle for gRPC-Web.
+    const up = await fetch('/tether/status', { cache: 'no-store', signal: AbortSignal.timeout(2000) }).then(
+      () => true,
+      () => false,
+    );
+    if (!up) {
+      setBadge('#transport', 'unreachable', 'bad');
+      continue;
+    }
+    logEvent('the machine answers again; dialing it anew');
     for (const p of pollers) p.alive = false;
     pollers.clear();
     allBases.clear();

@@ -134,6 +134,30 @@ describe('control page', () => {
     }
     await page.keyboard.up('ArrowUp');
     assert.ok((await pageState(page)).events.some((e) => /STOP ALL: every actuator stopped/.test(e)));
+
+    // Esc is STOP ALL too.
+    await page.locator('[data-name=motor1] input[type=range]').fill('25');
+    await page.click('[data-name=motor1] [data-action=set-power]');
+    await waitFor('motor1 at 25 %', async () => (await call(machine, 'motor1', 'is-powered')).is_on);
+    await page.keyboard.press('Escape');
+    await waitFor('motor1 stopped by Esc', async () => !(await call(machine, 'motor1', 'is-powered')).is_on);
+
+    // Connection view: this page's WebRTC row (ICE pair, session); another client's safety stop.
+    const rows = () => page.$$eval('#clients tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    const mine = (await rows()).find((r) => r[3] === 'session (this page)');
+    assert.ok(mine, JSON.stringify(await rows()));
+    assert.equal(mine[0], 'WebRTC');
+    assert.match(mine[2], /^(host|srflx|prflx|relay)\/(host|srflx|prflx|relay)$/);
+    assert.match(mine[4], /^\d+\/1000 ms$/);
+    // `tether call` starts a session for SetPower and exits: its session lapses, the machine stops
+    // the motor, and the page lists that stop.
+    await call(machine, 'motor1', 'set-power', '0.3');
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#stops tbody tr')].some((tr) => /motor1/.test(tr.textContent) && /session lapsed/.test(tr.textContent)),
+      null,
+      { timeout: 10_000 },
+    );
+    report(t, `page lists the safety stop: ${await page.textContent('#stops tbody tr')}`);
     ok();
   });
 
@@ -244,6 +268,26 @@ describe('control page', () => {
     await page.locator('[data-name=motor1] input[type=range]').fill('40');
     await page.click('[data-name=motor1] [data-action=set-power]');
     await waitFor('motor1 at 40 % on the new machine', async () => Math.abs((await call(again, 'motor1', 'is-powered')).power_pct - 0.4) < 1e-9);
+
+    // Down longer than the SDK keeps trying: the page dials anew by itself.
+    await again.stop();
+    await waitFor('the page reports the second loss', async () => (await events()).filter((e) => /connection lost/.test(e)).length >= 2, 15_000);
+    await sleep(6000);
+    const third = await startMachine(CONFIG, { listen: machine.address, env: { TETHER_LOG: MACHINE_LOG } });
+    t.after(() => third.stop());
+    const redialMs = await waitFor(
+      'the page is connected to the third machine',
+      async () => (await pageState(page)).phase === 'connected' && (await events()).filter((e) => /^session lapsed/.test(e)).length >= 2,
+      30_000,
+    );
+    const ev2 = await events();
+    report(t, `after a 6 s outage: connected again ${redialMs.toFixed(0)} ms after the restart; events: ${JSON.stringify(ev2.slice(ev.length))}`);
+    assert.equal((await pageState(page)).transport, 'webrtc', JSON.stringify(ev2));
+    assert.ok(ev2.some((e) => /dialing it anew/.test(e)), JSON.stringify(ev2));
+    assert.deepEqual(await panelNames(page), expectedNames(CONFIG));
+    await page.locator('[data-name=motor1] input[type=range]').fill('-40');
+    await page.click('[data-name=motor1] [data-action=set-power]');
+    await waitFor('motor1 at -40 % on the third machine', async () => Math.abs((await call(third, 'motor1', 'is-powered')).power_pct + 0.4) < 1e-9);
     ok();
   });
 
