@@ -815,15 +815,18 @@ function releaseAllBases(why) {
   if (any) logEvent(`base released (${why})`);
 }
 
-const typing = (t) => t instanceof HTMLElement && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName)) && t.type !== 'range' && t.type !== 'checkbox';
+// Keys that belong to the focused control: text fields take every key, a slider its arrows.
+const ownKey = (t, code) =>
+  t instanceof HTMLElement &&
+  (t.isContentEditable || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || (t.tagName === 'INPUT' && !['range', 'checkbox'].includes(t.type)) || (t.type === 'range' && code.startsWith('Arrow')));
 window.addEventListener('keydown', (ev) => {
   const dir = KEYS[ev.code];
-  if (!dir || !keyBase || typing(ev.target)) return;
+  if (!dir || !keyBase || ownKey(ev.target, ev.code)) return;
   ev.preventDefault();
   if (!ev.repeat) keyBase.press(dir);
 });
 window.addEventListener('keydown', (ev) => {
-  if (ev.code === 'Escape' && !ev.repeat) stopAll();
+  if (ev.code === 'Escape' && !ev.repeat && robot && !$('#login').open) stopAll();
 });
 window.addEventListener('keyup', (ev) => {
   const dir = KEYS[ev.code];
