@@ -69,10 +69,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Status {
-    /// Records one call from the connection `info`.
+    /// Records one call from the connection `info`. A WebRTC peer is listed
+    /// from its `Opened` event to its `Closed` one only (a call racing the
+    /// close cannot bring it back).
     pub fn record_call(&self, info: &ConnectionInfo) {
         let now = Instant::now();
         let mut st = self.0.lock();
+        if info.kind == TransportKind::WebRtc && !st.conns.contains_key(&info.id) {
+            return;
+        }
         if !st.conns.contains_key(&info.id) && st.conns.len() >= MAX_TRACKED {
             prune(&mut st, now);
             if st.conns.len() >= MAX_TRACKED {
@@ -255,8 +260,9 @@ mod tests {
         let snap = status.snapshot(&sessions, Some("bob"), Some(&mine.to_string()));
         assert_eq!(snap["clients"][1]["session"]["yours"], false);
 
-        // A closed peer leaves; an idle gRPC connection ages out.
-        status.peer_event(&PeerEvent::Closed(rtc));
+        // A closed peer leaves (a late call does not bring it back); an idle gRPC connection ages out.
+        status.peer_event(&PeerEvent::Closed(rtc.clone()));
+        status.record_call(&rtc);
         tokio::time::advance(GRPC_IDLE).await;
         let snap = status.snapshot(&sessions, None, None);
         assert_eq!(snap["clients"], json!([]), "{snap}");
