@@ -422,7 +422,7 @@ function renderStatus(s) {
         el('td', {}, c.remote ?? '?'),
         el('td', {}, c.ice_pair ?? (c.transport === 'webrtc' ? '?' : '—')),
         el('td', {}, sess ? (sess.yours ? 'session (this page)' : 'session') : 'sessionless'),
-        el('td', {}, hb),
+        el('td', { class: 'hb' }, hb),
       );
     }),
   );
