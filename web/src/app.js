@@ -85,7 +85,20 @@ const state = {
   error: null,
   authRequired: false,
 };
-window.tetherPage = { state };
+window.tetherPage = {
+  state,
+  /** RGBA bytes of a region of camera `name`'s current video frame (for tests reading pixels). */
+  videoPixels(name, x, y, w, h) {
+    const video = document.querySelector(`video[data-camera="${CSS.escape(name)}"]`);
+    if (!video || video.videoWidth === 0) return null;
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(video, 0, 0);
+    return Array.from(ctx.getImageData(x, y, w, h).data);
+  },
+};
 
 function logEvent(text, kind = 'info') {
   const t = new Date();
@@ -729,6 +742,13 @@ async function startCamera(cam, name, view, mode, err) {
       view.replaceChildren(video);
       mode.textContent = 'live video (WebRTC stream)';
       mode.dataset.mode = 'video';
+      // Frames presented so far, for people and tests alike.
+      const count = (_now, meta) => {
+        mode.dataset.frames = String(meta.presentedFrames);
+        mode.textContent = `live video (WebRTC stream), ${video.videoWidth}x${video.videoHeight}, ${meta.presentedFrames} frames`;
+        video.requestVideoFrameCallback(count);
+      };
+      video.requestVideoFrameCallback?.(count);
       return;
     } catch (e) {
       mode.dataset.reason = errText(e);

@@ -243,7 +243,9 @@ describe('control page', () => {
       await waitFor('snapshots keep refreshing', async () => (await frames()) >= f0 + 3, 5000);
     }
     // The video assertion (decoded frames grow, the frame number in the pixels increases) is
-    // added with the StreamService (issue 16).
+    // added with the StreamService (issue 16): in video mode the panel's [data-live=camera] has
+    // data-frames (presented frames, from requestVideoFrameCallback) and
+    // window.tetherPage.videoPixels(name, x, y, w, h) returns RGBA bytes of the current frame.
     ok();
   });
 
