@@ -35,6 +35,7 @@ globalThis.VIAM = {
 };
 
 const CALL_TIMEOUT_MS = 5000;
+const DIAL_TIMEOUT_MS = 6000;
 const POLL_MS = 500;
 const STATUS_MS = 1000;
 const RTT_MS = 1000;
@@ -44,7 +45,7 @@ const CREDS_KEY = 'tether.credentials';
 // killed machine leaves a WebRTC peer connection looking alive for many seconds).
 const DEAD_AFTER_PROBES = 3;
 // After a loss, the SDK reconnects by itself (a few attempts); past this the page dials anew.
-const REDIAL_AFTER_MS = 4000;
+const REDIAL_AFTER_MS = 1500;
 
 const $ = (sel) => document.querySelector(sel);
 function el(tag, attrs = {}, ...children) {
@@ -256,12 +257,25 @@ function newRobot() {
   return r;
 }
 
+/** The name to dial over WebRTC: how this page reached the machine if it answers for that. */
+async function webrtcHost() {
+  const hosts = (await fetchStatus().catch(() => null))?.webrtc_hosts;
+  if (!Array.isArray(hosts)) return location.host; // an older machine: try the page's own address
+  if (hosts.includes(location.host)) return location.host;
+  if (hosts.includes(location.hostname)) return location.hostname;
+  return hosts[0] ?? null;
+}
+
 async function dial() {
-  const common = { credentials: sdkCreds(), reconnectMaxAttempts: 3, dialTimeout: 10_000 };
+  // One attempt per method: a WebRTC path that cannot connect falls back to gRPC-Web within the
+  // dial timeout, and after a loss the page's own supervisor keeps dialing (supervise()).
+  const common = { credentials: sdkCreds(), reconnectMaxAttempts: 1, dialTimeout: DIAL_TIMEOUT_MS };
   robot = newRobot();
+  const host = await webrtcHost();
   try {
-    logEvent(`dialing over WebRTC (signaling ${location.origin}, host ${location.host})`);
-    await robot.dial({ ...common, host: location.host, signalingAddress: location.origin });
+    if (!host) throw new Error('the machine answers no WebRTC calls');
+    logEvent(`dialing over WebRTC (signaling ${location.origin}, host ${host})`);
+    await robot.dial({ ...common, host, signalingAddress: location.origin });
     if (!robot.peerConnection) throw new Error('no peer connection');
     state.transport = 'webrtc';
   } catch (e) {

@@ -279,7 +279,8 @@ impl Machine {
     /// ([`page`]).
     pub fn http_service(&self) -> HttpService {
         let grpc = tether_transport::server::grpc_web(self.grpc_service());
-        let page = page::service(self.status.clone(), self.sessions.clone(), self.authority.clone());
+        let page =
+            page::service(self.status.clone(), self.sessions.clone(), self.authority.clone(), self.webrtc.clone());
         tether_transport::server::with_fallback(grpc, page)
     }
 

@@ -74,14 +74,27 @@ pub fn urls(local: std::net::SocketAddr, tls: bool) -> Vec<String> {
 }
 
 /// The page and the status endpoint as one service.
-pub fn service(status: Status, sessions: SessionManager, authority: Option<Arc<Authority>>) -> HttpService {
+pub fn service(
+    status: Status,
+    sessions: SessionManager,
+    authority: Option<Arc<Authority>>,
+    webrtc: Arc<crate::webrtc::WebRtc>,
+) -> HttpService {
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<tonic::body::Body>| {
-        let response = respond(&req, &status, &sessions, authority.as_deref());
+        let response =
+            respond(&req, &Ctx { status: &status, sessions: &sessions, webrtc: &webrtc }, authority.as_deref());
         async move { Ok::<_, Infallible>(response) }
     }))
 }
 
 type Resp = Response<tonic::body::Body>;
+
+/// What the status endpoint reads.
+struct Ctx<'a> {
+    status: &'a Status,
+    sessions: &'a SessionManager,
+    webrtc: &'a crate::webrtc::WebRtc,
+}
 
 fn body(bytes: impl Into<Bytes>) -> tonic::body::Body {
     tonic::body::Body::new(http_body_util::Full::new(bytes.into()))
@@ -99,7 +112,7 @@ fn plain(code: StatusCode, text: &'static str) -> Resp {
     r
 }
 
-fn respond<B>(req: &Request<B>, status: &Status, sessions: &SessionManager, authority: Option<&Authority>) -> Resp {
+fn respond<B>(req: &Request<B>, ctx: &Ctx<'_>, authority: Option<&Authority>) -> Resp {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         return plain(
@@ -109,7 +122,7 @@ fn respond<B>(req: &Request<B>, status: &Status, sessions: &SessionManager, auth
     }
     let path = req.uri().path();
     let mut response = if path == STATUS_PATH {
-        status_response(req, status, sessions, authority)
+        status_response(req, ctx, authority)
     } else {
         let path = if path == "/index.html" { "/" } else { path };
         match ASSETS.iter().position(|a| a.path == path) {
@@ -198,12 +211,7 @@ fn json_response(code: StatusCode, value: &serde_json::Value) -> Resp {
     r
 }
 
-fn status_response<B>(
-    req: &Request<B>,
-    status: &Status,
-    sessions: &SessionManager,
-    authority: Option<&Authority>,
-) -> Resp {
+fn status_response<B>(req: &Request<B>, ctx: &Ctx<'_>, authority: Option<&Authority>) -> Resp {
     let entity = match authority {
         None => None,
         Some(authority) => {
@@ -225,7 +233,11 @@ fn status_response<B>(
         connection.mark_authenticated();
     }
     let own = req.headers().get(tether_wire::metadata::SESSION_ID).and_then(|v| v.to_str().ok());
-    json_response(StatusCode::OK, &status.snapshot(sessions, entity.as_deref(), own))
+    let mut body = ctx.status.snapshot(ctx.sessions, entity.as_deref(), own);
+    // The names the machine answers WebRTC calls for (empty: WebRTC is off), so the page dials one
+    // of them however it was reached.
+    body["webrtc_hosts"] = ctx.webrtc.allowed.hosts().into();
+    json_response(StatusCode::OK, &body)
 }
 
 #[cfg(test)]

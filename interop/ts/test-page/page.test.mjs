@@ -5,8 +5,8 @@
 // Run with `npm run test:page` (root: it creates the namespace). TETHER_UPDATE_SCREENSHOT=1 also
 // writes the screenshot to docs/control-page.png (otherwise to a temporary file).
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +37,7 @@ const TEST_OPTS = { timeout: 90_000 };
 const SESSION_STOP_BOUND_MS = WINDOW_MS + 2000;
 
 const run = promisify(execFile);
+const NFT = ['/usr/sbin/nft', '/sbin/nft'].find((p) => existsSync(p)) ?? 'nft';
 
 /** `tether call ADDR ARGS… --json` (a separate Rust client, direct gRPC); the parsed JSON. */
 async function call(machine, ...args) {
@@ -63,11 +64,13 @@ const settled = () => ['connected', 'login', 'failed'].includes(window.tetherPag
 const pageState = (page) => page.evaluate(() => ({ ...window.tetherPage.state, events: window.tetherPage.state.events.map((e) => e.text) }));
 
 /** A machine (config) and Chromium on its page; both torn down after the test. */
-async function open(t, config, { viewport, flags = [], tls = false } = {}) {
-  const machine = await startMachine(config, { listen: `${NS_IP}:0`, env: { TETHER_LOG: MACHINE_LOG } });
+async function open(t, config, { viewport, flags = [], tls = false, hosts = [], name, ready = settled } = {}) {
+  const machine = await startMachine(config, { listen: `${NS_IP}:0`, hosts, env: { TETHER_LOG: MACHINE_LOG } });
   t.after(() => machine.stop());
-  const origin = `${tls ? 'https' : 'http'}://${machine.address}`;
-  const browser = await launchPage(origin, flags, { path: '/', ready: settled, viewport });
+  // `name`: reach the machine by that host name (Chromium maps it to the namespace's address).
+  if (name) flags = [...flags, `--host-resolver-rules=MAP ${name} ${NS_IP}`];
+  const origin = `${tls ? 'https' : 'http'}://${name ? `${name}:${machine.port}` : machine.address}`;
+  const browser = await launchPage(origin, flags, { path: '/', ready, viewport });
   t.after(() => browser.close());
   let failed = true;
   t.after(() => {
@@ -227,6 +230,34 @@ describe('control page', () => {
     });
     assert.ok(size[0] > 0 && size[1] > 0, `snapshot not decoded: ${size}`);
     report(t, `camera snapshots ${size[0]}x${size[1]}, ${await frames()} frames`);
+    ok();
+  });
+
+  test('WebRTC cannot connect (UDP dropped): the page falls back to gRPC-Web and says why', TEST_OPTS, async (t) => {
+    // Every UDP datagram in the namespace is dropped (nftables), so ICE never connects.
+    const nft = (...args) => execFileSync(NFT, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    nft('add', 'table', 'inet', 'tether_page_test');
+    t.after(() => nft('delete', 'table', 'inet', 'tether_page_test'));
+    nft('add', 'chain', 'inet', 'tether_page_test', 'out', '{ type filter hook output priority 0 ; }');
+    nft('add', 'rule', 'inet', 'tether_page_test', 'out', 'meta', 'l4proto', 'udp', 'drop');
+    const t0 = performance.now();
+    const { page, ok } = await open(t, CONFIG, { ready: () => true });
+    await page.waitForFunction(() => window.tetherPage.state.phase === 'connected', null, { timeout: 60_000 });
+    const st = await pageState(page);
+    report(t, `fallback after ${(performance.now() - t0).toFixed(0)} ms; events ${JSON.stringify(st.events)}`);
+    assert.equal(st.transport, 'grpc-web', JSON.stringify(st.events));
+    assert.ok(st.events.some((e) => /WebRTC failed .*falling back to gRPC-Web/.test(e)), JSON.stringify(st.events));
+    assert.deepEqual(await panelNames(page), expectedNames(CONFIG));
+    ok();
+  });
+
+  test('reached by host name: the page dials the name the machine answers WebRTC calls for', TEST_OPTS, async (t) => {
+    const { page, ok } = await open(t, CONFIG, { hosts: ['tether-bot'], name: 'tether-bot' });
+    const st = await pageState(page);
+    assert.equal(await page.evaluate(() => location.host), `tether-bot:${new URL(page.url()).port}`);
+    assert.equal(st.transport, 'webrtc', JSON.stringify(st.events));
+    assert.ok(st.events.some((e) => /host tether-bot\)$/.test(e)), JSON.stringify(st.events));
+    assert.deepEqual(await panelNames(page), expectedNames(CONFIG));
     ok();
   });
 
