@@ -53,6 +53,8 @@ async fn page_on_the_grpc_port_next_to_grpc_and_grpc_web() {
     // Open machine: the status needs no token and lists the gRPC client.
     let s = json(&h1_request(m.addr, "GET", "/tether/status", Vec::new(), &[]).await);
     assert_eq!(s["heartbeat_window_ms"], 2000.0);
+    let hosts: Vec<&str> = s["webrtc_hosts"].as_array().unwrap().iter().filter_map(|h| h.as_str()).collect();
+    assert!(hosts.contains(&m.addr.to_string().as_str()), "{s}");
     assert!(
         s["clients"].as_array().unwrap().iter().any(|c| c["transport"] == "grpc" && c["calls"].as_u64() >= Some(1)),
         "{s}"
