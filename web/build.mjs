@@ -89,9 +89,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       const bad = differences(tmp, ASSETS);
       if (bad.length > 0) {
         console.error(`the committed control page in ${ASSETS} is stale (${bad.join(', ')} differ from a fresh build): run \`cd web && npm run build\` and commit the result`);
-        process.exit(1);
+        process.exitCode = 1;
+      } else {
+        console.log(`control page bundle is up to date (${sizes(ASSETS)})`);
       }
-      console.log(`control page bundle is up to date (${sizes(ASSETS)})`);
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }

@@ -120,7 +120,12 @@ describe('control page', () => {
     await page.waitForFunction(() => document.querySelector('[data-name=base1] [data-live=base]')?.dataset.moving === 'true', null, { timeout: 5000 });
     await page.waitForFunction(() => [...document.querySelectorAll('#clients td')].some((td) => td.textContent === 'session (this page)'), null, { timeout: 5000 });
     await page.waitForFunction(() => window.tetherPage.state.rtt.length >= 4, null, { timeout: 10_000 });
-    const shot = process.env.TETHER_UPDATE_SCREENSHOT ? path.join(REPO, 'docs', 'control-page.png') : path.join(mkdtempSync(path.join(tmpdir(), 'tether-page-')), 'control-page.png');
+    let shot = path.join(REPO, 'docs', 'control-page.png');
+    if (!process.env.TETHER_UPDATE_SCREENSHOT) {
+      const dir = mkdtempSync(path.join(tmpdir(), 'tether-page-shot-'));
+      t.after(() => rmSync(dir, { recursive: true, force: true }));
+      shot = path.join(dir, 'control-page.png');
+    }
     await page.screenshot({ path: shot });
     assert.ok(statSync(shot).size > 30_000, `screenshot ${shot} is too small to show the page`);
     report(t, `screenshot ${shot} (${statSync(shot).size} bytes)`);
