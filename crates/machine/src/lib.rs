@@ -32,9 +32,11 @@ use tower::ServiceBuilder;
 pub mod config;
 pub mod monitor;
 pub mod operations;
+pub mod page;
 pub mod services;
 pub mod session;
 pub mod video;
+pub mod status;
 pub mod webrtc;
 
 pub use tether_components as components;
@@ -48,6 +50,9 @@ use resource::Resources;
 use services::ComponentService;
 use services::robot::RobotServer;
 use session::{Expired, SessionManager};
+
+/// gRPC path prefix of the embedded signaler's calls.
+const SIGNALING_PREFIX: &str = "/proto.rpc.webrtc.v1.SignalingService/";
 
 /// A safety stop issued because a session lapsed or a peer connection died.
 #[derive(Clone, Debug)]
@@ -125,6 +130,7 @@ pub struct Machine {
     started: SystemTime,
     webrtc: Arc<webrtc::WebRtc>,
     video: Arc<video::VideoHub>,
+    status: status::Status,
 }
 
 impl std::fmt::Debug for Machine {
@@ -151,6 +157,18 @@ impl Machine {
             (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
         let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
         let video = video::VideoHub::new(resources.clone());
+        let status = status::Status::default();
+        let mut recorded = stops.subscribe();
+        let record = status.clone();
+        tokio::spawn(async move {
+            loop {
+                match recorded.recv().await {
+                    Ok(stop) => record.record_stop(&stop),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         Self {
             resources,
             sessions,
@@ -160,6 +178,7 @@ impl Machine {
             started: SystemTime::now(),
             webrtc,
             video,
+            status,
         }
     }
 
@@ -251,13 +270,35 @@ impl Machine {
             .layer(tether_transport::grpc::StatusHygieneLayer)
             .layer(AuthLayer::new(self.authority.clone()))
             .layer(monitor)
+            .map_request({
+                let status = self.status.clone();
+                move |req: http::Request<tonic::body::Body>| {
+                    // A signaling exchange is not a client yet; the peer connection it makes is.
+                    if !req.uri().path().starts_with(SIGNALING_PREFIX)
+                        && let Some(info) = req.extensions().get::<tether_transport::server::ConnectionInfo>()
+                    {
+                        status.record_call(info);
+                    }
+                    req
+                }
+            })
             .service(routes);
         tower::util::BoxCloneSyncService::new(svc)
     }
 
-    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP.
+    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP; every
+    /// other request (a browser's `GET /`) goes to the control page
+    /// ([`page`]).
     pub fn http_service(&self) -> HttpService {
-        tether_transport::server::grpc_web(self.grpc_service())
+        let grpc = tether_transport::server::grpc_web(self.grpc_service());
+        let page =
+            page::service(self.status.clone(), self.sessions.clone(), self.authority.clone(), self.webrtc.clone());
+        tether_transport::server::with_fallback(grpc, page)
+    }
+
+    /// The clients and safety stops the control page shows.
+    pub fn status(&self) -> &status::Status {
+        &self.status
     }
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
@@ -310,6 +351,7 @@ impl Machine {
     }
 
     fn on_peer_event(&self, event: PeerEvent) {
+        self.status.peer_event(&event);
         let PeerEvent::Closed(info) = event else { return };
         let lost = self.sessions.connection_closed(info.id);
         spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());

@@ -85,6 +85,8 @@ pub struct SessionInfo {
     pub window: Duration,
     /// Where the last heartbeat came from.
     pub peer: PeerInfo,
+    /// When it lapses unless heartbeated (last heartbeat + window).
+    pub deadline: Instant,
 }
 
 /// A session that lapsed, and the resources it was the last caller of.
@@ -320,7 +322,13 @@ impl SessionManager {
         st.sessions
             .iter()
             .filter(|(_, s)| s.deadline > now)
-            .map(|(id, s)| SessionInfo { id: *id, owner: s.owner.clone(), window: s.window, peer: s.peer.clone() })
+            .map(|(id, s)| SessionInfo {
+                id: *id,
+                owner: s.owner.clone(),
+                window: s.window,
+                peer: s.peer.clone(),
+                deadline: s.deadline,
+            })
             .collect()
     }
 

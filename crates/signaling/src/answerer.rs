@@ -144,6 +144,9 @@ impl Drop for Gauge<'_> {
 pub enum PeerEvent {
     /// The data channel opened; calls on it carry this connection info.
     Opened(ConnectionInfo),
+    /// The ICE candidate pair of connection `id` as `local/remote` candidate
+    /// types (`host/prflx`, `relay/host`, …); sent right after `Opened`.
+    IcePair(u64, String),
     /// The connection is gone (closed, ICE failed or consent lost): every
     /// call on it was cancelled.
     Closed(ConnectionInfo),
@@ -571,6 +574,9 @@ impl Context {
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
         (self.events)(PeerEvent::Opened(info.clone()));
+        if let Some(p) = &pair {
+            (self.events)(PeerEvent::IcePair(info.id, format!("{}/{}", p.local_type, p.remote_type)));
+        }
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
         let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());

@@ -60,6 +60,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     );
     // A line on stdout that scripts and tests wait for.
     println!("listening on {local}");
+    for url in tether_machine::page::urls(local, tls.is_some()) {
+        println!("control page: {url}");
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
