@@ -95,9 +95,25 @@ pub fn peer_of<B>(req: &Request<B>) -> PeerInfo {
     }
 }
 
-/// The authenticated owner of a request ("" when unauthenticated).
+/// Who a request is, as far as sessions are concerned (see [`identity`]).
 pub fn owner_of<B>(req: &Request<B>) -> String {
-    req.extensions().get::<AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
+    identity(req.extensions().get::<AuthEntity>(), req.extensions().get::<ConnectionInfo>())
+}
+
+/// The identity that owns the sessions a caller starts: its authenticated
+/// entity (an API key id, or the caller a signaler vouched for over
+/// WebRTC), else — on a machine without auth — the host it calls from (the
+/// IPv4 address, or the IPv6 /64, of the TCP peer or of the WebRTC peer's
+/// selected candidate). A host, not a connection: the Viam Python SDK
+/// heartbeats over a connection of its own, gRPC-Web clients spread calls
+/// over pooled HTTP/1.1 connections, and a client resumes its session over a
+/// new connection after a reconnect.
+pub fn identity(entity: Option<&AuthEntity>, connection: Option<&ConnectionInfo>) -> String {
+    match (entity, connection.and_then(|c| c.remote)) {
+        (Some(e), _) => format!("entity:{}", e.0),
+        (None, Some(remote)) => format!("host:{}", tether_transport::auth::address_key(remote.ip())),
+        (None, None) => "anonymous".to_owned(),
+    }
 }
 
 fn untracked(path: &str) -> bool {
