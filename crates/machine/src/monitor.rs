@@ -110,7 +110,7 @@ pub fn owner_of<B>(req: &Request<B>) -> String {
 /// new connection after a reconnect.
 pub fn identity(entity: Option<&AuthEntity>, connection: Option<&ConnectionInfo>) -> String {
     match (entity, connection.and_then(|c| c.remote)) {
-        (Some(e), _) => format!("entity:{}", e.0),
+        (Some(e), _) => e.0.clone(),
         (None, Some(remote)) => format!("host:{}", tether_transport::auth::address_key(remote.ip())),
         (None, None) => "anonymous".to_owned(),
     }
