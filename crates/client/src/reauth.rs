@@ -211,3 +211,72 @@ impl Service<Request<Body>> for Authed {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_machine::Machine;
+    use tether_machine::config::Config;
+    use tether_machine::models::Models;
+    use tether_proto::viam::robot::v1 as pb;
+    use tether_transport::dial::{DirectConnection, DirectOptions, HeaderStamp};
+
+    const AUTH: &str = r#"{"components":[],"network":{"hosts":["bot"]},
+        "auth":{"handlers":[{"type":"api-key","config":{"keys":[{"id":"k","key":"s"}]}}],"token_lifetime":"8s"}}"#;
+
+    async fn machine() -> (Machine, std::net::SocketAddr, CancellationToken) {
+        let machine = Machine::from_config(&Config::from_json(AUTH).unwrap(), &Models::builtin()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(machine.serve(listener, Default::default(), stop.clone()));
+        (machine, addr, stop)
+    }
+
+    async fn authed(addr: std::net::SocketAddr, key: &str, token: &str) -> (Authed, SharedHeaders) {
+        let conn = DirectConnection::connect(&addr.to_string(), &DirectOptions::default()).await.unwrap();
+        let headers = SharedHeaders::default();
+        headers.set_bearer(token).unwrap();
+        let link = Link::new(Transport::Direct(HeaderStamp::new(conn, headers.clone())));
+        let tokens = Tokens::new(Credentials::api_key("k", key), headers.clone(), link.clone());
+        (Authed::new(link, Some(tokens)), headers)
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_refused_for_its_token_is_authenticated_again_and_retried_once() {
+        let (machine, addr, _stop) = machine().await;
+        // A token the machine does not accept (as after it expired).
+        let (svc, headers) = authed(addr, "s", "stale.token.here").await;
+        let mut robot = pb::robot_service_client::RobotServiceClient::new(svc.clone());
+        robot.get_version(pb::GetVersionRequest {}).await.expect("retried with a fresh token");
+        assert_eq!(machine.auth_stats().unwrap().minted, 1);
+        let fresh = headers.bearer().unwrap();
+        assert_ne!(fresh, "stale.token.here");
+        // The fresh token is used from then on: no more authentication.
+        robot.resource_names(pb::ResourceNamesRequest {}).await.unwrap();
+        assert_eq!(machine.auth_stats().unwrap().minted, 1);
+
+        // Wrong credentials: the call's own UNAUTHENTICATED comes back after
+        // one attempt to authenticate.
+        let (svc, _) = authed(addr, "wrong", "stale.token.here").await;
+        let mut robot = pb::robot_service_client::RobotServiceClient::new(svc);
+        let err = robot.get_version(pb::GetVersionRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().starts_with("invalid access token"), "{}", err.message());
+        assert_eq!(machine.auth_stats().unwrap().key_checks, 2);
+    }
+
+    #[tokio::test]
+    async fn renewal_is_due_a_quarter_of_the_lifetime_before_expiry() {
+        let (_machine, addr, _stop) = machine().await;
+        let conn = DirectConnection::connect(&addr.to_string(), &DirectOptions::default()).await.unwrap();
+        let token = tether_transport::dial::authenticate(conn, &Credentials::api_key("k", "s")).await.unwrap();
+        let (svc, headers) = authed(addr, "s", &token).await;
+        let tokens = svc.tokens.clone().unwrap();
+        let due = tokens.until_renewal().unwrap();
+        assert!(due <= Duration::from_secs(6) && due > Duration::from_millis(5900), "{due:?}");
+        tokens.spawn_refresher(CancellationToken::new());
+        tokio::time::sleep(Duration::from_millis(6300)).await;
+        assert_ne!(headers.bearer().unwrap(), token, "not renewed after 6.3 s of an 8 s token");
+    }
+}
