@@ -255,3 +255,73 @@ async fn authenticate_without_credentials_is_invalid_and_not_counted() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(machine.auth_stats().unwrap().key_checks, 0);
 }
+
+/// A machine answering at an external signaler whose tokens live 1 s: when
+/// an `Answer` stream is refused for an expired token the machine
+/// authenticates again at once, never reports the signaler unreachable, and
+/// every caller is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_signalers_short_tokens_do_not_interrupt_answering() {
+    use std::sync::Arc;
+    use tether_signaling::{KeyGrants, MemoryQueue, SignalingServer};
+    use tether_transport::auth::{ApiKey, AuthLayer, AuthOptions, AuthServer, Authority};
+    const BOT: &str = "short-token-bot";
+    let keys = vec![
+        ApiKey { id: "alice".into(), key: "alice-secret".into() },
+        ApiKey { id: "bot-machine".into(), key: "machine-secret".into() },
+    ];
+    let options = AuthOptions::default().with_token_lifetime(Duration::from_secs(1));
+    let authority = Arc::new(Authority::with_options(vec!["tether-signaling".into()], keys, options));
+    let grants = KeyGrants::new().grant_call("alice", [BOT]).grant_answer("bot-machine", [BOT]);
+    let server = SignalingServer::builder(Arc::new(MemoryQueue::new())).authorizer(Arc::new(grants)).build();
+    let routes =
+        tonic::service::Routes::new(server.into_service()).add_service(AuthServer::new(authority.clone()).into_service());
+    let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(Some(authority.clone()))).service(routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sig = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(tether_transport::server::serve(
+        listener,
+        tower::util::BoxCloneSyncService::new(svc),
+        Default::default(),
+        stop.clone(),
+    ));
+    let m = start(config(&format!(
+        r#"{{"components":[{{"name":"motor1","api":"rdk:component:motor","model":"rdk:builtin:fake"}}],
+            "network":{{"hosts":["{BOT}"],"ice_servers":[],"signaling":["http://{sig}"],
+                        "signaling_api_key":{{"id":"bot-machine","key":"machine-secret"}}}}}}"#
+    )))
+    .await;
+    let conf = DialConf::webrtc(BOT, sig.to_string())
+        .with_webrtc(|c| c.ice_servers = Vec::new())
+        .with_credentials(Credentials::api_key("alice", "alice-secret"));
+    // Wait until the machine answers there, then watch for any other report.
+    let robot = connect_when_registered(conf.clone(), 60).await.unwrap();
+    robot.close().await;
+    let unreachable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (_, mut status) in m.machine.signaling_status() {
+        let flag = unreachable.clone();
+        tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                if matches!(*status.borrow(), tether_machine::RemoteStatus::Unreachable(_)) {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    for round in 0..4 {
+        // Every token the machine holds has expired by now.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let t = Instant::now();
+        let robot = RobotClient::connect(conf.clone(), Options::default())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: caller not answered: {e}"));
+        assert_eq!(robot.resource_names().await.unwrap().len(), 1);
+        let took = t.elapsed();
+        robot.close().await;
+        println!("round {round}: answered through a signaler with 1 s tokens in {took:?}");
+        assert!(took < Duration::from_secs(3), "round {round} took {took:?}");
+    }
+    assert!(!unreachable.load(std::sync::atomic::Ordering::Relaxed), "the machine reported the signaler unreachable");
+    assert!(authority.stats().minted >= 8, "{:?}", authority.stats());
+}
