@@ -61,13 +61,7 @@ impl Tokens {
     /// Tokens for `creds`, whose current bearer is in `headers` (the dial
     /// puts it there, also after every reconnection).
     pub(crate) fn new(creds: Credentials, headers: SharedHeaders, link: Link) -> Arc<Self> {
-        Arc::new(Self {
-            creds,
-            headers,
-            link,
-            renewing: tokio::sync::Mutex::new(()),
-            seen: Mutex::new(None),
-        })
+        Arc::new(Self { creds, headers, link, renewing: tokio::sync::Mutex::new(()), seen: Mutex::new(None) })
     }
 
     /// Keeps the token fresh until `closing`.
@@ -111,9 +105,7 @@ impl Tokens {
         // Authenticate refuses a request that already carries a token: go
         // around the header stamp.
         let token = tether_transport::dial::authenticate(stamp.inner().clone(), &self.creds).await?;
-        self.headers
-            .set_bearer(&token)
-            .map_err(|e| tonic::Status::internal(format!("unusable access token: {e}")))?;
+        self.headers.set_bearer(&token).map_err(|e| tonic::Status::internal(format!("unusable access token: {e}")))?;
         tracing::debug!("access token renewed");
         Ok(())
     }
@@ -163,7 +155,8 @@ impl Authed {
 }
 
 fn is_unauthenticated(resp: &Response<Body>) -> bool {
-    tether_transport::grpc::status_from_headers(resp.headers()).is_some_and(|s| s.code() == tonic::Code::Unauthenticated)
+    tether_transport::grpc::status_from_headers(resp.headers())
+        .is_some_and(|s| s.code() == tonic::Code::Unauthenticated)
 }
 
 impl Service<Request<Body>> for Authed {

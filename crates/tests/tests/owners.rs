@@ -176,10 +176,8 @@ fn web_status(r: &RawResponse) -> (i32, String) {
             let mut headers = http::HeaderMap::new();
             for line in String::from_utf8_lossy(&rest[5..5 + len]).split("\r\n") {
                 if let Some((k, v)) = line.split_once(':') {
-                    headers.insert(
-                        http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
-                        v.trim().parse().unwrap(),
-                    );
+                    headers
+                        .insert(http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(), v.trim().parse().unwrap());
                 }
             }
             let s = tether_transport::grpc::status_from_headers(&headers).expect("a status in the trailers");
@@ -228,10 +226,8 @@ async fn statuses_are_bounded_and_name_unknown_methods_on_every_transport() {
     let mut grpc = tonic::client::Grpc::new(robot.webrtc().unwrap().channel.clone());
     grpc.ready().await.unwrap();
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let err = grpc
-        .unary(tonic::Request::new(()), http::uri::PathAndQuery::from_static(UNKNOWN), codec)
-        .await
-        .unwrap_err();
+    let err =
+        grpc.unary(tonic::Request::new(()), http::uri::PathAndQuery::from_static(UNKNOWN), codec).await.unwrap_err();
     assert_eq!((err.code(), err.message()), (tonic::Code::Unimplemented, "unknown method /nope.v1.Nothing/Here"));
     // A known service, unknown method.
     let codec = tonic_prost::ProstCodec::<(), ()>::default();

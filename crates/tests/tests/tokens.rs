@@ -89,8 +89,7 @@ async fn a_token_minted_by_another_machine_is_refused() {
 
 #[tokio::test]
 async fn a_token_past_its_exp_is_refused() {
-    let (addr, machine, _stop) =
-        start_machine(keyed_config(r#","token_lifetime":"1s""#, r#""bot""#, "2s"), None).await;
+    let (addr, machine, _stop) = start_machine(keyed_config(r#","token_lifetime":"1s""#, r#""bot""#, "2s"), None).await;
     assert_eq!(machine.token_lifetime(), Some(Duration::from_secs(1)));
     let conn = connect_from(addr, None).await;
     let token = authenticate(&conn, KEY).await.unwrap();
@@ -193,8 +192,7 @@ async fn two_second_tokens_keep_a_direct_client_running() {
 /// redials (authenticating afresh) and resumes its session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_second_tokens_keep_a_webrtc_client_running() {
-    let (addr, machine, _stop) =
-        start_machine(keyed_config(r#","token_lifetime":"2s""#, r#""bot""#, "2s"), None).await;
+    let (addr, machine, _stop) = start_machine(keyed_config(r#","token_lifetime":"2s""#, r#""bot""#, "2s"), None).await;
     let conf = DialConf::webrtc("bot", addr.to_string())
         .with_webrtc(|c| c.ice_servers = Vec::new())
         .with_credentials(Credentials::api_key(KEY_ID, KEY));
@@ -229,7 +227,10 @@ async fn keeps_running(machine: &Machine, conf: DialConf, min_tokens: u64) {
     assert_eq!(robot.session_id().as_deref(), Some(sid.as_str()), "the session changed");
     assert!(stops.try_recv().is_err(), "a safety stop happened");
     let minted = machine.auth_stats().unwrap().minted;
-    println!("{calls} calls in 10 s with 2 s tokens ({}): {minted} tokens minted", if webrtc { "webrtc" } else { "direct" });
+    println!(
+        "{calls} calls in 10 s with 2 s tokens ({}): {minted} tokens minted",
+        if webrtc { "webrtc" } else { "direct" }
+    );
     assert!(minted >= min_tokens, "only {minted} tokens minted in 10 s");
     if webrtc {
         let mut resumed = false;
@@ -248,10 +249,8 @@ async fn authenticate_without_credentials_is_invalid_and_not_counted() {
     let (addr, machine, _stop) = start_machine(keyed_config("", r#""bot""#, "2s"), None).await;
     let conn = connect_from(addr, None).await;
     let mut auth = authpb::auth_service_client::AuthServiceClient::new(conn);
-    let err = auth
-        .authenticate(authpb::AuthenticateRequest { entity: KEY_ID.into(), credentials: None })
-        .await
-        .unwrap_err();
+    let err =
+        auth.authenticate(authpb::AuthenticateRequest { entity: KEY_ID.into(), credentials: None }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(machine.auth_stats().unwrap().key_checks, 0);
 }
@@ -274,8 +273,8 @@ async fn an_external_signalers_short_tokens_do_not_interrupt_answering() {
     let authority = Arc::new(Authority::with_options(vec!["tether-signaling".into()], keys, options));
     let grants = KeyGrants::new().grant_call("alice", [BOT]).grant_answer("bot-machine", [BOT]);
     let server = SignalingServer::builder(Arc::new(MemoryQueue::new())).authorizer(Arc::new(grants)).build();
-    let routes =
-        tonic::service::Routes::new(server.into_service()).add_service(AuthServer::new(authority.clone()).into_service());
+    let routes = tonic::service::Routes::new(server.into_service())
+        .add_service(AuthServer::new(authority.clone()).into_service());
     let svc = tower::ServiceBuilder::new().layer(AuthLayer::new(Some(authority.clone()))).service(routes);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sig = listener.local_addr().unwrap();

@@ -728,8 +728,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_table_of_addresses_is_bounded() {
-        let mut throttle = ThrottleOptions::default();
-        throttle.max_addresses = 100;
+        let throttle = ThrottleOptions { max_addresses: 100, ..Default::default() };
         let a = Authority::with_options(vec!["bot".into()], keys(), AuthOptions::default().with_throttle(throttle));
         for i in 0..1000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));

@@ -322,8 +322,7 @@ async fn connect_from(local: std::net::IpAddr, host: &str, port: u16) -> std::io
         if remote.is_ipv4() != local.is_ipv4() {
             continue;
         }
-        let socket =
-            if remote.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         socket.bind(std::net::SocketAddr::new(local, 0))?;
         match socket.connect(remote).await {
             Ok(tcp) => return Ok(tcp),
