@@ -391,8 +391,10 @@ impl Authority {
     }
 }
 
-/// The address an `Authenticate` caller is throttled as: an IPv4 address as
-/// is (also when mapped into IPv6), an IPv6 address by its /64.
+/// The address a caller is counted as (throttled `Authenticate`s, the
+/// signaler's per-address caps, an open machine's session owners): an IPv4
+/// address as is (also when mapped into IPv6), an IPv6 address by its /64
+/// prefix (one subscriber's network; anyone holding one has all of it).
 pub fn address_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
