@@ -107,19 +107,23 @@ async fn another_host_sees_no_session_id_and_a_killed_holder_is_stopped_on_time(
 
     // SIGKILL A; B keeps calling (and keeps trying A's session id) until
     // the motor is off.
-    holder.kill();
     let killed = Instant::now();
+    holder.kill();
     let (mut calls, mut last_on) = (0u32, Duration::ZERO);
     let stopped = loop {
+        // The motor was on at least as late as the call was sent, and off
+        // at the latest when the answer came back.
+        let sent = killed.elapsed();
         let on = motor.is_powered(is_powered.clone()).await.expect("B's call failed").into_inner().is_on;
+        let answered = killed.elapsed();
         let _ = robot.send_session_heartbeat(pb::SendSessionHeartbeatRequest { id: sid.clone() }).await;
         robot.get_sessions(pb::GetSessionsRequest {}).await.expect("B's GetSessions failed");
         calls += 1;
-        let now = killed.elapsed();
         if !on {
-            break now;
+            break answered;
         }
-        last_on = now;
+        last_on = sent;
+        let now = killed.elapsed();
         assert!(now < Duration::from_secs(5), "motor still on {now:?} after A was killed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
