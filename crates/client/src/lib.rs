@@ -25,6 +25,7 @@ use std::time::Duration;
 pub mod components;
 mod error;
 mod events;
+mod reauth;
 mod robot;
 mod session;
 mod stream;

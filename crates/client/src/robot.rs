@@ -184,7 +184,14 @@ impl RobotClient {
             }
         };
         let link = Link::new(connection.transport.clone());
-        let channel = SessionChannel::new(link.clone(), options.disable_sessions);
+        let tokens = match &conf {
+            DialConf::Direct { credentials: Some(creds), .. } => {
+                Some(crate::reauth::Tokens::new(creds.clone(), headers.clone(), link.clone()))
+            }
+            _ => None,
+        };
+        let channel =
+            SessionChannel::new(crate::reauth::Authed::new(link.clone(), tokens.clone()), options.disable_sessions);
         let inner = Arc::new(Inner {
             channel,
             link,
@@ -193,6 +200,9 @@ impl RobotClient {
             webrtc: Mutex::new(connection.webrtc.clone()),
             closing: CancellationToken::new(),
         });
+        if let Some(tokens) = &tokens {
+            tokens.spawn_refresher(inner.closing.clone());
+        }
         let robot = Self { inner: inner.clone(), wait: false };
         let (candidate_pair, rtt_ms) = robot.measure(&connection).await;
         let method = connection.method;

@@ -176,6 +176,10 @@ pub struct AuthConfig {
     /// Credential handlers; only `api-key` is supported.
     #[serde(default)]
     pub handlers: Vec<AuthHandler>,
+    /// Lifetime of the access tokens the machine mints (Go duration, within
+    /// [1s, 720h]; default 24h).
+    #[serde(default)]
+    pub token_lifetime: Option<String>,
 }
 
 /// One auth handler.
@@ -295,6 +299,7 @@ impl Config {
                 return Err(ConfigError::new(format!("components[{i}].model"), "missing"));
             }
         }
+        self.token_lifetime()?;
         if let Some(auth) = &self.auth {
             for (i, h) in auth.handlers.iter().enumerate() {
                 if h.kind != tether_transport::auth::API_KEY {
@@ -332,6 +337,25 @@ impl Config {
             return Err(ConfigError::new(FIELD, format!("must be within [30ms, 1m], got {text}")));
         }
         Ok(d)
+    }
+
+    fn token_lifetime(&self) -> Result<Duration, ConfigError> {
+        const FIELD: &str = "auth.token_lifetime";
+        let Some(text) = self.auth.as_ref().and_then(|a| a.token_lifetime.as_ref()) else {
+            return Ok(tether_transport::auth::DEFAULT_TOKEN_LIFETIME);
+        };
+        let d = parse_go_duration(text).map_err(|e| ConfigError::new(FIELD, e))?;
+        use tether_transport::auth::{MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME};
+        if d < MIN_TOKEN_LIFETIME || d > MAX_TOKEN_LIFETIME {
+            return Err(ConfigError::new(FIELD, format!("must be within [1s, 720h], got {text}")));
+        }
+        Ok(d)
+    }
+
+    /// Token lifetime and the other settings of the machine's authority.
+    pub fn auth_options(&self) -> tether_transport::auth::AuthOptions {
+        tether_transport::auth::AuthOptions::default()
+            .with_token_lifetime(self.token_lifetime().unwrap_or(tether_transport::auth::DEFAULT_TOKEN_LIFETIME))
     }
 
     /// The validated heartbeat window.
@@ -432,6 +456,20 @@ mod tests {
             }
         }
         assert_eq!(Config::from_json("{}").unwrap().heartbeat_window(), DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn token_lifetime_is_parsed_and_bounded() {
+        let cfg = |l: &str| Config::from_json(&format!(r#"{{"auth":{{"handlers":[],"token_lifetime":"{l}"}}}}"#));
+        assert_eq!(cfg("2s").unwrap().auth_options().token_lifetime, Duration::from_secs(2));
+        assert_eq!(cfg("1h").unwrap().auth_options().token_lifetime, Duration::from_secs(3600));
+        for bad in ["500ms", "721h", "soon"] {
+            assert_eq!(cfg(bad).unwrap_err().field, "auth.token_lifetime", "{bad}");
+        }
+        assert_eq!(
+            Config::from_json("{}").unwrap().auth_options().token_lifetime,
+            tether_transport::auth::DEFAULT_TOKEN_LIFETIME
+        );
     }
 
     #[test]

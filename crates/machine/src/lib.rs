@@ -22,7 +22,7 @@ use tether_proto::viam::component as comp;
 use tether_proto::viam::robot::v1::robot_service_server::RobotServiceServer;
 pub use tether_signaling::answerer::RemoteStatus;
 use tether_signaling::answerer::{PeerEvent, PeerEvents};
-use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_transport::auth::{ApiKey, AuthLayer, AuthOptions, AuthServer, AuthStats, Authority};
 use tether_transport::server::{HttpService, ServeOptions};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -102,8 +102,11 @@ pub struct MachineOptions {
     pub heartbeat_window: Duration,
     /// API keys; empty means no authentication.
     pub api_keys: Vec<ApiKey>,
-    /// Name used as the token audience.
+    /// Name used as the token audience when `webrtc.hosts` is empty (tokens
+    /// are for the machine's host names).
     pub name: String,
+    /// Token lifetime, signing secret and `Authenticate` throttling.
+    pub auth: AuthOptions,
     /// WebRTC: the embedded signaler and the answerers.
     pub webrtc: webrtc::WebRtcSettings,
 }
@@ -114,6 +117,7 @@ impl Default for MachineOptions {
             heartbeat_window: session::DEFAULT_WINDOW,
             api_keys: Vec::new(),
             name: "tether-machine".into(),
+            auth: AuthOptions::default(),
             webrtc: webrtc::WebRtcSettings::default(),
         }
     }
@@ -153,8 +157,10 @@ impl Machine {
             })
         };
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
-        let authority =
-            (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
+        let audience =
+            if options.webrtc.hosts.is_empty() { vec![options.name.clone()] } else { options.webrtc.hosts.clone() };
+        let authority = (!options.api_keys.is_empty())
+            .then(|| Arc::new(Authority::with_options(audience, options.api_keys, options.auth.clone())));
         let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
         let video = video::VideoHub::new(resources.clone());
         let status = status::Status::default();
@@ -189,6 +195,7 @@ impl Machine {
         let options = MachineOptions {
             heartbeat_window: cfg.heartbeat_window(),
             api_keys: cfg.api_keys(),
+            auth: cfg.auth_options(),
             webrtc: cfg.webrtc_settings(),
             ..Default::default()
         };
@@ -213,6 +220,18 @@ impl Machine {
     /// Running operations.
     pub fn operations(&self) -> &Operations {
         &self.operations
+    }
+
+    /// Counters of the machine's authentication (`None` without API keys):
+    /// key checks, throttled `Authenticate`s, tokens minted.
+    pub fn auth_stats(&self) -> Option<AuthStats> {
+        self.authority.as_ref().map(|a| a.stats())
+    }
+
+    /// The lifetime of the access tokens the machine mints (`None` without
+    /// API keys).
+    pub fn token_lifetime(&self) -> Option<Duration> {
+        self.authority.as_ref().map(|a| a.token_lifetime())
     }
 
     /// Safety stops as they happen.

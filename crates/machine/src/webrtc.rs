@@ -137,8 +137,9 @@ impl WebRtc {
         hosts.extend(listen_hosts(local));
         hosts.dedup();
         self.allowed.replace(hosts.clone());
+        // No shared identity for callers nobody authenticated: the machine
+        // tells them apart by address (crate::monitor::identity_of).
         let mut config = AnswererConfig::new(hosts.clone());
-        config.entity = Some(self.settings.hosts.join(":"));
         config.require_caller = require_caller;
         config.peer = PeerOptions::default().with_ice_servers(self.settings.ice_servers.clone());
         config.stats = self.stats.clone();

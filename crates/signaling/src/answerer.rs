@@ -351,6 +351,7 @@ impl RemoteWorker {
                 }
             };
             // One Answer stream per offer, until the connection breaks.
+            let mut token_worked = false;
             loop {
                 let result = tokio::select! {
                     r = self.wait_for_offer(&mut client, &ctx.config.hosts) => r,
@@ -359,15 +360,26 @@ impl RemoteWorker {
                 match result {
                     Ok(Some(offer)) => {
                         attempt = 0;
+                        token_worked = true;
                         tokio::spawn(ctx.clone().run(offer));
                     }
-                    Ok(None) => {}
+                    Ok(None) => token_worked = true,
+                    // The signaler's token expired (it worked before):
+                    // authenticate again at once, nothing is unreachable.
+                    Err(e) if token_worked && e.code() == tonic::Code::Unauthenticated => {
+                        tracing::debug!(worker, "answer stream refused ({e}); authenticating again");
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(worker, "answer stream ended: {e}");
                         self.report(RemoteStatus::Unreachable(describe(&e)));
+                        token_worked = false;
                         break;
                     }
                 }
+            }
+            if token_worked {
+                continue;
             }
             if !ctx.pause(attempt).await {
                 return;
