@@ -224,7 +224,13 @@ pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError
     match tokio::time::timeout(options.dial_timeout, dial_inner(options)).await {
         Ok(r) => r,
         Err(_) => {
-            Err(DialError::Timeout(format!("{} via {}", options.host, options.signaling_address), options.dial_timeout))
+            let mut target = format!("{} via {}", options.host, options.signaling_address);
+            if options.force_p2p {
+                target.push_str(" (force_p2p: TURN relays were not used)");
+            } else if options.relay() {
+                target.push_str(" (force_relay: only relayed candidates were used)");
+            }
+            Err(DialError::Timeout(target, options.dial_timeout))
         }
     }
 }
