@@ -434,3 +434,70 @@ impl TurnOptions {
         servers
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn turn_overrides_from_the_environment() {
+        let o = TurnOptions::from_lookup(env(&[
+            ("TURN_URI", "turn:a.example"),
+            ("TURN_SCHEME", "turns"),
+            ("TURN_TRANSPORT", "TCP"),
+            ("TURN_PORT", "443"),
+        ]))
+        .unwrap();
+        assert_eq!(o.uri.as_deref(), Some("turn:a.example"));
+        assert_eq!((o.scheme, o.transport, o.port), (Some(TurnScheme::Turns), Some(TurnTransport::Tcp), Some(443)));
+        let servers = vec![IceServer {
+            urls: vec!["turn:a.example:3478?transport=udp".into(), "turn:b.example:3478".into()],
+            ..Default::default()
+        }];
+        assert_eq!(o.apply(servers)[0].urls, ["turns:a.example:443?transport=tcp"]);
+        assert!(TurnOptions::from_lookup(env(&[])).unwrap().is_noop());
+        assert!(TurnOptions::from_lookup(env(&[("TURN_PORT", "  ")])).unwrap().is_noop());
+        for (k, v) in [("TURN_PORT", "0"), ("TURN_PORT", "x"), ("TURN_SCHEME", "stun"), ("TURN_TRANSPORT", "sctp")] {
+            let e = TurnOptions::from_lookup(env(&[(k, v)])).unwrap_err();
+            assert!(e.starts_with(k), "{e}");
+        }
+        assert!(TurnOptions::from_lookup(env(&[("TURN_URI", "stun:x:3478")])).unwrap_err().contains("TURN_URI"));
+    }
+
+    #[test]
+    fn turn_uri_matches_with_defaults_and_drops_the_rest() {
+        let servers = || {
+            vec![
+                IceServer::url("stun:s.example:3478"),
+                IceServer {
+                    urls: vec![
+                        "turn:t.example?transport=udp".into(),
+                        "turn:t.example:3478?transport=tcp".into(),
+                        "turns:t.example".into(),
+                    ],
+                    username: "u".into(),
+                    credential: "p".into(),
+                },
+            ]
+        };
+        let only = |uri: &str| {
+            let o = TurnOptions { uri: Some(uri.into()), ..Default::default() };
+            o.apply(servers()).into_iter().flat_map(|s| s.urls).collect::<Vec<_>>()
+        };
+        assert_eq!(only("turn:T.example:3478"), ["stun:s.example:3478", "turn:t.example?transport=udp"]);
+        assert_eq!(only("turn:t.example?transport=tcp"), ["stun:s.example:3478", "turn:t.example:3478?transport=tcp"]);
+        assert_eq!(only("turns:t.example:5349?transport=tcp"), ["stun:s.example:3478", "turns:t.example"]);
+        assert_eq!(only("turn:other.example"), ["stun:s.example:3478"]);
+        // Credentials stay with the servers that keep a URL.
+        let o = TurnOptions { uri: Some("turn:t.example".into()), ..Default::default() };
+        assert_eq!(o.apply(servers())[1].username, "u");
+        // Rewrites collapse duplicates.
+        let o = TurnOptions { transport: Some(TurnTransport::Tcp), scheme: Some(TurnScheme::Turn), ..Default::default() };
+        let urls: Vec<String> = o.apply(servers()).into_iter().flat_map(|s| s.urls).collect();
+        assert_eq!(urls, ["stun:s.example:3478", "turn:t.example:3478?transport=tcp", "turn:t.example:5349?transport=tcp"]);
+    }
+}
