@@ -116,6 +116,12 @@ pub struct Slot {
     evict: CancellationToken,
 }
 
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("key", &self.key).field("evicted", &self.evict.is_cancelled()).finish()
+    }
+}
+
 impl Slot {
     /// The peer is connected (from now on it may be closed for a caller of
     /// higher priority, unless in use).

@@ -311,9 +311,13 @@ impl std::fmt::Display for TurnUrl {
 ///     "turn:a.example:3478?transport=udp".into(),
 ///     "turn:b.example:3478".into(),
 /// ], ..Default::default() }];
-/// let only_b = TurnOptions { uri: Some("turn:b.example".into()), transport: Some(TurnTransport::Tcp), port: Some(443), ..Default::default() };
+/// let mut only_b = TurnOptions::default();
+/// only_b.uri = Some("turn:b.example".into());
+/// only_b.transport = Some(TurnTransport::Tcp);
+/// only_b.port = Some(443);
 /// assert_eq!(only_b.apply(servers.clone())[0].urls, ["stun:s.example:3478", "turn:b.example:443?transport=tcp"]);
-/// let p2p = TurnOptions { force_p2p: true, ..Default::default() };
+/// let mut p2p = TurnOptions::default();
+/// p2p.force_p2p = true;
 /// assert_eq!(p2p.apply(servers)[0].urls, ["stun:s.example:3478"]);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
