@@ -147,10 +147,12 @@ pub(crate) struct CallArgs {
     /// a local one, as the TypeScript SDK does).
     #[arg(long, value_name = "ADDRESS")]
     pub direct_fallback: Option<String>,
-    /// Do not reconnect when the connection drops (the client ends).
+    /// Dial once, and do not reconnect when the connection drops (the client
+    /// ends). Without it the first dial is retried too (a machine that is
+    /// starting, or offline at its signaling service, is waited for).
     #[arg(long)]
     pub no_reconnect: bool,
-    /// Reconnection attempts per outage (default 10).
+    /// Dial attempts, for the first dial and per outage (default 10).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub reconnect_max_attempts: Option<u32>,
     /// Cap on each delay between reconnection attempts, in milliseconds

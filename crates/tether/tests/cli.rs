@@ -553,8 +553,10 @@ fn authorized_signaling_refusals_end_to_end() {
     out.failure("PermissionDenied");
     assert!(out.stderr.contains("cli-bot"), "{out:?}");
     call_via(&url, "other-bot", &with(&["resources"], &alice)).failure("PermissionDenied");
-    // A machine whose key may not answer for its host never registers: offline.
-    let out = call_via(&url, "ghost-bot", &with(&["resources"], &alice));
+    // A machine whose key may not answer for its host never registers:
+    // offline. (A first dial retries NOT_FOUND, the machine may come online
+    // any moment; one attempt shows the status.)
+    let out = call_via(&url, "ghost-bot", &with(&["resources", "--no-reconnect"], &alice));
     out.failure("NotFound");
 }
 
@@ -564,9 +566,11 @@ fn authorized_signaling_rate_limits_calls_per_key() {
                             {"id": "bob", "key": "bob-secret", "call": ["nobody-home"]}],
                    "rate_limit_per_minute": 2}"#;
     let (_sig, url) = authorized_signaling(auth);
-    let as_key =
-        |id: &str, key: &str| call_via(&url, "nobody-home", &["resources", "--api-key-id", id, "--api-key", key]);
-    // Two calls per minute: both reach the (empty) queue, the third is refused.
+    let as_key = |id: &str, key: &str| {
+        call_via(&url, "nobody-home", &["resources", "--no-reconnect", "--api-key-id", id, "--api-key", key])
+    };
+    // Two calls per minute (one dial attempt each): both reach the (empty)
+    // queue, the third is refused.
     as_key("alice", "alice-secret").failure("NotFound");
     as_key("alice", "alice-secret").failure("NotFound");
     let out = as_key("alice", "alice-secret");

@@ -500,8 +500,12 @@ mod tests {
         let o = TurnOptions { uri: Some("turn:t.example".into()), ..Default::default() };
         assert_eq!(o.apply(servers())[1].username, "u");
         // Rewrites collapse duplicates.
-        let o = TurnOptions { transport: Some(TurnTransport::Tcp), scheme: Some(TurnScheme::Turn), ..Default::default() };
+        let o =
+            TurnOptions { transport: Some(TurnTransport::Tcp), scheme: Some(TurnScheme::Turn), ..Default::default() };
         let urls: Vec<String> = o.apply(servers()).into_iter().flat_map(|s| s.urls).collect();
-        assert_eq!(urls, ["stun:s.example:3478", "turn:t.example:3478?transport=tcp", "turn:t.example:5349?transport=tcp"]);
+        assert_eq!(
+            urls,
+            ["stun:s.example:3478", "turn:t.example:3478?transport=tcp", "turn:t.example:5349?transport=tcp"]
+        );
     }
 }
