@@ -264,8 +264,8 @@ pub struct Options {
     /// such as `host not preconfigured`, bad settings — end the dial at once).
     pub should_retry: Option<ShouldRetry>,
     /// Stops a dial in progress (the first one: `connect` returns CANCELLED
-    /// `dial aborted`; a reconnection: the client ends, disconnected), and
-    /// every later one.
+    /// `dial aborted`; a reconnection: it gives up, `reconnection_failed`,
+    /// and the client is disconnected), and every later one.
     pub abort: Option<AbortHandle>,
 }
 
