@@ -295,6 +295,50 @@ fn machine_commands() {
     m.call(&["resources", "extra"]).failure("InvalidArgument");
 }
 
+#[test]
+fn webrtc_dial_options() {
+    let m = Machine::fake();
+    let webrtc = |extra: &[&str]| {
+        let mut args = vec!["resources", "--webrtc", "--no-stun", "--no-reconnect"];
+        args.extend_from_slice(extra);
+        m.call(&args)
+    };
+    // force_p2p and a priority connect on one host (force_relay needs a TURN
+    // server: the NAT suite covers it), and so do TURN filters and rewrites
+    // when there is no TURN server to filter.
+    webrtc(&["--force-p2p"]).success();
+    webrtc(&["--priority", "-3"]).success();
+    webrtc(&["--turn-uri", "turn:nowhere.example:3478", "--turn-scheme", "turns", "--turn-transport", "tcp"]).success();
+    // Settings that can never work are refused at once, with the reason
+    // (force_relay with force_p2p also logs a warning first). `--relay-only`
+    // is the old name of --force-relay.
+    for both in [["--force-relay", "--force-p2p"], ["--relay-only", "--force-p2p"]] {
+        let out = webrtc(&both);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("WARN") && out.stderr.contains("both set"), "no warning: {out:?}");
+        assert!(out.stderr.contains("error: InvalidArgument: force_relay and force_p2p"), "{out:?}");
+    }
+    let out = webrtc(&["--turn-uri", "stun:x.example:3478"]);
+    out.failure("InvalidArgument");
+    assert!(out.stderr.contains("TURN URI"), "{out:?}");
+    // Bad values: refused by the argument parser (exit 2) with the reason.
+    for (flag, value, reason) in [
+        ("--turn-scheme", "stun", "neither \"turn\" nor \"turns\""),
+        ("--turn-transport", "sctp", "neither \"udp\" nor \"tcp\""),
+        ("--turn-port", "0", "--turn-port"),
+        ("--priority", "high", "--priority"),
+    ] {
+        let out = webrtc(&[flag, value]);
+        assert!(matches!(out.code, Some(1 | 2)), "{flag} {value} was accepted: {out:?}");
+        assert!(out.stderr.contains(reason), "{flag} {value}: {out:?}");
+    }
+    // … and by the trailing-option parser after negative arguments.
+    m.call(&["motor1", "set-power", "-0.1", "--webrtc", "--turn-port", "0"]).failure("InvalidArgument");
+    m.call(&["motor1", "set-power", "-0.1", "--webrtc", "--turn-scheme", "x"]).failure("InvalidArgument");
+    m.call(&["motor1", "set-power", "-0.1", "--force-p2p", "--webrtc", "--no-stun", "--priority", "2"]).success();
+    m.call(&["motor1", "stop"]).success();
+}
+
 // ---------------------------------------------------------------------------
 // Motor, output formats, errors
 // ---------------------------------------------------------------------------
