@@ -296,6 +296,38 @@ impl Net {
         self.procs.push(proc);
     }
 
+    /// Starts the machine like [`Self::machine`], gathering with STUN plus
+    /// the TURN servers `turn_urls` (TURN REST credentials from
+    /// [`TURN_SECRET`]), with `env` added to its environment.
+    fn machine_with_turn(&mut self, signaling: &Signaling, turn_urls: &[&str], env: &[(&str, &str)]) {
+        let creds = tether_signaling::turn_rest_credentials(
+            TURN_SECRET.as_bytes(),
+            "machine",
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        );
+        let config = serde_json::json!({
+            "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+            "network": {
+                "ice_servers": [
+                    {"urls": [STUN]},
+                    {"urls": turn_urls, "username": creds.username, "credential": creds.credential},
+                ],
+                "hosts": ["bot"],
+            },
+        });
+        let path = self.dir.path().join(format!("machine-{}.json", netns::next_file()));
+        std::fs::write(&path, config.to_string()).expect("write machine config");
+        let mut cmd = self.tether(Ns::Machine);
+        cmd.args(["machine", "--listen", "0.0.0.0:8080", "--config"]).arg(&path).args(["--signaling", &signaling.url]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut proc = self.spawn("machine", cmd);
+        proc.wait_for("listening on", false, Duration::from_secs(20));
+        self.procs.push(proc);
+    }
+
     /// The machine's log so far.
     fn machine_log(&self) -> String {
         self.proc("machine").map(Proc::stderr).unwrap_or_default()
@@ -683,4 +715,50 @@ fn turn_uri_selects_one_of_two_turn_servers() {
         ],
     );
     assert!(!out.ok, "connected through a TURN port nobody serves: {}", out.stdout);
+}
+
+/// The machine's `TURN_URI` environment override: of the two TURN servers
+/// in its config it allocates a relay on both without it, and only on the
+/// one named with it.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn machine_turn_uri_environment_override() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    net.second_coturn();
+    let sig = net.signaling(8081, &[]);
+
+    // Without the override: a relay on each.
+    net.machine_with_turn(&sig, &[TURN_UDP, TURN_UDP_2], &[]);
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    Pair::of(&out);
+    let wait_allocations = |net: &Net, name: &str, at_least: usize| {
+        let t0 = Instant::now();
+        while net.allocations(name) < at_least && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        net.allocations(name)
+    };
+    let (one, two) = (wait_allocations(&net, "coturn", 1), wait_allocations(&net, "coturn2", 1));
+    assert!(one >= 1 && two >= 1, "without TURN_URI the machine should relay on both: {one} and {two} allocations");
+    if let Some(m) = net.proc_mut("machine") {
+        m.kill();
+    }
+
+    // TURN_URI names the second: the first allocates nothing more.
+    net.machine_with_turn(&sig, &[TURN_UDP, TURN_UDP_2], &[("TURN_URI", &format!("turn:{PUBLIC_2}:3478"))]);
+    let (one, two) = (net.allocations("coturn"), net.allocations("coturn2"));
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] machine with TURN_URI={PUBLIC_2}: connect + call {}; {pair}", secs(out.took));
+    assert!(wait_allocations(&net, "coturn2", two + 1) > two, "the machine allocated nothing on {PUBLIC_2}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(net.allocations("coturn"), one, "the machine allocated on {PUBLIC} although TURN_URI excludes it");
+
+    // A TURN_PORT that is no port: the machine refuses to start, saying why.
+    let mut cmd = net.tether(Ns::Machine);
+    cmd.args(["machine", "--listen", "0.0.0.0:8090"]).env("TURN_PORT", "x");
+    let out = net.finish(cmd, &["machine", "TURN_PORT=x"]);
+    assert!(!out.ok && out.stderr.contains("TURN_PORT"), "{out:?}");
 }
