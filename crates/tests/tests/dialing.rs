@@ -270,6 +270,37 @@ async fn a_failed_webrtc_dial_falls_back_to_direct_where_enabled() {
     assert!(err.message().contains("WebRTC:") && err.message().contains("direct fallback"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_whose_ice_cannot_connect_falls_back_to_direct() {
+    // The machine answers, but relay-only without any TURN server gathers
+    // no candidate: ICE cannot connect and the dial times out.
+    let m = start(webrtc_config()).await;
+    let conf = DialConf::webrtc("test-machine", m.addr.to_string())
+        .with_webrtc(|c| {
+            c.ice_servers = Vec::new();
+            c.force_relay = true;
+            c.direct_fallback = DirectFallback::To(m.addr.to_string());
+        })
+        .with_dial_timeout(Duration::from_secs(2));
+    let options = Options::default().with_reconnect(ReconnectOptions::default().with_max_attempts(1));
+    let started = Instant::now();
+    let robot = RobotClient::connect(conf, options).await.expect("falls back to direct");
+    assert!(robot.webrtc().is_none(), "connected over WebRTC without candidates?");
+    assert!(started.elapsed() >= Duration::from_secs(2), "the WebRTC attempt ended early: {:?}", started.elapsed());
+    let mut events = robot.events();
+    assert_eq!(robot.resource_names().await.unwrap().len(), 1);
+    // Reconnections stay on the transport that connected.
+    drop(m);
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("events").expect("open");
+        if let ConnectionEvent::Dialing { method, .. } = e {
+            assert_eq!(method, Method::Grpc);
+            break;
+        }
+    }
+    robot.close().await;
+}
+
 #[test]
 fn dialing_events_name_the_method_as_the_typescript_sdk() {
     let e = ConnectionEvent::Dialing { method: Method::Grpc, attempt: 1 };
