@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_transport::auth::ApiKey;
-use tether_transport::webrtc::peer::IceServer;
+use tether_transport::webrtc::peer::{IceServer, TurnOptions};
 
 use crate::models::{ConstructError, Models};
 use crate::resource::Resources;
@@ -148,6 +148,12 @@ pub struct NetworkConfig {
     /// open-files limit; see `tether_transport::server::ServeOptions`).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Most WebRTC connections at once (default: no limit). A caller beyond
+    /// it is refused with RESOURCE_EXHAUSTED, unless its priority
+    /// (`a=x-priority` in its offer) is higher than that of a connected peer
+    /// which holds no session and drives no actuator: that one is closed.
+    #[serde(default)]
+    pub max_webrtc_connections: Option<usize>,
 }
 
 /// `network.turn`.
@@ -283,6 +289,11 @@ impl Config {
         if self.network.max_connections == Some(0) {
             return Err(ConfigError::new("network.max_connections", "must be at least 1"));
         }
+        if self.network.max_webrtc_connections == Some(0) {
+            return Err(ConfigError::new("network.max_webrtc_connections", "must be at least 1"));
+        }
+        // The machine's TURN overrides from its environment.
+        TurnOptions::from_env().map_err(|e| ConfigError::new("environment", e))?;
         if self.network.hosts.len() > 5 * 8 || self.network.hosts.iter().any(|h| h.is_empty()) {
             return Err(ConfigError::new("network.hosts", "host names must be non-empty (at most 40)"));
         }
@@ -379,6 +390,11 @@ impl Config {
             s.ice_servers = servers.clone();
         }
         s.caller_ice_servers = n.caller_ice_servers.clone();
+        s.max_connections = n.max_webrtc_connections;
+        s.turn_overrides = TurnOptions::from_env().unwrap_or_else(|e| {
+            tracing::warn!("ignoring the TURN overrides of the environment: {e}");
+            TurnOptions::default()
+        });
         s.turn = n.turn.as_ref().map(|t| {
             let mut turn = tether_signaling::TurnRestConfig::new(t.urls.clone(), t.secret.clone());
             if let Some(ttl) = t.ttl.as_deref().and_then(|d| parse_go_duration(d).ok()) {

@@ -358,7 +358,9 @@ impl Machine {
     fn start_webrtc(&self, local: std::net::SocketAddr, shutdown: CancellationToken) {
         let machine = self.clone();
         let events: PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
-        self.webrtc.start(local, self.authority.is_some(), self.grpc_service(), events, shutdown);
+        let machine = self.clone();
+        let in_use: tether_signaling::slots::InUse = Arc::new(move |info| machine.webrtc_in_use(info));
+        self.webrtc.start(local, self.authority.is_some(), self.grpc_service(), events, in_use, shutdown);
     }
 
     /// Each external signaling service (`--signaling`) with whether the
@@ -367,6 +369,23 @@ impl Machine {
     /// [`Self::serve`] has started.
     pub fn signaling_status(&self) -> Vec<(String, tokio::sync::watch::Receiver<RemoteStatus>)> {
         self.webrtc.remote_status()
+    }
+
+    /// Whether a WebRTC peer must not be closed to make room for another
+    /// caller: a live session's heartbeats arrive over it, or it is the last
+    /// (sessionless) caller of a resource.
+    fn webrtc_in_use(&self, info: &tether_transport::ConnectionInfo) -> bool {
+        let holds_session = self
+            .sessions
+            .list()
+            .iter()
+            .any(|s| s.peer.webrtc && s.peer.remote == info.remote && s.peer.local == info.local);
+        holds_session
+            || self
+                .resources
+                .names()
+                .iter()
+                .any(|n| self.sessions.last_caller_of(&n.name) == Some(session::Caller::Connection(info.id)))
     }
 
     fn on_peer_event(&self, event: PeerEvent) {

@@ -60,6 +60,9 @@ pub struct AnswererConfig {
     pub require_caller: bool,
     /// Counters shared by every answerer of a machine.
     pub stats: Arc<AnswererStats>,
+    /// The machine's limit on WebRTC connections, shared by every answerer
+    /// (`None`: no limit). A caller's priority is its offer's `a=x-priority`.
+    pub slots: Option<Arc<crate::slots::ConnectionSlots>>,
 }
 
 impl AnswererConfig {
@@ -72,6 +75,7 @@ impl AnswererConfig {
             entity: None,
             require_caller: false,
             stats: Arc::default(),
+            slots: None,
         }
     }
 }
@@ -559,6 +563,12 @@ impl Context {
             return Err(tonic::Status::invalid_argument("expected an offer"));
         }
         let entity = self.caller_entity(offer, &offer_sdp)?;
+        // Admission only for callers we accept, before any peer connection.
+        let priority = crate::caller::priority_of(&offer_sdp);
+        let slot = match &self.config.slots {
+            Some(slots) => Some(slots.admit(priority)?),
+            None => None,
+        };
         let trickle = !offer.disable_trickle;
         // The machine's connections can carry camera video (StreamService).
         let peer = RtcPeer::new(&self.config.peer, RtcOptions::default().with_media(true))
@@ -581,8 +591,13 @@ impl Context {
             remote = ?info.remote,
             pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)),
             caller = entity.as_ref().map(|e| e.0.as_str()),
+            priority,
             "webrtc peer connected"
         );
+        if let Some(slot) = &slot {
+            slot.connected(info.clone());
+        }
+        let evicted = slot.as_ref().map(|s| s.evicted().clone()).unwrap_or_default();
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
         (self.events)(PeerEvent::Opened(info.clone()));
@@ -597,8 +612,10 @@ impl Context {
         tokio::select! {
             _ = peer.closed().cancelled() => {}
             _ = self.shutdown.cancelled() => {}
+            _ = evicted.cancelled() => {}
         }
         peer.close();
+        drop(slot);
         tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
         (self.events)(PeerEvent::Closed(info));
         Ok(())

@@ -79,7 +79,7 @@ pub(crate) fn clock(now: SystemTime) -> String {
 /// A transport's name for people.
 pub(crate) fn method_name(method: Method) -> &'static str {
     match method {
-        Method::Direct => "direct gRPC",
+        Method::Grpc => "direct gRPC",
         Method::Webrtc => "WebRTC",
     }
 }

@@ -462,6 +462,7 @@ impl RtcPeer {
     /// Opens the sockets, builds the connection with its two channels and
     /// starts the driver.
     pub async fn new(options: &PeerOptions, rtc_options: RtcOptions) -> Result<Self, PeerError> {
+        let options = &options.effective();
         let ips = local_ips(options.include_loopback);
         let mut sockets = Vec::new();
         for ip in ips {
