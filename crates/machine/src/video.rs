@@ -43,6 +43,8 @@ struct Viewer {
     sender: VideoSender,
     /// Bitrate estimate, bit/s.
     estimate: u64,
+    /// Feedback taken for the frame being encoded.
+    pending: Option<tether_transport::webrtc::VideoFeedback>,
 }
 
 struct Broadcast {
@@ -138,7 +140,7 @@ impl VideoHub {
         }
         let size = self.size_for(conn, camera);
         let sender = peer.add_video(&stream_id(camera)).map_err(|e| VideoError::Track(e.to_string()))?;
-        let viewer = Viewer { conn, sender, estimate: 0 };
+        let viewer = Viewer { conn, sender, estimate: 0, pending: None };
         tracing::info!(%camera, conn, ?size, "video track added");
         self.join(camera, size, viewer, cam);
         Ok(())
@@ -243,6 +245,33 @@ fn to_i420(frame: &tether_components::VideoFrame) -> Option<I420> {
     I420::from_rgb(&cropped, w, h).ok()
 }
 
+/// Converts, scales and encodes one frame (on a blocking thread): the
+/// encoded frames and the base bitrate for the picture's size.
+fn encode_frame(
+    frame: &tether_components::VideoFrame,
+    size: Size,
+    fps: u32,
+    encoder: &mut Option<vp8::Encoder>,
+    key: bool,
+    timestamp: u32,
+) -> Result<(Vec<vp8::EncodedFrame>, u64), String> {
+    let mut picture =
+        to_i420(frame).ok_or_else(|| format!("unusable video frame ({}x{})", frame.width, frame.height))?;
+    if let Some((w, h)) = size
+        && let Ok(scaled) = picture.scaled(w & !1, h & !1)
+    {
+        picture = scaled;
+    }
+    let dims = (picture.width, picture.height);
+    let config = vp8::EncoderConfig::new(dims.0, dims.1, fps);
+    if encoder.as_ref().is_none_or(|e| e.size() != dims) {
+        *encoder = Some(vp8::Encoder::new(config).map_err(|e| format!("no VP8 encoder: {e}"))?);
+    }
+    let enc = encoder.as_mut().ok_or("no VP8 encoder")?;
+    let encoded = enc.encode(&picture, i64::from(timestamp), key).map_err(|e| format!("encoding failed: {e}"))?;
+    Ok((encoded, u64::from(config.bitrate_kbps) * 1000))
+}
+
 async fn run(hub: std::sync::Weak<VideoHub>, b: Arc<Broadcast>, cam: Arc<dyn Camera>) {
     let fps = match cam.properties().await {
         Ok(p) => p.frame_rate.filter(|f| f.is_finite() && *f > 0.0).unwrap_or(DEFAULT_FPS),
@@ -282,51 +311,59 @@ async fn run(hub: std::sync::Weak<VideoHub>, b: Arc<Broadcast>, cam: Arc<dyn Cam
                 continue;
             }
         };
-        let Some(mut picture) = to_i420(&frame) else {
-            tracing::warn!(camera = %b.camera, width = frame.width, height = frame.height, "unusable video frame");
-            continue;
-        };
-        if let Some((w, h)) = b.size
-            && let Ok(scaled) = picture.scaled(w & !1, h & !1)
-        {
-            picture = scaled;
-        }
-        let size = (picture.width, picture.height);
-        if encoder.as_ref().is_none_or(|e| e.size() != size) {
-            match vp8::Encoder::new(vp8::EncoderConfig::new(size.0, size.1, fps.round() as u32)) {
-                Ok(e) => encoder = Some(e),
-                Err(e) => {
-                    tracing::warn!(camera = %b.camera, "no VP8 encoder: {e}");
-                    continue;
-                }
-            }
-        }
-        let Some(enc) = encoder.as_mut() else { continue };
-        let base = u64::from(vp8::EncoderConfig::new(size.0, size.1, fps.round() as u32).bitrate_kbps) * 1000;
-        let mut key = false;
-        let mut bitrate = u64::MAX;
+        // Feedback first: whether this frame must be a keyframe, and the
+        // bitrate the slowest viewer can take.
+        let (mut key, mut lowest) = (false, None::<u64>);
         {
             let mut viewers = b.viewers.lock();
             for v in viewers.iter_mut() {
                 let feedback = v.sender.take_feedback();
                 key |= feedback.keyframe;
-                v.estimate = next_estimate(v.estimate, base, &feedback);
-                bitrate = bitrate.min(v.estimate);
+                v.pending = Some(feedback);
             }
-        }
-        if let Err(e) = enc.set_bitrate_kbps((bitrate / 1000).clamp(30, u64::from(u32::MAX)) as u32) {
-            tracing::debug!("bitrate change refused: {e}");
         }
         let start = *first.get_or_insert(frame.captured_at);
         let since = frame.captured_at.duration_since(start).unwrap_or_default();
         let timestamp = (since.as_micros() * 9 / 100) as u32;
-        let encoded = match enc.encode(&picture, i64::from(timestamp), key) {
-            Ok(f) => f,
+        // Conversion and encoding (a few ms a frame) run off the runtime's
+        // workers, so calls on the same machine are not queued behind them.
+        let size_wanted = b.size;
+        let fps_int = fps.round() as u32;
+        let mut enc_slot = encoder.take();
+        let work = tokio::task::spawn_blocking(move || {
+            let result = encode_frame(&frame, size_wanted, fps_int, &mut enc_slot, key, timestamp);
+            (enc_slot, result)
+        });
+        let (returned, result) = match work.await {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(camera = %b.camera, "encoding failed: {e}");
+                tracing::warn!(camera = %b.camera, "encoder task failed: {e}");
                 continue;
             }
         };
+        encoder = returned;
+        let (encoded, base) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(camera = %b.camera, "{e}");
+                continue;
+            }
+        };
+        // Bitrate for the next frame: the lowest viewer estimate.
+        {
+            let mut viewers = b.viewers.lock();
+            for v in viewers.iter_mut() {
+                if let Some(feedback) = v.pending.take() {
+                    v.estimate = next_estimate(v.estimate, base, &feedback);
+                }
+                lowest = Some(lowest.map_or(v.estimate, |l| l.min(v.estimate)));
+            }
+        }
+        if let (Some(enc), Some(bps)) = (encoder.as_mut(), lowest)
+            && let Err(e) = enc.set_bitrate_kbps((bps / 1000).clamp(30, u64::from(u32::MAX)) as u32)
+        {
+            tracing::debug!("bitrate change refused: {e}");
+        }
         b.frames.fetch_add(1, Ordering::Relaxed);
         let viewers = b.viewers.lock();
         for f in &encoded {
