@@ -35,8 +35,8 @@ pub mod operations;
 pub mod page;
 pub mod services;
 pub mod session;
-pub mod video;
 pub mod status;
+pub mod video;
 pub mod webrtc;
 
 pub use tether_components as components;
