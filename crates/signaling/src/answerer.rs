@@ -34,7 +34,7 @@ use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_
 use tether_transport::webrtc::RtcOptions;
 use tether_transport::webrtc::peer::PeerOptions;
 use tether_transport::webrtc::sdp::{self, SdpKind};
-use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer};
+use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer, SelectedPair};
 use tether_wire::framing::Limits;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -142,8 +142,9 @@ impl Drop for Gauge<'_> {
 /// Something that happened to a peer connection served by the answerer.
 #[derive(Clone, Debug)]
 pub enum PeerEvent {
-    /// The data channel opened; calls on it carry this connection info.
-    Opened(ConnectionInfo),
+    /// The data channel opened; calls on it carry this connection info. The
+    /// selected ICE candidate pair, when the stack reports one.
+    Opened(ConnectionInfo, Option<SelectedPair>),
     /// The connection is gone (closed, ICE failed or consent lost): every
     /// call on it was cancelled.
     Closed(ConnectionInfo),
@@ -569,7 +570,7 @@ impl Context {
         );
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
-        (self.events)(PeerEvent::Opened(info.clone()));
+        (self.events)(PeerEvent::Opened(info.clone(), pair));
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
         let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());

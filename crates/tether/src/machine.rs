@@ -7,6 +7,7 @@ use anyhow::Context;
 use tether_machine::config::{Config, DEFAULT_BIND};
 use tether_machine::models::Models;
 use tether_machine::{Machine, RemoteStatus};
+use tether_transport::metrics::prometheus_client::registry::Registry;
 use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -19,10 +20,12 @@ pub(crate) struct MachineArgs {
     pub signaling_key: Option<(String, String)>,
     pub no_webrtc: bool,
     pub max_connections: Option<usize>,
+    pub metrics_listen: Option<String>,
 }
 
 pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
-    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections } = args;
+    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections, metrics_listen } =
+        args;
     // Before anything opens files: the connection cap is derived from it.
     tether_transport::limits::raise_nofile().context("reading the open-files limit")?;
     let mut cfg = match &config {
@@ -39,6 +42,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     cfg.network.disable_webrtc |= no_webrtc;
     if max_connections.is_some() {
         cfg.network.max_connections = max_connections;
+    }
+    if metrics_listen.is_some() {
+        cfg.network.metrics_listen = metrics_listen;
     }
     cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
@@ -66,6 +72,11 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    if let Some(addr) = &cfg.network.metrics_listen {
+        let mut registry = Registry::default();
+        machine.register_metrics(&mut registry);
+        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
+    }
     let options = ServeOptions::default().with_tls(tls).with_max_connections(cfg.network.max_connections);
     let serving = machine.serve(listener, options, shutdown);
     tokio::spawn(report_signalers(machine.clone()));

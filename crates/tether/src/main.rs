@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod call;
 mod demo;
 mod machine;
+mod metrics;
 mod signaling;
 mod term;
 
@@ -53,6 +54,10 @@ enum Command {
         /// default: three quarters of the open-files limit).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: Option<u32>,
+        /// Serve Prometheus metrics at GET /metrics on this ip:port
+        /// (overrides network.metrics_listen).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Run a standalone signaling service.
     Signaling(signaling::SignalingArgs),
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
                 signaling_key,
                 no_webrtc,
                 max_connections,
+                metrics_listen,
             } => {
                 let signaling_key = signaling_key_id.zip(signaling_key);
                 let max_connections = max_connections.map(|n| n as usize);
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
                     signaling_key,
                     no_webrtc,
                     max_connections,
+                    metrics_listen,
                 })
                 .await
             }
