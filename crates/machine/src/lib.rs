@@ -81,7 +81,8 @@ fn spawn_safety_stops(
         tokio::spawn(async move {
             if resources.stop(&name).await {
                 let delay = tokio::time::Instant::now().saturating_duration_since(since);
-                let cause = if session.is_some() { metrics::cause::SESSION_EXPIRED } else { metrics::cause::CONNECTION_LOST };
+                let cause =
+                    if session.is_some() { metrics::cause::SESSION_EXPIRED } else { metrics::cause::CONNECTION_LOST };
                 metrics.safety_stop(cause, delay);
                 match session {
                     Some(id) => tracing::warn!(session = %id, resource = %name, ?delay, "safety stop: session lapsed"),

@@ -81,11 +81,20 @@ fn candidate_type(t: &str) -> &'static str {
 
 impl MachineMetrics {
     /// Registers the machine's own families (`tether_sessions_*`,
-    /// `tether_safety_stop*`, `tether_webrtc_peers_by_pair`) and the
+    /// `tether_safety_stop*`, `tether_webrtc_peers_by_pair`, which appears with
+    /// the first peer) and the
     /// listener's (`tether_connections*`, `tether_incomplete_messages_dropped`).
     pub fn register(&self, registry: &mut Registry) {
         self.server.register(registry);
-        registry.register("tether_sessions_started", "Sessions started (new session ids)", self.sessions_started.clone());
+        for c in [cause::SESSION_EXPIRED, cause::CONNECTION_LOST] {
+            let _ = self.safety_stops.get_or_create(&[("cause", c)]);
+            let _ = self.stop_latency.get_or_create(&[("cause", c)]);
+        }
+        registry.register(
+            "tether_sessions_started",
+            "Sessions started (new session ids)",
+            self.sessions_started.clone(),
+        );
         registry.register(
             "tether_sessions_resumed",
             "StartSession calls that resumed a live session (a client back within its window)",

@@ -42,9 +42,13 @@ impl SignalingMetrics {
 }
 
 impl crate::SignalingServer {
-    /// Registers this server's metrics (`tether_signaling_*`) in `registry`.
+    /// Registers this server's metrics (`tether_signaling_*`) in `registry`
+    /// (`tether_signaling_refused` appears with the first refusal).
     pub fn register_metrics(&self, registry: &mut Registry) {
         let m = self.metrics();
+        for outcome in ["finished", "deadline", "answerer_error", "answerer_gone", "caller_gone"] {
+            let _ = m.exchanges_ended.get_or_create(&[("outcome", outcome)]);
+        }
         registry.register("tether_signaling_calls", "Calls whose offer was queued for an answerer", m.calls.clone());
         registry.register(
             "tether_signaling_exchanges_ended",
@@ -57,9 +61,11 @@ impl crate::SignalingServer {
             m.refused.clone(),
         );
         let server = self.clone();
-        GaugeFn::new("tether_signaling_pending_offers", "Calls waiting for an answer, counted against their host", move || {
-            i64::try_from(server.limit_stats().pending_offers).unwrap_or(i64::MAX)
-        })
+        GaugeFn::new(
+            "tether_signaling_pending_offers",
+            "Calls waiting for an answer, counted against their host",
+            move || i64::try_from(server.limit_stats().pending_offers).unwrap_or(i64::MAX),
+        )
         .register(registry);
         let server = self.clone();
         GaugeFn::new(

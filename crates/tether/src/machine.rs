@@ -64,19 +64,20 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         "machine serving gRPC and gRPC-Web; components: {}",
         names.join(", ")
     );
-    // A line on stdout that scripts and tests wait for.
-    println!("listening on {local}");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    // Before "listening on": whoever waits for that line can scrape at once.
     if let Some(addr) = &cfg.network.metrics_listen {
         let mut registry = Registry::default();
         machine.register_metrics(&mut registry);
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;
     }
+    // A line on stdout that scripts and tests wait for.
+    println!("listening on {local}");
     let options = ServeOptions::default().with_tls(tls).with_max_connections(cfg.network.max_connections);
     let serving = machine.serve(listener, options, shutdown);
     tokio::spawn(report_signalers(machine.clone()));

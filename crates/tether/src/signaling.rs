@@ -202,16 +202,17 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
     if let Some(warning) = open_warning(local).filter(|_| open) {
         tracing::warn!("{warning}");
     }
-    println!("listening on {local}");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    // Before "listening on": whoever waits for that line can scrape at once.
     if let Some(addr) = &args.metrics_listen {
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;
     }
+    println!("listening on {local}");
     let options = ServeOptions::default()
         .with_max_connections(args.max_connections.map(|n| n as usize))
         .with_metrics(server_metrics);

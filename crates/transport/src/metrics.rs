@@ -75,8 +75,19 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// Registers every family in `registry` (`tether_connections_*`,
-    /// `tether_incomplete_messages_dropped`).
+    /// `tether_incomplete_messages_dropped`), each label value it can have
+    /// at zero (so that rates work from the first scrape).
     pub fn register(&self, registry: &mut Registry) {
+        for t in [transport::GRPC, transport::GRPC_WEB, transport::WEBRTC] {
+            let _ = self.connections.get_or_create(&[("transport", t)]);
+            let _ = self.open.get_or_create(&[("transport", t)]);
+        }
+        for reason in ["handshaking", "unauthenticated", "idle", "refused"] {
+            let _ = self.shed.get_or_create(&[("reason", reason)]);
+        }
+        for reason in ["budget", "stalled"] {
+            let _ = self.incomplete_dropped.get_or_create(&[("reason", reason)]);
+        }
         registry.register(
             "tether_connections",
             "Connections that sent a first request (TCP) or opened their data channel (WebRTC), by transport",

@@ -320,11 +320,7 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
         svc,
         local: listener.local_addr().ok(),
         registry: registry::Registry::new(cap),
-        budget: body::Budget::with_metrics(
-            options.connection_budget,
-            options.listener_budget,
-            options.metrics.clone(),
-        ),
+        budget: body::Budget::with_metrics(options.connection_budget, options.listener_budget, options.metrics.clone()),
         options,
         last_cap_warning: AtomicU64::new(0),
         started: tokio::time::Instant::now(),
