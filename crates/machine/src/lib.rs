@@ -220,6 +220,13 @@ impl Machine {
             i64::try_from(webrtc.stats.snapshot().0).unwrap_or(i64::MAX)
         })
         .register(registry);
+        let webrtc = self.webrtc.clone();
+        GaugeFn::counter(
+            "tether_webrtc_offers_shed",
+            "WebRTC offers dropped in negotiation (RESOURCE_EXHAUSTED) for newer ones, over the machine's bound",
+            move || webrtc.stats.shed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
         self.webrtc.signaling.register_metrics(registry);
     }
 

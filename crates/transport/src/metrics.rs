@@ -34,7 +34,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
@@ -141,12 +141,14 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A gauge whose value is read when scraped.
+/// A gauge (or, with [`GaugeFn::counter`], a counter) whose value is read
+/// when scraped.
 pub struct GaugeFn {
     name: &'static str,
     help: &'static str,
     unit: Option<Unit>,
     value: Box<dyn Fn() -> i64 + Send + Sync>,
+    counter: bool,
 }
 
 impl std::fmt::Debug for GaugeFn {
@@ -158,7 +160,14 @@ impl std::fmt::Debug for GaugeFn {
 impl GaugeFn {
     /// A gauge `name` (full name, no prefix added) whose value is `value()`.
     pub fn new(name: &'static str, help: &'static str, value: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        Self { name, help, unit: None, value: Box::new(value) }
+        Self { name, help, unit: None, value: Box::new(value), counter: false }
+    }
+
+    /// A counter `name` (exposed as `name_total`) whose value is `value()`,
+    /// for a count kept elsewhere (an atomic of another crate).
+    pub fn counter(name: &'static str, help: &'static str, value: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        let value = move || i64::try_from(value()).unwrap_or(i64::MAX);
+        Self { name, help, unit: None, value: Box::new(value), counter: true }
     }
 
     /// Registers it in `registry`.
@@ -169,7 +178,13 @@ impl GaugeFn {
 
 impl Collector for GaugeFn {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new((self.value)());
+        let value = (self.value)();
+        if self.counter {
+            let counter = ConstCounter::new(u64::try_from(value).unwrap_or(0));
+            let metric = encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), counter.metric_type())?;
+            return counter.encode(metric);
+        }
+        let gauge = ConstGauge::new(value);
         let metric = encoder.encode_descriptor(self.name, self.help, self.unit.as_ref(), gauge.metric_type())?;
         gauge.encode(metric)
     }
