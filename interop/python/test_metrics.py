@@ -54,6 +54,8 @@ MACHINE_FAMILIES = {
     "tether_safety_stop_latency_seconds": "histogram",
     "tether_webrtc_offers_answering": "gauge",
     "tether_webrtc_offers_shed": "counter",
+    "tether_webrtc_partial_messages_dropped": "counter",
+    "tether_webrtc_partial_messages_stalled": "counter",
     "tether_signaling_calls": "counter",
     "tether_signaling_exchanges_ended": "counter",
     "tether_signaling_pending_offers": "gauge",

@@ -227,6 +227,21 @@ impl Machine {
             move || webrtc.stats.shed.load(std::sync::atomic::Ordering::Relaxed),
         )
         .register(registry);
+        let budget = tether_transport::webrtc::serve::PartialBudget::machine();
+        let dropped = budget.clone();
+        GaugeFn::counter(
+            "tether_webrtc_partial_messages_dropped",
+            "Partially received request messages on data channels dropped over the peer's or the process's budget \
+             (RESOURCE_EXHAUSTED)",
+            move || dropped.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
+        GaugeFn::counter(
+            "tether_webrtc_partial_messages_stalled",
+            "Partially received request messages on data channels reset after no progress for 30 s",
+            move || budget.stalled.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
         self.webrtc.signaling.register_metrics(registry);
     }
 

@@ -134,7 +134,8 @@ const ANSWER: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_peers_budget_the_largest_partial_message_is_dropped() {
     let limits = Limits::default().with_max_partial_bytes(1024 * KIB);
-    let (mut c, _caller, _answerer) = connect(1, limits, PartialBudget::new(64 << 20)).await;
+    let budget = PartialBudget::new(64 << 20);
+    let (mut c, _caller, _answerer) = connect(1, limits, budget.clone()).await;
     for stream in [1, 2, 3] {
         c.start(stream).await;
     }
@@ -152,6 +153,7 @@ async fn over_the_peers_budget_the_largest_partial_message_is_dropped() {
     assert_eq!(c.status(3, ANSWER).await.0, 0);
     c.call(5).await;
     assert_eq!(c.status(5, ANSWER).await.0, 0);
+    assert_eq!(budget.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,13 +183,15 @@ async fn over_the_machine_budget_the_largest_partial_message_of_any_peer_is_drop
     assert_eq!(a.status(3, ANSWER).await.0, 0);
     assert_eq!(b.status(3, ANSWER).await.0, 0);
     assert_eq!(budget.used(), 0);
+    assert_eq!(budget.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_message_without_progress_is_reset_and_the_rest_goes_on() {
     let stall = Duration::from_secs(2);
     let limits = Limits::default().with_partial_stall(stall);
-    let (mut c, _caller, _answerer) = connect(21, limits, PartialBudget::new(64 << 20)).await;
+    let budget = PartialBudget::new(64 << 20);
+    let (mut c, _caller, _answerer) = connect(21, limits, budget.clone()).await;
     c.start(1).await;
     c.start(2).await;
     let started = Instant::now();
@@ -213,4 +217,5 @@ async fn a_partial_message_without_progress_is_reset_and_the_rest_goes_on() {
     assert_eq!(c.status(2, ANSWER).await.0, 0);
     c.call(3).await;
     assert_eq!(c.status(3, ANSWER).await.0, 0);
+    assert_eq!(budget.stalled.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -326,12 +326,22 @@ pub struct ServerConn {
     streams: HashMap<u64, ServerStream>,
     events: VecDeque<ServerEvent>,
     out: Outbox,
+    /// Partial messages dropped over a budget, and reset as stalled.
+    partials_dropped: u64,
+    partials_stalled: u64,
 }
 
 impl ServerConn {
     /// A connection with these limits.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, streams: HashMap::new(), events: VecDeque::new(), out: Outbox::default() }
+        Self {
+            limits,
+            streams: HashMap::new(),
+            events: VecDeque::new(),
+            out: Outbox::default(),
+            partials_dropped: 0,
+            partials_stalled: 0,
+        }
     }
 
     /// Number of open streams.
@@ -355,6 +365,12 @@ impl ServerConn {
         self.incoming(packet, Some(now))
     }
 
+    /// `(dropped over a budget, reset as stalled)` partial messages since
+    /// the start.
+    pub fn partials_failed(&self) -> (u64, u64) {
+        (self.partials_dropped, self.partials_stalled)
+    }
+
     /// Bytes of partially received request messages held now.
     pub fn partial_bytes(&self) -> usize {
         self.streams.values().map(|s| s.reassembly.buf.len()).sum()
@@ -369,6 +385,7 @@ impl ServerConn {
     /// RESOURCE_EXHAUSTED and `why`; the bytes it held.
     pub fn drop_largest_partial(&mut self, why: &str) -> Option<usize> {
         let (id, n) = self.largest_partial()?;
+        self.partials_dropped += 1;
         self.fail(
             id,
             Code::ResourceExhausted,
@@ -388,6 +405,7 @@ impl ServerConn {
             .filter(|(_, s)| !s.reassembly.buf.is_empty() && s.progress.is_some_and(|p| now >= p + stall))
             .map(|(id, _)| *id)
             .collect();
+        self.partials_stalled += stalled.len() as u64;
         for id in &stalled {
             let text =
                 format!("request message made no progress for {stall:?} in the middle of a message; stream reset");

@@ -48,6 +48,10 @@ pub const MACHINE_PARTIAL_BUDGET: usize = 64 << 20;
 pub struct PartialBudget {
     limit: usize,
     peers: parking_lot::Mutex<HashMap<u64, PeerPartials>>,
+    /// Partial messages dropped over a peer's or this budget.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Partial messages reset for making no progress.
+    pub stalled: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -60,7 +64,12 @@ struct PeerPartials {
 impl PartialBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self { limit, peers: parking_lot::Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            limit,
+            peers: parking_lot::Mutex::new(HashMap::new()),
+            dropped: Default::default(),
+            stalled: Default::default(),
+        })
     }
 
     /// The process-wide budget ([`MACHINE_PARTIAL_BUDGET`]) that
@@ -137,6 +146,8 @@ pub(crate) struct ServerSide {
     info: ConnectionInfo,
     entity: Option<AuthEntity>,
     budget: Arc<PartialBudget>,
+    /// [`ServerConn::partials_failed`] as last added to the budget's counters.
+    counted: (u64, u64),
 }
 
 impl ServerSide {
@@ -164,6 +175,11 @@ impl ServerSide {
                 break;
             }
         }
+        let (dropped, stalled) = self.conn.partials_failed();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.budget.dropped.fetch_add(dropped - self.counted.0, Relaxed);
+        self.budget.stalled.fetch_add(stalled - self.counted.1, Relaxed);
+        self.counted = (dropped, stalled);
     }
 
     /// Drops the largest partial message for the machine-wide budget.
@@ -301,7 +317,8 @@ impl RtcPeer {
         limits: Limits,
         budget: Arc<PartialBudget>,
     ) {
-        let side = ServerSide { conn: ServerConn::new(limits), calls: HashMap::new(), svc, info, entity, budget };
+        let conn = ServerConn::new(limits);
+        let side = ServerSide { conn, calls: HashMap::new(), svc, info, entity, budget, counted: (0, 0) };
         let shared = self.shared.clone();
         self.shared.with(|inner, wake| inner.attach(Endpoint::Server(side), &shared, wake));
         tokio::spawn(reset_stalled(Arc::downgrade(&self.shared), self.shared.closed.clone()));
