@@ -312,7 +312,9 @@ impl Machine {
     /// port and answers WebRTC calls for the machine's names. The answerers
     /// start when this is called (so [`Self::webrtc_hosts`] and
     /// [`Self::signaling_status`] are filled in at once); the returned future
-    /// serves the listener. Call it inside a tokio runtime.
+    /// serves the listener. Call it inside a tokio runtime. The listener
+    /// counts into the machine's metrics (`options.metrics` is replaced; see
+    /// [`Self::register_metrics`]).
     pub fn serve(
         &self,
         listener: TcpListener,
