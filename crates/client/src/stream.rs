@@ -92,6 +92,15 @@ impl RobotClient {
     }
 }
 
+async fn remove(robot: &RobotClient, stream_id: &str) {
+    let name = stream_id.to_owned();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream_client(robot).remove_stream(pb::RemoveStreamRequest { name }),
+    )
+    .await;
+}
+
 async fn run(
     robot: RobotClient,
     camera: String,
@@ -110,17 +119,11 @@ async fn run(
         loop {
             let packet = tokio::select! {
                 p = receiver.next_packet() => p,
-                _ = stop.cancelled() => {
-                    let name = stream_id.clone();
-                    // Best effort: the machine also drops the track when the connection goes.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        stream_client(&robot).remove_stream(pb::RemoveStreamRequest { name }),
-                    )
-                    .await;
-                    return;
-                }
-                _ = tx.closed() => return,
+                // The stream was dropped (its token cancelled, its receiver
+                // gone): take the track off the machine. Best effort: the
+                // machine also drops it when the connection goes.
+                _ = stop.cancelled() => return remove(&robot, &stream_id).await,
+                _ = tx.closed() => return remove(&robot, &stream_id).await,
             };
             let Some(packet) = packet else { break };
             let Some(frame) = assembler.push(&packet) else { continue };
