@@ -266,22 +266,46 @@ describe('control page', () => {
     ok();
   });
 
-  test('camera panel over WebRTC: a video stream when the machine has one, else refreshing snapshots', TEST_OPTS, async (t) => {
+  test('camera panel over WebRTC plays video: presented frames grow and the frame number read from the pixels increases', TEST_OPTS, async (t) => {
     const { page, ok } = await open(t, CONFIG);
     await panelNames(page);
     await page.waitForFunction(() => ['video', 'snapshot'].includes(document.querySelector('[data-name=camera1] [data-live=camera]')?.dataset.mode), null, { timeout: 10_000 });
     const mode = await page.evaluate(() => document.querySelector('[data-name=camera1] [data-live=camera]').dataset.mode);
     report(t, `camera panel mode over WebRTC: ${mode}`);
-    if (mode === 'snapshot') {
-      const frames = () => page.evaluate(() => Number(document.querySelector('[data-name=camera1] [data-live=camera]').dataset.frames ?? 0));
-      await waitFor('first snapshot', async () => (await frames()) >= 1);
-      const f0 = await frames();
-      await waitFor('snapshots keep refreshing', async () => (await frames()) >= f0 + 3, 5000);
-    }
-    // The video assertion (decoded frames grow, the frame number in the pixels increases) is
-    // added with the StreamService (issue 16): in video mode the panel's [data-live=camera] has
-    // data-frames (presented frames, from requestVideoFrameCallback) and
-    // window.tetherPage.videoPixels(name, x, y, w, h) returns RGBA bytes of the current frame.
+    assert.equal(mode, 'video', 'the machine has a StreamService: the panel must play video, not snapshots');
+    const frames = () => page.evaluate(() => Number(document.querySelector('[data-name=camera1] [data-live=camera]').dataset.frames ?? 0));
+    await waitFor('first video frame', async () => (await frames()) >= 1, 10_000);
+    // The fake camera's frame code (top 16 rows, 64 blocks: frame number then capture time, MSB
+    // first; luma over rows 3-6 and the middle half of each block).
+    const frameNumber = async () => {
+      const width = await page.evaluate(() => document.querySelector('video[data-camera="camera1"]')?.videoWidth ?? 0);
+      const rgba = await page.evaluate((w) => window.tetherPage.videoPixels('camera1', 0, 3, w, 4), width);
+      if (!rgba || width < 64) return null;
+      let n = 0;
+      for (let i = 0; i < 32; i++) {
+        const from = Math.floor((i * width) / 64);
+        const to = Math.floor(((i + 1) * width) / 64);
+        const q = Math.floor((to - from) / 4);
+        let sum = 0;
+        let count = 0;
+        for (let row = 0; row < 4; row++) {
+          for (let col = from + q; col < Math.max(to - q, from + q + 1); col++) {
+            const p = (row * width + col) * 4;
+            sum += 0.299 * rgba[p] + 0.587 * rgba[p + 1] + 0.114 * rgba[p + 2];
+            count++;
+          }
+        }
+        n = n * 2 + (sum / count >= 128 ? 1 : 0);
+      }
+      return n;
+    };
+    const f0 = await frames();
+    const n0 = await frameNumber();
+    await waitFor('video frames keep coming', async () => (await frames()) >= f0 + 10, 10_000);
+    const n1 = await frameNumber();
+    report(t, `camera video: ${await frames()} frames presented; frame number ${n0} then ${n1}`);
+    assert.ok(n0 !== null && n1 !== null, 'frame codes readable from the video');
+    assert.ok(n1 > n0, `the frame number read from the pixels increases (${n0} then ${n1})`);
     ok();
   });
 
