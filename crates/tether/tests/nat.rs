@@ -109,6 +109,9 @@ struct Signaling {
 /// The five namespaces (a [`Lab`]: processes killed and namespaces removed on drop).
 struct Net {
     lab: Lab,
+    /// A CA certificate file the machine and the client trust (as
+    /// `SSL_CERT_FILE`), for coturn's test certificate.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Deref for Net {
@@ -156,7 +159,12 @@ table ip filter {
 impl Net {
     /// Creates the five namespaces and wires them up.
     fn new() -> Self {
-        let net = Net { lab: Lab::new(&SUITE, &Ns::ALL.map(Ns::role)) };
+        Self::with_router_rules(ROUTER_RULES)
+    }
+
+    /// [`Self::new`] with another ruleset in both routers.
+    fn with_router_rules(router_rules: &str) -> Self {
+        let net = Net { lab: Lab::new(&SUITE, &Ns::ALL.map(Ns::role)), ca_file: None };
         let public = net.ns(Ns::Public);
 
         // The public network: a bridge with coturn's and signaling's address.
@@ -186,17 +194,36 @@ impl Net {
             net.ip_in(host, &["link", "set", "eth0", "up"]);
             net.ip_in(host, &["route", "add", "default", "via", &format!("{lan_net}.1")]);
             net.exec(router, Path::new("sh"), &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-            net.nft(router, ROUTER_RULES);
+            net.nft(router, router_rules);
         }
         net
     }
 
     /// Starts coturn on the public address (STUN and TURN over UDP/TCP, no TLS).
     fn coturn(&mut self, auth: TurnAuth) {
+        self.coturn_with(auth, false);
+    }
+
+    /// Starts coturn; with `tls`, also TURN over TLS on port 5349 with a
+    /// certificate for [`PUBLIC`] from a test CA that the machine and the
+    /// client then trust ([`Net::ca_file`]).
+    fn coturn_with(&mut self, auth: TurnAuth, tls: bool) {
         let mut cmd = self.command(Ns::Public, self.tools.get("turnserver"));
-        let dir = self.dir.path();
-        cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-tls", "--no-dtls"])
-            .arg(format!("--listening-ip={PUBLIC}"))
+        let dir = self.dir.path().to_owned();
+        cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-dtls"]);
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec![PUBLIC.to_owned()]).expect("test certificate");
+            let (cert_file, key_file) = (dir.join("turn-cert.pem"), dir.join("turn-key.pem"));
+            std::fs::write(&cert_file, cert.cert.pem()).expect("write certificate");
+            std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write key");
+            cmd.arg(format!("--cert={}", cert_file.display()))
+                .arg(format!("--pkey={}", key_file.display()))
+                .arg("--tls-listening-port=5349");
+            self.ca_file = Some(cert_file);
+        } else {
+            cmd.arg("--no-tls");
+        }
+        cmd.arg(format!("--listening-ip={PUBLIC}"))
             .arg(format!("--relay-ip={PUBLIC}"))
             .args(["--listening-port=3478", "--min-port=49152", "--max-port=49999", "--realm=tether.test"])
             .arg(format!("--pidfile={}", dir.join("turnserver.pid").display()))
@@ -244,6 +271,10 @@ impl Net {
         std::fs::write(&path, config.to_string()).expect("write machine config");
         let mut cmd = self.tether(Ns::Machine);
         cmd.args(["machine", "--listen", "0.0.0.0:8080", "--config"]).arg(&path);
+        if let Some(ca) = &self.ca_file {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        log_turn(&mut cmd, "info");
         for s in signaling {
             cmd.args(["--signaling", &s.url]);
         }
@@ -262,6 +293,10 @@ impl Net {
     fn client_cmd(&self, signaling: &Signaling, args: &[&str]) -> Command {
         let mut cmd = self.tether(Ns::Client);
         cmd.args(["call", "bot"]).args(args).args(["--signaling", &signaling.url, "--host", "bot"]);
+        if let Some(ca) = &self.ca_file {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        log_turn(&mut cmd, "warn");
         cmd
     }
 
@@ -321,6 +356,23 @@ impl Net {
             None => line,
         }
     }
+}
+
+/// Unless the suite's log variable sets a filter: `base` plus the driver's
+/// TURN allocations (`TURN allocation url=…`), which the TURN tests read.
+fn log_turn(cmd: &mut Command, base: &str) {
+    if std::env::var_os(SUITE.log_var).is_none() {
+        cmd.env("TETHER_LOG", format!("{base},tether_transport::webrtc::driver=debug"));
+    }
+}
+
+/// The URLs of the TURN allocations a tether process logged.
+fn allocated_urls(log: &str) -> Vec<String> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("TURN allocation"))
+        .filter_map(|l| l.split("url=").nth(1).and_then(|u| u.split_whitespace().next()).map(str::to_owned))
+        .collect()
 }
 
 /// The selected pair from `connection --json`, checked to be WebRTC.
@@ -542,4 +594,133 @@ fn link_cut_stops_the_motor() {
     net.ip_in(Ns::Client, &["link", "set", "eth0", "up"]);
     assert!(!net.motor_on(), "the motor runs again after the link came back");
     drop(held);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TURN over TCP and TLS, and the machine's relay from its signaler (issue 17 item 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Both routers forward no UDP at all (the networks of hotels and corporate
+/// Wi-Fi that let only TCP out).
+fn block_all_udp(net: &Net) {
+    for router in [Ns::RouterA, Ns::RouterB] {
+        net.nft(
+            router,
+            "table ip udpblock {
+                chain forward {
+                    type filter hook forward priority filter - 10; policy accept;
+                    meta l4proto udp drop
+                }
+            }",
+        );
+    }
+}
+
+/// UDP blocked everywhere, TCP to coturn open: the signaler hands out
+/// `turn:…?transport=udp` and its TCP copy, and the client and the machine
+/// (which has no TURN server of its own) connect through relays they
+/// allocated over TCP.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn turn_over_tcp_when_all_udp_is_blocked() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+    block_all_udp(&net);
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] all UDP blocked, TURN over TCP: connect + call {}; {pair}", secs(out.took));
+    assert_eq!((pair.local_type.as_str(), pair.remote_type.as_str()), ("relay", "relay"), "{pair}");
+    assert_eq!((pair.local_ip(), pair.remote_ip()), (PUBLIC, PUBLIC), "both relayed addresses are coturn's: {pair}");
+    let powered = net.client(&sig, &["motor1", "is-powered", "--json", "--ice-server", STUN]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
+
+    let tcp_url = format!("turn:{PUBLIC}:3478?transport=tcp");
+    for (who, log) in [("machine", net.machine_log()), ("client", out.stderr.clone())] {
+        let urls = allocated_urls(&log);
+        let only_tcp = !urls.is_empty() && urls.iter().all(|u| *u == tcp_url);
+        assert!(only_tcp, "the {who}'s TURN allocations: {urls:?}\n{}", tail(&log, 30));
+    }
+}
+
+/// The same with `turns:` only (TLS to coturn's test certificate, trusted
+/// through `SSL_CERT_FILE`); a client that does not trust the certificate
+/// gets no relay and cannot connect.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn turn_over_tls_when_all_udp_is_blocked() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn_with(TurnAuth::SharedSecret, true);
+    let turns = format!("turns:{PUBLIC}:5349");
+    let sig = net.signaling(8081, &["--turn", &turns, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+    block_all_udp(&net);
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] all UDP blocked, TURN over TLS: connect + call {}; {pair}", secs(out.took));
+    assert_eq!((pair.local_type.as_str(), pair.remote_type.as_str()), ("relay", "relay"), "{pair}");
+    for (who, log) in [("machine", net.machine_log()), ("client", out.stderr.clone())] {
+        let urls = allocated_urls(&log);
+        let only_tls = !urls.is_empty() && urls.iter().all(|u| *u == turns);
+        assert!(only_tls, "the {who}'s TURN allocations: {urls:?}\n{}", tail(&log, 30));
+    }
+
+    let ca = net.ca_file.take();
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN, "--timeout", "6"]);
+    net.ca_file = ca;
+    assert!(!out.ok, "connected over TLS without trusting coturn's certificate: {}", out.stdout);
+    println!("[nat] TURN over TLS, certificate not trusted: no connection (failed after {})", secs(out.took));
+}
+
+/// The home-router ruleset with symmetric NAT (a new random port for every
+/// destination) and a firewall that lets UDP out only to the TURN server's
+/// port: the only way through is relay to relay.
+const SYMMETRIC_ROUTER_RULES: &str = r#"
+table ip nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" masquerade random
+    }
+}
+table ip filter {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan" ct state new drop
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        iifname "wan" ct state new drop
+        iifname "lan" meta l4proto udp ip daddr != 203.0.113.1 drop
+        iifname "lan" udp dport != 3478 drop
+    }
+}
+"#;
+
+/// Both sides behind symmetric NATs; the machine has no TURN server of its
+/// own (only STUN) and a standalone `tether signaling` mints TURN REST
+/// credentials: the machine allocates a relay with what the signaler handed
+/// it, and the client connects relay to relay.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn symmetric_nats_connect_relay_to_relay_with_the_signalers_turn() {
+    let _serial = serial();
+    let mut net = Net::with_router_rules(SYMMETRIC_ROUTER_RULES);
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] symmetric NATs, TURN from the signaler only: connect + call {}; {pair}", secs(out.took));
+    assert_eq!((pair.local_type.as_str(), pair.remote_type.as_str()), ("relay", "relay"), "{pair}");
+    // The machine's config has STUN only: its relay comes from the signaler's TURN URLs.
+    let urls = allocated_urls(&net.machine_log());
+    assert!(urls.contains(&TURN_UDP.to_owned()), "the machine's TURN allocations: {urls:?}");
+    let powered = net.client(&sig, &["motor1", "is-powered", "--json", "--ice-server", STUN]).json();
+    assert_eq!(powered["is_on"], false, "{powered}");
 }

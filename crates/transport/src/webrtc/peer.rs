@@ -88,7 +88,8 @@ pub struct PeerOptions {
     /// once the peer shows it runs on this host (one of its candidates has
     /// one of our own non-loopback addresses, or we have none and it offers
     /// a loopback one). A remote peer never gets it: its checks to our
-    /// `127.0.0.1` cannot work, and a TURN server refuses permissions for it.
+    /// `127.0.0.1` cannot work, and a TURN server refuses permissions for it
+    /// (coturn: `403 Forbidden IP`). On by default.
     pub loopback_only_for_local_peers: bool,
     /// Extra CA certificates (PEM) trusted for `turns:` servers, besides the
     /// web PKI roots and the file named by `SSL_CERT_FILE`.
@@ -156,7 +157,7 @@ impl Default for PeerOptions {
             failed_timeout: Duration::from_secs(5),
             keepalive: Duration::from_millis(500),
             include_loopback: true,
-            loopback_only_for_local_peers: false,
+            loopback_only_for_local_peers: true,
             tls_ca_pem: None,
         }
     }
