@@ -75,7 +75,9 @@ pub struct AnswererConfig {
 /// The ICE servers a signaler hands out for a host, asked per offer (TURN
 /// credentials are minted fresh).
 #[derive(Clone)]
-pub struct SignalerIce(Arc<dyn Fn(&str) -> Vec<pb::IceServer> + Send + Sync>);
+pub struct SignalerIce(Arc<IceFn>);
+
+type IceFn = dyn Fn(&str) -> Vec<pb::IceServer> + Send + Sync;
 
 impl SignalerIce {
     /// Wraps `f`, called with the offer's host.

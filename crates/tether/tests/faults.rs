@@ -41,11 +41,10 @@ mod netns;
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use netns::{BIN, Lab, Proc, Suite, secs, serial, strip_ansi, tail};
+use netns::{Lab, Proc, Suite, secs, serial, strip_ansi, tail};
 use serde_json::Value;
 
 const SUITE: Suite =
