@@ -759,3 +759,33 @@ impl AnswererResponder for Finished {
         Err(QueueError::Unavailable("the signaling exchange is over".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machines_servers_first_then_the_signalers_new_urls() {
+        let ours = vec![IceServer::url("stun:stun.example:3478")];
+        let theirs = vec![
+            pb::IceServer {
+                urls: vec!["turn:t.example:3478?transport=udp".into(), "turn:t.example:3478?transport=tcp".into()],
+                username: "1:bot".into(),
+                credential: "fresh".into(),
+            },
+            // The same TURN URLs again (OptionalWebRTCConfig after the offer's own), older credentials.
+            pb::IceServer {
+                urls: vec!["TURN:t.example:3478?transport=udp".into()],
+                username: "0:bot".into(),
+                credential: "old".into(),
+            },
+            pb::IceServer { urls: vec!["stun:stun.example:3478".into()], ..Default::default() },
+        ];
+        let merged = merge_ice_servers(&ours, &theirs);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert_eq!(merged[0], ours[0]);
+        assert_eq!(merged[1].urls.len(), 2);
+        assert_eq!(merged[1].credential, "fresh");
+        assert_eq!(merge_ice_servers(&ours, &[]), ours);
+    }
+}
