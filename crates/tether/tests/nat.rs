@@ -747,7 +747,7 @@ fn relay_figures(transport: &str) -> serde_json::Value {
     let mut cmd = net.command(Ns::Client, &netns::example("relay_probe"));
     let client_url = format!("turn:tether:turn-pass@{PUBLIC}:3478?transport={transport}");
     cmd.args(["--signaling", &sig.url, "--host", "bot", "--relay-only", "--ice-server", &client_url]);
-    cmd.args(["--connects", "5", "--calls", "300"]);
+    cmd.args(["--connects", "11", "--calls", "300"]);
     let out = net.finish(cmd, &["relay_probe", transport]);
     assert!(out.ok, "relay_probe over {transport} failed: {}", out.stderr);
     let v = out.json();
