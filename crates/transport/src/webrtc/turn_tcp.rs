@@ -493,4 +493,52 @@ mod tests {
             Incoming::Message(_) => panic!("a message from nowhere"),
         }
     }
+
+    /// A TURN-over-TLS server stand-in with a certificate for 127.0.0.1:
+    /// trusted through the configured CA, messages cross; not trusted, the
+    /// handshake fails and the stream says so.
+    #[tokio::test]
+    async fn carries_messages_over_tls_and_checks_the_certificate() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let pem = cert.cert.pem();
+        let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut got = vec![0; 24];
+                    if tls.read_exact(&mut got).await.is_ok() {
+                        let _ = tls.write_all(&got).await;
+                        let _ = tls.flush().await;
+                    }
+                });
+            }
+        });
+
+        let mut stream = TurnStream::connect(addr, "127.0.0.1", Some(tls_config(Some(pem.as_bytes())).unwrap()));
+        assert!(stream.send(BytesMut::from(&stun(4)[..])));
+        match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
+            Incoming::Message(m) => assert_eq!(&m[..], &stun(4)[..]),
+            Incoming::Closed(reason) => panic!("closed: {reason}"),
+        }
+
+        let mut untrusted = TurnStream::connect(addr, "127.0.0.1", Some(tls_config(None).unwrap()));
+        match std::future::poll_fn(|cx| untrusted.poll_incoming(cx)).await {
+            Incoming::Closed(reason) => assert!(reason.contains("TLS handshake"), "{reason}"),
+            Incoming::Message(_) => panic!("an untrusted server's message taken"),
+        }
+    }
 }
