@@ -60,6 +60,9 @@ have_sbin ip || need+=(iproute2)
 have_sbin nft || need+=(nftables)
 command -v turnserver >/dev/null || need+=(coturn)
 command -v redis-server >/dev/null || need+=(redis-server)     # crates/signaling/tests/redis.rs starts its own
+# Camera video (crates/media): VP8 through Debian's libvpx, found with pkg-config.
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists vpx 2>/dev/null || need+=(libvpx-dev)
 # WebRTC interop: a real browser for the TypeScript SDK (driven by playwright-core, never a
 # downloaded browser) and `ip netns` for the private namespaces both WebRTC suites run in.
 CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
@@ -113,6 +116,18 @@ else
   log "interop/ts node_modules up to date"
 fi
 
+# The control page's build (web/: esbuild and the Viam TypeScript SDK), for the stale-bundle check.
+WEB_DIR="$ROOT/web"
+web_stamp="$WEB_DIR/node_modules/.tether-package-lock.sha256"
+web_want="$(sha256sum "$WEB_DIR/package-lock.json" | cut -d' ' -f1) node-$(node --version)"
+if [[ ! -d "$WEB_DIR/node_modules" ]] || [[ "$(cat "$web_stamp" 2>/dev/null)" != "$web_want" ]]; then
+  log "npm ci in web"
+  (cd "$WEB_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$web_want" >"$web_stamp"
+else
+  log "web node_modules up to date"
+fi
+
 SETUP_S=$SECONDS
 log "setup done in ${SETUP_S}s"
 
@@ -149,6 +164,13 @@ ts_webrtc_suite() {
   (cd "$TS_DIR" && "${SUDO[@]}" env TETHER_BIN="$TETHER_BIN" CHROMIUM_BIN="$CHROMIUM_BIN" PATH="$PATH" npm run test:webrtc)
 }
 
+# The control page (web/, issue 18) in Chromium, loaded from a machine in a private namespace.
+ts_page_suite() {
+  (cd "$TS_DIR" && "${SUDO[@]}" env TETHER_BIN="$TETHER_BIN" CHROMIUM_BIN="$CHROMIUM_BIN" PATH="$PATH" npm run test:page)
+}
+# The committed bundle (crates/machine/assets/) must be what web/ builds today.
+page_bundle_fresh() { (cd "$WEB_DIR" && node build.mjs --check); }
+
 # The netns suites (crates/tether/tests/nat.rs, faults.rs) are #[ignore]d in plain `cargo test` and
 # need root: as root run them with cargo, otherwise build them as this user and run the test
 # binary with sudo. faults.rs runs examples/fault_client (under cargo it builds it itself).
@@ -179,6 +201,7 @@ step "cargo fmt" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 step "cargo build" cargo build --workspace --all-targets || BUILD_OK=0
 step "layer dependency trees (tether-components, tether-wire)" components_link_no_transport || true
+step "control page bundle up to date (web/build.mjs --check)" page_bundle_fresh || true
 step "cargo test" cargo test --workspace || true
 step "nat traversal (netns + nftables + coturn)" netns_suite nat || true
 step "fault injection (netns: link cuts, nftables drops, restarts)" netns_suite faults || true
@@ -196,11 +219,13 @@ if [[ -z "$why" ]]; then
   step "python interop over WebRTC (viam-sdk, netns)" py_webrtc_suite || true
   step "typescript interop (@viamrobotics/sdk)" ts_suite || true
   step "typescript interop over WebRTC (@viamrobotics/sdk in Chromium, netns)" ts_webrtc_suite || true
+  step "control page in Chromium (web/, netns)" ts_page_suite || true
 else
   RESULTS+=("FAIL  0s  python interop (not run: $why)")
   RESULTS+=("FAIL  0s  python interop over WebRTC (not run: $why)")
   RESULTS+=("FAIL  0s  typescript interop (not run: $why)")
   RESULTS+=("FAIL  0s  typescript interop over WebRTC (not run: $why)")
+  RESULTS+=("FAIL  0s  control page in Chromium (not run: $why)")
   FAILED=1
 fi
 # Every cargo-fuzz target for 20 s, unoptimized so that a cold build stays short (scripts/fuzz.sh: nightly if installed, else stable with

@@ -65,6 +65,8 @@ def test_sdk_session_listed_while_client_alive(start_machine, start_client, timi
         try:
             sessions = await _sessions(observer)
             assert len(sessions) >= 1, "GetSessions lists no session while the SDK client holds one"
+            # The observer calls from the holder's host: on a machine without auth that is the same
+            # caller (tether_machine::monitor::identity), so it sees the id; another host would not.
             by_id = {s.id: s for s in sessions}
             assert session_id in by_id, f"client's session {session_id} not in GetSessions {list(by_id)}"
             info = by_id[session_id].peer_connection_info

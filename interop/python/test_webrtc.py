@@ -207,9 +207,15 @@ def test_webrtc_api_keys_own_their_sessions(netns, start_netns_machine):
             sid_a = robot_a._sessions_client._current_id
             sid_b = robot_b._sessions_client._current_id
             assert sid_a and sid_b and sid_a != sid_b
-            by_id = {s.id: s for s in await _sessions(robot_a)}
-            for sid in (sid_a, sid_b):
-                assert by_id[sid].peer_connection_info.type == WEBRTC, f"session {sid} is not on WebRTC"
+            # Each key sees its own session with its id and the other's without it: a session id is
+            # a secret of its owner (it is what heartbeats and resumes the session).
+            for me, mine, theirs in ((robot_a, sid_a, sid_b), (robot_b, sid_b, sid_a)):
+                listed = await _sessions(me)
+                by_id = {s.id: s for s in listed}
+                assert by_id[mine].peer_connection_info.type == WEBRTC, f"session {mine} is not on WebRTC"
+                assert theirs not in by_id, "GetSessions showed another key's session id"
+                hidden = [s.peer_connection_info.type for s in listed if not s.id]
+                assert hidden == [WEBRTC], f"the other key's session is not listed without its id: {listed}"
             # Bob's client heartbeating alice's session is refused as if it did not exist.
             try:
                 await robot_b._client.SendSessionHeartbeat(SendSessionHeartbeatRequest(id=sid_a), timeout=5)

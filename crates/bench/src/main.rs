@@ -17,12 +17,15 @@
 //! 7. 10,000 heartbeating sessions against one machine process;
 //! 8. signaling exchanges per second, memory per registered machine;
 //! 9. machine memory per WebRTC connection (vs per direct connection);
-//! 10. the real Viam Python SDK vs tether's client, direct and WebRTC.
+//! 10. the real Viam Python SDK vs tether's client, direct and WebRTC;
+//! 11. camera video over WebRTC: capture-to-decoded latency (our client and
+//!     Chromium), frames delivered, machine CPU per viewer, RPC latency
+//!     while a stream plays.
 //!
 //! Rows that need something absent (root for network namespaces, the Python
 //! venv, Chromium) are printed as `skipped: <reason>`.
 //!
-//! Rows 3 and 6-10 start `tether` child processes (`tether machine`,
+//! Rows 3 and 6-11 start `tether` child processes (`tether machine`,
 //! `tether signaling`, `tether call`): the binary is `$TETHER_BIN`, else the
 //! `tether` next to this executable (`cargo build --release -p tether
 //! -p tether-bench` puts both in target/release/).
@@ -44,6 +47,7 @@ mod safety;
 mod sessions;
 mod signaling;
 mod stats;
+mod video;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,8 +72,8 @@ pub struct BenchArgs {
     /// Also write the rows to FILE as JSON: {"rows": [{"name", "value", "unit", "baseline", "ratio", "goal"}]}.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Only these rows: comma-separated row numbers (1-10) or names (unary-direct, unary-webrtc, connect, bulk,
-    /// concurrency, safety, sessions, signaling, memory, python).
+    /// Only these rows: comma-separated row numbers (1-11) or names (unary-direct, unary-webrtc, connect, bulk,
+    /// concurrency, safety, sessions, signaling, memory, python, video).
     #[arg(long, value_name = "ROWS")]
     pub only: Option<String>,
     /// Internal: run the namespace rows (3, 10) here, inside the bench's network namespace, whose machine
@@ -82,7 +86,7 @@ pub struct BenchArgs {
 }
 
 /// The row groups, by number and name.
-const GROUPS: [(u8, &str); 10] = [
+const GROUPS: [(u8, &str); 11] = [
     (1, "unary-direct"),
     (2, "unary-webrtc"),
     (3, "connect"),
@@ -93,12 +97,13 @@ const GROUPS: [(u8, &str); 10] = [
     (8, "signaling"),
     (9, "memory"),
     (10, "python"),
+    (11, "video"),
 ];
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
-    /// The row group (1-10).
+    /// The row group (1-11).
     pub row: u8,
     /// What was measured.
     pub name: String,
@@ -188,7 +193,7 @@ impl Selection {
                 }
             }
             if ids.len() == before {
-                bail!("--only {f:?} names no row (rows: 1-10 or {})", GROUPS.map(|g| g.1).join(", "));
+                bail!("--only {f:?} names no row (rows: 1-11 or {})", GROUPS.map(|g| g.1).join(", "));
             }
         }
         ids.sort_unstable();
@@ -221,7 +226,7 @@ impl Scale {
 }
 
 /// Row groups that start `tether` child processes.
-const NEED_TETHER: [u8; 6] = [3, 6, 7, 8, 9, 10];
+const NEED_TETHER: [u8; 7] = [3, 6, 7, 8, 9, 10, 11];
 
 fn main() -> ExitCode {
     let args = BenchArgs::parse();
@@ -266,7 +271,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let load_before = procs::load_average();
     let mut rows = Vec::new();
-    let groups: [(&[u8], &str); 8] = [
+    let groups: [(&[u8], &str); 9] = [
         (&[1, 2], "unary latency"),
         (&[4], "bulk throughput"),
         (&[5], "concurrency"),
@@ -275,6 +280,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (&[8], "signaling"),
         (&[9], "memory per connection"),
         (&[3, 10], "network namespace: connect time, Python SDK"),
+        (&[11], "camera video"),
     ];
     for (ids, title) in groups {
         if !ids.iter().any(|i| selection.has(*i)) {
@@ -290,6 +296,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             7 => sessions::rows(scale).await,
             8 => signaling::rows(scale).await,
             9 => memory::rows(scale).await,
+            11 => video::rows(scale).await,
             _ => netns::rows(&selection, scale).await,
         };
         match result {

@@ -21,6 +21,30 @@ impl Error {
         }
     }
 
+    /// Whether another attempt could succeed: false for errors that cannot
+    /// heal by waiting — CANCELLED (an aborted dial), INVALID_ARGUMENT (a bad
+    /// address or setting, `host not preconfigured`), UNAUTHENTICATED,
+    /// PERMISSION_DENIED, FAILED_PRECONDITION, ALREADY_EXISTS, OUT_OF_RANGE,
+    /// UNIMPLEMENTED (the TypeScript SDK's list, except NOT_FOUND: a
+    /// signaler answers NOT_FOUND for a machine that is not online *yet*).
+    pub fn is_retryable(&self) -> bool {
+        use tonic::Code;
+        if let Error::Dial(DialError::Address(..)) = self {
+            return false;
+        }
+        !matches!(
+            self.code(),
+            Code::Cancelled
+                | Code::InvalidArgument
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::AlreadyExists
+                | Code::OutOfRange
+                | Code::Unimplemented
+        )
+    }
+
     /// The status message.
     pub fn message(&self) -> String {
         match self {

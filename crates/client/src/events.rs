@@ -4,14 +4,23 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// How the client reaches the machine.
+/// How the client reaches the machine; serialized as the TypeScript SDK's
+/// `MachineConnectionEvent.DIALING` names it (`grpc` or `webrtc`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// gRPC over HTTP/2.
-    Direct,
+    /// gRPC over HTTP/2 (a direct dial).
+    Grpc,
     /// gRPC over a WebRTC data channel.
     Webrtc,
+}
+
+#[allow(non_upper_case_globals)]
+impl Method {
+    /// The old name of [`Method::Grpc`] (it serialized as `direct`; it is
+    /// `grpc` now, as in the TypeScript SDK's events).
+    #[deprecated(note = "use Method::Grpc")]
+    pub const Direct: Method = Method::Grpc;
 }
 
 /// Something that happened to the connection. Subscribe with
@@ -55,6 +64,12 @@ pub enum ConnectionEvent {
         /// The new session.
         new: String,
     },
+    /// A camera stream was added to the new connection after a
+    /// reconnection, by the client itself (frames flow again).
+    StreamRestored {
+        /// The camera.
+        camera: String,
+    },
     /// The connection dropped; reconnection starts.
     Reconnecting {
         /// Why it dropped.
@@ -92,6 +107,7 @@ impl ConnectionEvent {
             ConnectionEvent::Connected { .. } => "connected",
             ConnectionEvent::SessionResumed { .. } => "session_resumed",
             ConnectionEvent::SessionLapsed { .. } => "session_lapsed",
+            ConnectionEvent::StreamRestored { .. } => "stream_restored",
             ConnectionEvent::Reconnecting { .. } => "reconnecting",
             ConnectionEvent::RetryScheduled { .. } => "retry_scheduled",
             ConnectionEvent::ReconnectionFailed { .. } => "reconnection_failed",
@@ -178,6 +194,57 @@ impl ReconnectOptions {
     pub fn delay(&self, attempt: u32) -> Duration {
         let d = self.nominal_delay(attempt);
         d / 2 + d.mul_f64(rand::random::<f64>() / 2.0)
+    }
+}
+
+/// A caller-supplied rule for whether a failed dial attempt is retried (see
+/// [`Options::should_retry`](crate::Options::should_retry)).
+#[derive(Clone)]
+pub struct ShouldRetry(std::sync::Arc<dyn Fn(&crate::Error) -> bool + Send + Sync>);
+
+impl ShouldRetry {
+    /// Wraps `f`: `true` retries, `false` ends the dial with that error.
+    pub fn new(f: impl Fn(&crate::Error) -> bool + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// Asks the rule about `error`.
+    pub fn check(&self, error: &crate::Error) -> bool {
+        (self.0)(error)
+    }
+}
+
+impl std::fmt::Debug for ShouldRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShouldRetry(..)")
+    }
+}
+
+/// Stops dialing: [`AbortHandle::abort`] ends the dial in progress (and any
+/// later one) of every client given a clone of it (the TypeScript SDK's
+/// `reconnectAbortSignal`).
+#[derive(Clone, Debug, Default)]
+pub struct AbortHandle(tokio_util::sync::CancellationToken);
+
+impl AbortHandle {
+    /// A handle not yet aborted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Aborts.
+    pub fn abort(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether [`Self::abort`] was called.
+    pub fn is_aborted(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once aborted.
+    pub async fn aborted(&self) {
+        self.0.cancelled().await
     }
 }
 

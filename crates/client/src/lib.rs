@@ -25,18 +25,21 @@ use std::time::Duration;
 pub mod components;
 mod error;
 mod events;
+mod reauth;
 mod robot;
 mod session;
+mod stream;
 mod transport;
 
 pub use components::convert;
 pub use error::Error;
-pub use events::{ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOptions};
+pub use events::{AbortHandle, ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOptions, ShouldRetry};
 pub use robot::RobotClient;
 pub use session::SessionChannel;
+pub use stream::{VideoSample, VideoStream};
 pub use tether_proto::viam::common::v1::ResourceName;
 pub use tether_transport::dial::Credentials;
-pub use tether_transport::webrtc::peer::IceServer;
+pub use tether_transport::webrtc::peer::{IceServer, TurnScheme, TurnTransport};
 pub use transport::{Link, Transport, WaitForReady};
 
 /// Result of client calls.
@@ -73,12 +76,36 @@ pub struct WebRtcConf {
     /// Our ICE servers (default: `stun:global.stun.twilio.com:3478`); the
     /// signaler's are appended.
     pub ice_servers: Vec<IceServer>,
-    /// Only use TURN relays.
+    /// Only use TURN relays (the anchors' `force_relay`).
+    pub force_relay: bool,
+    /// Deprecated name of [`Self::force_relay`] (either turns it on).
+    #[deprecated(note = "use force_relay")]
     pub relay_only: bool,
-    /// Never use TURN relays.
+    /// Never use TURN relays: every TURN server (ours and the signaler's) is
+    /// dropped. With `force_relay` too nothing can connect: the dial fails
+    /// at once with INVALID_ARGUMENT (and a warning is logged).
     pub force_p2p: bool,
-    /// Keep only this TURN URL.
+    /// Keep only this TURN server among all TURN URLs, matched by scheme,
+    /// host, port and transport (each with its default when left out:
+    /// port 3478 for `turn:`, 5349 for `turns:`, `udp` for `turn:`, `tcp`
+    /// for `turns:`), e.g. `turn:turn.example.com:3478`.
+    pub turn_uri: Option<String>,
+    /// Deprecated name of [`Self::turn_uri`] (used when `turn_uri` is unset).
+    #[deprecated(note = "use turn_uri")]
     pub turn_uri_override: Option<String>,
+    /// Rewrite every TURN URL left to this scheme (`turn`/`turns`).
+    pub turn_scheme: Option<TurnScheme>,
+    /// Rewrite every TURN URL left to this transport (`udp`/`tcp`).
+    pub turn_transport: Option<TurnTransport>,
+    /// Rewrite every TURN URL left to this port.
+    pub turn_port: Option<u16>,
+    /// Our priority, sent to the machine in the offer (`a=x-priority:N`, as
+    /// the TypeScript SDK's `priority`): a machine at its
+    /// `max_webrtc_connections` lets a caller in by closing an idle,
+    /// sessionless connection of a lower priority. Unset: none sent (0).
+    pub priority: Option<i32>,
+    /// What to do when the first WebRTC dial fails (every attempt of it).
+    pub direct_fallback: DirectFallback,
     /// Send a complete offer instead of trickling ICE candidates.
     pub disable_trickle: bool,
     /// Limit on the whole dial.
@@ -91,14 +118,22 @@ pub struct WebRtcConf {
 
 impl WebRtcConf {
     /// Defaults for `host` via `signaling_address`.
+    #[allow(deprecated)]
     pub fn new(host: impl Into<String>, signaling_address: impl Into<String>) -> Self {
         Self {
             host: host.into(),
             signaling_address: signaling_address.into(),
             ice_servers: vec![IceServer::url(tether_transport::webrtc::peer::DEFAULT_STUN)],
+            force_relay: false,
             relay_only: false,
             force_p2p: false,
+            turn_uri: None,
             turn_uri_override: None,
+            turn_scheme: None,
+            turn_transport: None,
+            turn_port: None,
+            priority: None,
+            direct_fallback: DirectFallback::default(),
             disable_trickle: false,
             dial_timeout: Duration::from_secs(10),
             credentials: None,
@@ -106,18 +141,58 @@ impl WebRtcConf {
         }
     }
 
+    #[allow(deprecated)]
     pub(crate) fn options(&self) -> tether_signaling::caller::WebRtcOptions {
         let mut o = tether_signaling::caller::WebRtcOptions::new(&self.signaling_address, &self.host);
         o.credentials = self.credentials.clone();
         o.ice_servers = self.ice_servers.clone();
-        o.relay_only = self.relay_only;
+        o.force_relay = self.force_relay || self.relay_only;
         o.force_p2p = self.force_p2p;
-        o.turn_uri_override = self.turn_uri_override.clone();
+        o.turn_uri = self.turn_uri.clone().or_else(|| self.turn_uri_override.clone());
+        o.turn_scheme = self.turn_scheme;
+        o.turn_transport = self.turn_transport;
+        o.turn_port = self.turn_port;
+        o.priority = self.priority;
         o.disable_trickle = self.disable_trickle;
         o.dial_timeout = self.dial_timeout;
         o.tls_ca_pem = self.tls_ca_pem.clone();
         o
     }
+
+    /// The direct dial (and its address) to fall back to when WebRTC fails, if any.
+    pub(crate) fn fallback(&self) -> Option<(DialConf, String)> {
+        let address = match &self.direct_fallback {
+            DirectFallback::Never => return None,
+            DirectFallback::To(address) => address.clone(),
+            DirectFallback::Auto if self.host.to_ascii_lowercase().contains("local") => self.host.clone(),
+            DirectFallback::Auto => return None,
+        };
+        let conf = DialConf::Direct {
+            address: address.clone(),
+            credentials: self.credentials.clone(),
+            dial_timeout: self.dial_timeout,
+            tls_ca_pem: self.tls_ca_pem.clone(),
+        };
+        Some((conf, address))
+    }
+}
+
+/// Whether a failed first WebRTC dial is followed by a direct gRPC dial.
+/// Only the first dial falls back; reconnections redial the transport that
+/// connected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DirectFallback {
+    /// As the TypeScript SDK does: dial `host` directly when it names a
+    /// machine on the local network, i.e. contains `local` (`localhost:8080`,
+    /// `bot.local:8080`, `….local.viam.cloud:8080`); otherwise no fallback
+    /// (the TypeScript SDK refuses a direct dial of any other host).
+    #[default]
+    Auto,
+    /// Never fall back.
+    Never,
+    /// Fall back to a direct dial of this address (`host:port` or URL).
+    To(String),
 }
 
 impl DialConf {
@@ -186,6 +261,15 @@ pub struct Options {
     pub reconnect: ReconnectOptions,
     /// How fast a silently dead link is noticed.
     pub liveness: Liveness,
+    /// Decides, after a failed dial attempt (first dial and reconnections),
+    /// whether to try again. Default: [`Error::is_retryable`] (errors that
+    /// cannot heal — UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT
+    /// such as `host not preconfigured`, bad settings — end the dial at once).
+    pub should_retry: Option<ShouldRetry>,
+    /// Stops a dial in progress (the first one: `connect` returns CANCELLED
+    /// `dial aborted`; a reconnection: it gives up, `reconnection_failed`,
+    /// and the client is disconnected), and every later one.
+    pub abort: Option<AbortHandle>,
 }
 
 /// Builder-style setters (the struct is `#[non_exhaustive]`: start from
@@ -207,5 +291,25 @@ impl Options {
     pub fn with_liveness(mut self, liveness: Liveness) -> Self {
         self.liveness = liveness;
         self
+    }
+
+    /// Sets [`Self::should_retry`].
+    pub fn with_should_retry(mut self, f: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
+        self.should_retry = Some(ShouldRetry::new(f));
+        self
+    }
+
+    /// Sets [`Self::abort`].
+    pub fn with_abort(mut self, abort: AbortHandle) -> Self {
+        self.abort = Some(abort);
+        self
+    }
+
+    /// Whether to try again after `error`.
+    pub(crate) fn retry(&self, error: &Error) -> bool {
+        match &self.should_retry {
+            Some(f) => f.check(error),
+            None => error.is_retryable(),
+        }
     }
 }

@@ -71,6 +71,11 @@ pub(crate) fn reply<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>
     r.map(tonic::Response::into_inner).map_err(Error::from)
 }
 
+/// Emits `event` on `robot`'s event channel (for the client's own tasks).
+pub(crate) fn emit_event(robot: &RobotClient, event: ConnectionEvent) {
+    emit(&robot.inner.events, event);
+}
+
 fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
     tracing::info!(event = event.name(), details = ?event, "connection event");
     let _ = events.send(event);
@@ -123,7 +128,7 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
                 closed: conn.closed().clone(),
                 transport: Transport::Direct(HeaderStamp::new(conn, headers.clone())),
                 webrtc: None,
-                method: Method::Direct,
+                method: Method::Grpc,
             })
         }
         DialConf::WebRtc(c) => {
@@ -146,6 +151,72 @@ async fn dial(conf: &DialConf, options: &Options, headers: &SharedHeaders, recon
     }
 }
 
+fn method_of(conf: &DialConf) -> Method {
+    match conf {
+        DialConf::Direct { .. } => Method::Grpc,
+        DialConf::WebRtc(_) => Method::Webrtc,
+    }
+}
+
+fn aborted(options: &Options) -> bool {
+    options.abort.as_ref().is_some_and(|a| a.is_aborted())
+}
+
+fn abort_error() -> Error {
+    tonic::Status::cancelled("dial aborted").into()
+}
+
+/// Dials on the reconnection schedule until an attempt connects, the
+/// attempts run out, [`Options::retry`] says an error cannot heal, the dial
+/// is aborted or `closing` fires. The error is the last attempt's, with the
+/// number of attempts made.
+async fn dial_retrying(
+    conf: &DialConf,
+    options: &Options,
+    headers: &SharedHeaders,
+    events: &broadcast::Sender<ConnectionEvent>,
+    reconnecting: bool,
+    closing: &CancellationToken,
+) -> std::result::Result<Connection, (Error, u32)> {
+    let attempts = if options.reconnect.no_reconnect { 1 } else { options.reconnect.max_attempts.max(1) };
+    let abort = options.abort.clone().unwrap_or_default();
+    let method = method_of(conf);
+    let mut last = abort_error();
+    for attempt in 1..=attempts {
+        if abort.is_aborted() {
+            return Err((abort_error(), attempt - 1));
+        }
+        if attempt > 1 {
+            let delay = options.reconnect.delay(attempt);
+            emit(events, ConnectionEvent::RetryScheduled { attempt, delay_ms: delay.as_millis() as u64 });
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = abort.aborted() => return Err((abort_error(), attempt - 1)),
+                _ = closing.cancelled() => return Err((last, attempt - 1)),
+            }
+        }
+        emit(events, ConnectionEvent::Dialing { method, attempt });
+        let dialed = tokio::select! {
+            d = dial(conf, options, headers, reconnecting) => d,
+            _ = abort.aborted() => return Err((abort_error(), attempt)),
+            _ = closing.cancelled() => return Err((last, attempt)),
+        };
+        match dialed {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::debug!(attempt, "dial attempt failed: {e}");
+                let retry = options.retry(&e);
+                last = e;
+                if !retry {
+                    tracing::debug!(attempt, "not retrying: {last}");
+                    return Err((last, attempt));
+                }
+            }
+        }
+    }
+    Err((last, attempts))
+}
+
 /// One round trip on a fresh connection: a TCP connect can succeed against a
 /// dying machine's listener, so a dial only counts once a call came back. Any
 /// answer from the machine (even UNIMPLEMENTED from a server without
@@ -160,26 +231,52 @@ async fn probe(transport: Transport, limit: Duration) -> Result<()> {
 }
 
 impl RobotClient {
-    /// Dials the machine (one attempt; see [`Options::reconnect`] for what
-    /// happens after a drop) and, with credentials, authenticates.
+    /// Dials the machine and, with credentials, authenticates. The first
+    /// dial is retried on the reconnection schedule ([`Options::reconnect`]:
+    /// `max_attempts` counts the first attempt; `no_reconnect` makes it a
+    /// single one) while [`Options::should_retry`] allows it; errors that
+    /// cannot heal end it at once. A WebRTC dial that fails falls back to a
+    /// direct one as [`crate::WebRtcConf::direct_fallback`] says.
     pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
         let (events, _) = broadcast::channel(256);
         emit(&events, ConnectionEvent::Connecting);
-        let method = match &conf {
-            DialConf::Direct { .. } => Method::Direct,
-            DialConf::WebRtc(_) => Method::Webrtc,
-        };
-        emit(&events, ConnectionEvent::Dialing { method, attempt: 1 });
         let headers = SharedHeaders::default();
-        let connection = match dial(&conf, &options, &headers, false).await {
-            Ok(c) => c,
-            Err(e) => {
-                emit(&events, ConnectionEvent::Disconnected { error: Some(e.to_string()) });
-                return Err(e);
+        let never = CancellationToken::new();
+        let first = dial_retrying(&conf, &options, &headers, &events, false, &never).await;
+        let (connection, conf) = match first {
+            Ok(c) => (c, conf),
+            Err((e, _)) => {
+                let fallback = match &conf {
+                    DialConf::WebRtc(w) if !aborted(&options) => w.fallback(),
+                    _ => None,
+                };
+                let Some((direct, address)) = fallback else {
+                    emit(&events, ConnectionEvent::Disconnected { error: Some(e.to_string()) });
+                    return Err(e);
+                };
+                tracing::info!(%address, "the WebRTC dial failed ({e}); falling back to a direct dial");
+                match dial_retrying(&direct, &options, &headers, &events, false, &never).await {
+                    Ok(c) => (c, direct),
+                    Err((d, _)) => {
+                        let error = tonic::Status::new(
+                            e.code(),
+                            format!("WebRTC: {}; direct fallback to {address}: {}", e.message(), d.message()),
+                        );
+                        emit(&events, ConnectionEvent::Disconnected { error: Some(error.message().to_owned()) });
+                        return Err(error.into());
+                    }
+                }
             }
         };
         let link = Link::new(connection.transport.clone());
-        let channel = SessionChannel::new(link.clone(), options.disable_sessions);
+        let tokens = match &conf {
+            DialConf::Direct { credentials: Some(creds), .. } => {
+                Some(crate::reauth::Tokens::new(creds.clone(), headers.clone(), link.clone()))
+            }
+            _ => None,
+        };
+        let channel =
+            SessionChannel::new(crate::reauth::Authed::new(link.clone(), tokens.clone()), options.disable_sessions);
         let inner = Arc::new(Inner {
             channel,
             link,
@@ -188,6 +285,9 @@ impl RobotClient {
             webrtc: Mutex::new(connection.webrtc.clone()),
             closing: CancellationToken::new(),
         });
+        if let Some(tokens) = &tokens {
+            tokens.spawn_refresher(inner.closing.clone());
+        }
         let robot = Self { inner: inner.clone(), wait: false };
         let (candidate_pair, rtt_ms) = robot.measure(&connection).await;
         let method = connection.method;
@@ -346,50 +446,22 @@ async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Op
             return;
         }
         emit(&inner.events, ConnectionEvent::Reconnecting { error: Some("connection lost".into()) });
-        let method = match &inner.conf {
-            DialConf::Direct { .. } => Method::Direct,
-            DialConf::WebRtc(_) => Method::Webrtc,
-        };
         let conf = inner.conf.clone();
         let events = inner.events.clone();
         drop(inner);
-        let mut last_error = String::new();
-        let mut connection = None;
-        let attempts = options.reconnect.max_attempts.max(1);
-        for attempt in 1..=attempts {
-            if attempt > 1 {
-                let delay = options.reconnect.delay(attempt);
-                emit(&events, ConnectionEvent::RetryScheduled { attempt, delay_ms: delay.as_millis() as u64 });
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = closing.cancelled() => break,
-                }
-            }
-            emit(&events, ConnectionEvent::Dialing { method, attempt });
-            let dialed = tokio::select! {
-                d = dial(&conf, &options, &headers, true) => d,
-                _ = closing.cancelled() => break,
-            };
-            match dialed {
-                Ok(c) => {
-                    connection = Some(c);
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(attempt, "reconnect attempt failed: {e}");
-                    last_error = e.to_string();
-                }
-            }
-        }
+        let dialed = dial_retrying(&conf, &options, &headers, &events, true, &closing).await;
         let Some(inner) = weak.upgrade() else { return };
-        let Some(connection) = connection else {
-            inner.link.set(None, ConnectionState::Disconnected);
-            if closing.is_cancelled() {
-                emit(&inner.events, ConnectionEvent::Disconnected { error: None });
-            } else {
-                emit(&inner.events, ConnectionEvent::ReconnectionFailed { error: last_error, attempts });
+        let connection = match dialed {
+            Ok(c) => c,
+            Err((e, attempts)) => {
+                inner.link.set(None, ConnectionState::Disconnected);
+                if closing.is_cancelled() {
+                    emit(&inner.events, ConnectionEvent::Disconnected { error: None });
+                } else {
+                    emit(&inner.events, ConnectionEvent::ReconnectionFailed { error: e.to_string(), attempts });
+                }
+                return;
             }
-            return;
         };
         inner.link.set(Some(connection.transport.clone()), ConnectionState::Connected);
         *inner.webrtc.lock() = connection.webrtc.clone();

@@ -23,7 +23,8 @@ use tonic::body::Body;
 use tower::ServiceExt;
 use tower_service::Service;
 
-pub(crate) use crate::transport::Link as Transport;
+// Under the sessions: the link with token renewal (crate::reauth).
+pub(crate) use crate::reauth::Authed as Transport;
 
 #[derive(Debug, Default)]
 struct State {

@@ -40,6 +40,19 @@ pub struct Images {
     pub captured_at: Option<SystemTime>,
 }
 
+/// One uncompressed picture for video streaming.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VideoFrame {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Packed RGB, 3 bytes per pixel, rows top to bottom.
+    pub rgb: Vec<u8>,
+    /// When the picture was taken.
+    pub captured_at: SystemTime,
+}
+
 /// What a camera can do.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CameraProperties {
@@ -83,6 +96,18 @@ pub trait Camera: Send + Sync + 'static {
                 image.mime_type
             )))
         }
+    }
+    /// The next picture for a video stream. The machine calls it at the
+    /// stream's frame rate from one task per camera and encodes what it
+    /// returns; the default decodes [`Camera::image`]. Cameras that have raw
+    /// pictures should return them directly.
+    async fn video_frame(&self) -> Result<VideoFrame> {
+        let captured_at = SystemTime::now();
+        let image = self.image(String::new(), None).await?;
+        let decoded = image::load_from_memory(&image.data)
+            .map_err(|e| crate::Error::internal(format!("decoding the camera's {} image: {e}", image.mime_type)))?
+            .to_rgb8();
+        Ok(VideoFrame { width: decoded.width(), height: decoded.height(), rgb: decoded.into_raw(), captured_at })
     }
     /// A point cloud in `mime_type` (empty: the camera's choice); returns
     /// the encoding and the bytes.
@@ -135,11 +160,12 @@ type FrameCache = HashMap<Encoding, (u64, Vec<u8>)>;
 
 /// A simulated camera producing a test pattern that changes every frame: a
 /// colour gradient whose blue channel drifts, a white bar sweeping across
-/// the picture every 4 s, and the frame number in binary as a row of 16
-/// squares along the top (white = 1, least significant bit on the left).
-/// Frames advance at `frame_rate` per second since the camera was created;
-/// frames are JPEG (default) or PNG. Point clouds are a small plane
-/// (ASCII PCD, mm) that bobs up and down.
+/// the picture every 4 s, and along the top the [frame code](crate::frame_code)
+/// (frame number and capture time, readable from decoded pixels).
+/// Still images (`GetImage`) advance at `frame_rate` per second since the
+/// camera was created and are JPEG (default) or PNG; video frames
+/// ([`Camera::video_frame`]) are numbered one up per frame produced. Point
+/// clouds are a small plane (ASCII PCD, mm) that bobs up and down.
 #[derive(Clone, Debug)]
 pub struct FakeCamera {
     width: u32,
@@ -148,6 +174,8 @@ pub struct FakeCamera {
     started: Instant,
     /// The last encoded frame per encoding.
     cache: Arc<Mutex<FrameCache>>,
+    /// Video frames produced so far.
+    video_frames: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Default for FakeCamera {
@@ -168,6 +196,7 @@ impl FakeCamera {
             frame_rate: if frame_rate.is_finite() && frame_rate > 0.0 { frame_rate } else { 10.0 },
             started: Instant::now(),
             cache: Arc::default(),
+            video_frames: Arc::default(),
         }
     }
 
@@ -177,28 +206,30 @@ impl FakeCamera {
         (self.started.elapsed().as_secs_f64() * self.frame_rate).floor() as u64
     }
 
-    /// Draws frame number `frame`.
-    pub fn render(&self, frame: u64) -> RgbImage {
+    /// Width and height.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Draws frame number `frame` with the capture time `capture_ms` in its
+    /// frame code.
+    pub fn render(&self, frame: u64, capture_ms: u32) -> RgbImage {
         let (w, h) = (self.width, self.height);
         let t = frame as f64 / self.frame_rate;
         let blue = ((t * 40.0) % 256.0) as u8;
         let bar_width = (w / 16).max(1);
         let bar_x = ((t / 4.0).fract() * f64::from(w)) as u32;
-        let cell = (w / 16).clamp(1, 16);
-        ImageBuffer::from_fn(w, h, |x, y| {
-            if y < cell {
-                let bit = x / cell;
-                if bit < 16 {
-                    return if (frame >> bit) & 1 == 1 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) };
-                }
-            }
+        let mut img = ImageBuffer::from_fn(w, h, |x, y| {
             if x >= bar_x && x < bar_x + bar_width {
                 return Rgb([255, 255, 255]);
             }
             let r = (u64::from(x) * 255 / u64::from(w.max(2) - 1)) as u8;
             let g = (u64::from(y) * 255 / u64::from(h.max(2) - 1)) as u8;
             Rgb([r, g, blue])
-        })
+        });
+        let code = crate::frame_code::FrameCode { frame: frame as u32, capture_ms };
+        crate::frame_code::draw(&mut img, w, h, code);
+        img
     }
 
     fn encode(&self, frame: u64, encoding: Encoding) -> Result<Vec<u8>> {
@@ -206,7 +237,7 @@ impl FakeCamera {
         if let Some(bytes) = cached {
             return Ok(bytes);
         }
-        let img = self.render(frame);
+        let img = self.render(frame, crate::frame_code::FrameCode::now_ms());
         let mut out = Vec::new();
         let encoded = match encoding {
             Encoding::Jpeg => img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)),
@@ -235,6 +266,13 @@ impl Camera for FakeCamera {
 
     async fn image(&self, mime_type: String, _extra: Extra) -> Result<Image> {
         self.capture(Encoding::parse(&mime_type)?)
+    }
+
+    async fn video_frame(&self) -> Result<VideoFrame> {
+        let frame = self.video_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let captured_at = SystemTime::now();
+        let img = self.render(u64::from(frame), crate::frame_code::FrameCode::ms_of(captured_at));
+        Ok(VideoFrame { width: self.width, height: self.height, rgb: img.into_raw(), captured_at })
     }
 
     async fn point_cloud(&self, mime_type: String, _extra: Extra) -> Result<(String, Vec<u8>)> {
@@ -316,7 +354,9 @@ mod tests {
         assert_eq!(png.mime_type, MIME_PNG);
         let b = image::load_from_memory_with_format(&png.data, image::ImageFormat::Png).unwrap();
         assert_eq!((b.width(), b.height()), (320, 240));
-        assert_eq!(b.to_rgb8(), cam.render(5), "PNG is lossless");
+        let code = crate::frame_code::read(b.as_rgb8().unwrap(), 320, 240).unwrap();
+        assert_eq!(code.frame, 5, "PNG is lossless: the frame code reads back");
+        assert_eq!(b.to_rgb8().into_raw(), cam.render(5, code.capture_ms).into_raw());
         assert_ne!(a.to_rgb8(), b.to_rgb8());
         let later = cam.images(Vec::new(), None).await.unwrap();
         assert_ne!(later.images[0].data, img.data);
@@ -340,5 +380,31 @@ mod tests {
         assert!(text.starts_with("VERSION .7\n"));
         assert_eq!(text.lines().count(), 10 + 48);
         assert!(cam.point_cloud("application/octet-stream".into(), None).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn video_frames_count_up_and_carry_their_capture_time() {
+        let cam = FakeCamera::new(128, 32, 30.0);
+        for want in 0..3 {
+            let before = crate::frame_code::FrameCode::now_ms();
+            let f = cam.video_frame().await.unwrap();
+            assert_eq!((f.width, f.height, f.rgb.len()), (128, 32, 128 * 32 * 3));
+            let code = crate::frame_code::read(&f.rgb, f.width, f.height).unwrap();
+            assert_eq!(code.frame, want);
+            assert!(code.capture_ms.wrapping_sub(before) < 1000);
+        }
+        // The default implementation decodes the still image.
+        struct Still(FakeCamera);
+        #[async_trait::async_trait]
+        impl Camera for Still {
+            async fn images(&self, f: Vec<String>, e: Extra) -> Result<Images> {
+                self.0.images(f, e).await
+            }
+            async fn properties(&self) -> Result<CameraProperties> {
+                self.0.properties().await
+            }
+        }
+        let f = Still(cam).video_frame().await.unwrap();
+        assert_eq!((f.width, f.height), (128, 32));
     }
 }

@@ -95,8 +95,21 @@ impl Component {
     }
 }
 
+/// Longest part of a requested name quoted in an error: the name comes from
+/// the request, the message goes back in a response header.
+const MAX_QUOTED_NAME: usize = 200;
+
 fn not_found(subtype: &str, name: &str) -> Error {
-    Error::not_found(format!("resource rdk:component:{subtype}/{name} not found"))
+    let shown = if name.len() <= MAX_QUOTED_NAME {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        let mut end = MAX_QUOTED_NAME;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        std::borrow::Cow::Owned(format!("{}… ({} more bytes)", &name[..end], name.len() - end))
+    };
+    Error::not_found(format!("resource rdk:component:{subtype}/{shown} not found"))
 }
 
 /// The named components of a machine.

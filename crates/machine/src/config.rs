@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tether_transport::auth::ApiKey;
-use tether_transport::webrtc::peer::IceServer;
+use tether_transport::webrtc::peer::{IceServer, TurnOptions};
 
 use crate::models::{ConstructError, Models};
 use crate::resource::Resources;
@@ -148,6 +148,12 @@ pub struct NetworkConfig {
     /// open-files limit; see `tether_transport::server::ServeOptions`).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Most WebRTC connections at once (default: no limit). A caller beyond
+    /// it is refused with RESOURCE_EXHAUSTED, unless its priority
+    /// (`a=x-priority` in its offer) is higher than that of a connected peer
+    /// which holds no session and drives no actuator: that one is closed.
+    #[serde(default)]
+    pub max_webrtc_connections: Option<usize>,
 }
 
 /// `network.turn`.
@@ -176,6 +182,10 @@ pub struct AuthConfig {
     /// Credential handlers; only `api-key` is supported.
     #[serde(default)]
     pub handlers: Vec<AuthHandler>,
+    /// Lifetime of the access tokens the machine mints (Go duration, within
+    /// [1s, 720h]; default 24h).
+    #[serde(default)]
+    pub token_lifetime: Option<String>,
 }
 
 /// One auth handler.
@@ -279,6 +289,11 @@ impl Config {
         if self.network.max_connections == Some(0) {
             return Err(ConfigError::new("network.max_connections", "must be at least 1"));
         }
+        if self.network.max_webrtc_connections == Some(0) {
+            return Err(ConfigError::new("network.max_webrtc_connections", "must be at least 1"));
+        }
+        // The machine's TURN overrides from its environment.
+        TurnOptions::from_env().map_err(|e| ConfigError::new("environment", e))?;
         if self.network.hosts.len() > 5 * 8 || self.network.hosts.iter().any(|h| h.is_empty()) {
             return Err(ConfigError::new("network.hosts", "host names must be non-empty (at most 40)"));
         }
@@ -295,6 +310,7 @@ impl Config {
                 return Err(ConfigError::new(format!("components[{i}].model"), "missing"));
             }
         }
+        self.token_lifetime()?;
         if let Some(auth) = &self.auth {
             for (i, h) in auth.handlers.iter().enumerate() {
                 if h.kind != tether_transport::auth::API_KEY {
@@ -334,6 +350,25 @@ impl Config {
         Ok(d)
     }
 
+    fn token_lifetime(&self) -> Result<Duration, ConfigError> {
+        const FIELD: &str = "auth.token_lifetime";
+        let Some(text) = self.auth.as_ref().and_then(|a| a.token_lifetime.as_ref()) else {
+            return Ok(tether_transport::auth::DEFAULT_TOKEN_LIFETIME);
+        };
+        let d = parse_go_duration(text).map_err(|e| ConfigError::new(FIELD, e))?;
+        use tether_transport::auth::{MAX_TOKEN_LIFETIME, MIN_TOKEN_LIFETIME};
+        if d < MIN_TOKEN_LIFETIME || d > MAX_TOKEN_LIFETIME {
+            return Err(ConfigError::new(FIELD, format!("must be within [1s, 720h], got {text}")));
+        }
+        Ok(d)
+    }
+
+    /// Token lifetime and the other settings of the machine's authority.
+    pub fn auth_options(&self) -> tether_transport::auth::AuthOptions {
+        tether_transport::auth::AuthOptions::default()
+            .with_token_lifetime(self.token_lifetime().unwrap_or(tether_transport::auth::DEFAULT_TOKEN_LIFETIME))
+    }
+
     /// The validated heartbeat window.
     pub fn heartbeat_window(&self) -> Duration {
         self.window().unwrap_or(DEFAULT_WINDOW)
@@ -355,6 +390,11 @@ impl Config {
             s.ice_servers = servers.clone();
         }
         s.caller_ice_servers = n.caller_ice_servers.clone();
+        s.max_connections = n.max_webrtc_connections;
+        s.turn_overrides = TurnOptions::from_env().unwrap_or_else(|e| {
+            tracing::warn!("ignoring the TURN overrides of the environment: {e}");
+            TurnOptions::default()
+        });
         s.turn = n.turn.as_ref().map(|t| {
             let mut turn = tether_signaling::TurnRestConfig::new(t.urls.clone(), t.secret.clone());
             if let Some(ttl) = t.ttl.as_deref().and_then(|d| parse_go_duration(d).ok()) {
@@ -432,6 +472,20 @@ mod tests {
             }
         }
         assert_eq!(Config::from_json("{}").unwrap().heartbeat_window(), DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn token_lifetime_is_parsed_and_bounded() {
+        let cfg = |l: &str| Config::from_json(&format!(r#"{{"auth":{{"handlers":[],"token_lifetime":"{l}"}}}}"#));
+        assert_eq!(cfg("2s").unwrap().auth_options().token_lifetime, Duration::from_secs(2));
+        assert_eq!(cfg("1h").unwrap().auth_options().token_lifetime, Duration::from_secs(3600));
+        for bad in ["500ms", "721h", "soon"] {
+            assert_eq!(cfg(bad).unwrap_err().field, "auth.token_lifetime", "{bad}");
+        }
+        assert_eq!(
+            Config::from_json("{}").unwrap().auth_options().token_lifetime,
+            tether_transport::auth::DEFAULT_TOKEN_LIFETIME
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tether_proto::viam::component as comp;
 use tether_proto::viam::robot::v1::robot_service_server::RobotServiceServer;
 pub use tether_signaling::answerer::RemoteStatus;
 use tether_signaling::answerer::{PeerEvent, PeerEvents};
-use tether_transport::auth::{ApiKey, AuthLayer, AuthServer, Authority};
+use tether_transport::auth::{ApiKey, AuthLayer, AuthOptions, AuthServer, AuthStats, Authority};
 use tether_transport::server::{HttpService, ServeOptions};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -32,8 +32,11 @@ use tower::ServiceBuilder;
 pub mod config;
 pub mod monitor;
 pub mod operations;
+pub mod page;
 pub mod services;
 pub mod session;
+pub mod status;
+pub mod video;
 pub mod webrtc;
 
 pub use tether_components as components;
@@ -47,6 +50,9 @@ use resource::Resources;
 use services::ComponentService;
 use services::robot::RobotServer;
 use session::{Expired, SessionManager};
+
+/// gRPC path prefix of the embedded signaler's calls.
+const SIGNALING_PREFIX: &str = "/proto.rpc.webrtc.v1.SignalingService/";
 
 /// A safety stop issued because a session lapsed or a peer connection died.
 #[derive(Clone, Debug)]
@@ -96,8 +102,11 @@ pub struct MachineOptions {
     pub heartbeat_window: Duration,
     /// API keys; empty means no authentication.
     pub api_keys: Vec<ApiKey>,
-    /// Name used as the token audience.
+    /// Name used as the token audience when `webrtc.hosts` is empty (tokens
+    /// are for the machine's host names).
     pub name: String,
+    /// Token lifetime, signing secret and `Authenticate` throttling.
+    pub auth: AuthOptions,
     /// WebRTC: the embedded signaler and the answerers.
     pub webrtc: webrtc::WebRtcSettings,
 }
@@ -108,6 +117,7 @@ impl Default for MachineOptions {
             heartbeat_window: session::DEFAULT_WINDOW,
             api_keys: Vec::new(),
             name: "tether-machine".into(),
+            auth: AuthOptions::default(),
             webrtc: webrtc::WebRtcSettings::default(),
         }
     }
@@ -123,6 +133,8 @@ pub struct Machine {
     stops: broadcast::Sender<SafetyStop>,
     started: SystemTime,
     webrtc: Arc<webrtc::WebRtc>,
+    video: Arc<video::VideoHub>,
+    status: status::Status,
 }
 
 impl std::fmt::Debug for Machine {
@@ -145,9 +157,24 @@ impl Machine {
             })
         };
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
-        let authority =
-            (!options.api_keys.is_empty()).then(|| Arc::new(Authority::new(options.name.clone(), options.api_keys)));
+        let audience =
+            if options.webrtc.hosts.is_empty() { vec![options.name.clone()] } else { options.webrtc.hosts.clone() };
+        let authority = (!options.api_keys.is_empty())
+            .then(|| Arc::new(Authority::with_options(audience, options.api_keys, options.auth.clone())));
         let webrtc = Arc::new(webrtc::WebRtc::new(options.webrtc));
+        let video = video::VideoHub::new(resources.clone());
+        let status = status::Status::default();
+        let mut recorded = stops.subscribe();
+        let record = status.clone();
+        tokio::spawn(async move {
+            loop {
+                match recorded.recv().await {
+                    Ok(stop) => record.record_stop(&stop),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         Self {
             resources,
             sessions,
@@ -156,6 +183,8 @@ impl Machine {
             stops,
             started: SystemTime::now(),
             webrtc,
+            video,
+            status,
         }
     }
 
@@ -166,6 +195,7 @@ impl Machine {
         let options = MachineOptions {
             heartbeat_window: cfg.heartbeat_window(),
             api_keys: cfg.api_keys(),
+            auth: cfg.auth_options(),
             webrtc: cfg.webrtc_settings(),
             ..Default::default()
         };
@@ -177,6 +207,11 @@ impl Machine {
         &self.resources
     }
 
+    /// Camera streams (encoders and tracks).
+    pub fn video(&self) -> &Arc<video::VideoHub> {
+        &self.video
+    }
+
     /// The session manager.
     pub fn sessions(&self) -> &SessionManager {
         &self.sessions
@@ -185,6 +220,18 @@ impl Machine {
     /// Running operations.
     pub fn operations(&self) -> &Operations {
         &self.operations
+    }
+
+    /// Counters of the machine's authentication (`None` without API keys):
+    /// key checks, throttled `Authenticate`s, tokens minted.
+    pub fn auth_stats(&self) -> Option<AuthStats> {
+        self.authority.as_ref().map(|a| a.stats())
+    }
+
+    /// The lifetime of the access tokens the machine mints (`None` without
+    /// API keys).
+    pub fn token_lifetime(&self) -> Option<Duration> {
+        self.authority.as_ref().map(|a| a.token_lifetime())
     }
 
     /// Safety stops as they happen.
@@ -224,6 +271,9 @@ impl Machine {
             };
         }
         let mut routes = tether_components::for_each_kind!(component_routes)
+            .add_service(limits!(tether_proto::proto::stream::v1::stream_service_server::StreamServiceServer::new(
+                services::stream::StreamServer { resources: self.resources.clone(), hub: self.video.clone() }
+            )))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(limits!(self.webrtc.signaling.clone().into_service()));
@@ -239,13 +289,35 @@ impl Machine {
             .layer(tether_transport::grpc::StatusHygieneLayer)
             .layer(AuthLayer::new(self.authority.clone()))
             .layer(monitor)
+            .map_request({
+                let status = self.status.clone();
+                move |req: http::Request<tonic::body::Body>| {
+                    // A signaling exchange is not a client yet; the peer connection it makes is.
+                    if !req.uri().path().starts_with(SIGNALING_PREFIX)
+                        && let Some(info) = req.extensions().get::<tether_transport::server::ConnectionInfo>()
+                    {
+                        status.record_call(info);
+                    }
+                    req
+                }
+            })
             .service(routes);
         tower::util::BoxCloneSyncService::new(svc)
     }
 
-    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP.
+    /// [`Self::grpc_service`] plus gRPC-Web and CORS, as served on TCP; every
+    /// other request (a browser's `GET /`) goes to the control page
+    /// ([`page`]).
     pub fn http_service(&self) -> HttpService {
-        tether_transport::server::grpc_web(self.grpc_service())
+        let grpc = tether_transport::server::grpc_web(self.grpc_service());
+        let page =
+            page::service(self.status.clone(), self.sessions.clone(), self.authority.clone(), self.webrtc.clone());
+        tether_transport::server::with_fallback(grpc, page)
+    }
+
+    /// The clients and safety stops the control page shows.
+    pub fn status(&self) -> &status::Status {
+        &self.status
     }
 
     /// Serves gRPC and gRPC-Web on `listener` until `shutdown`; with WebRTC
@@ -286,7 +358,9 @@ impl Machine {
     fn start_webrtc(&self, local: std::net::SocketAddr, shutdown: CancellationToken) {
         let machine = self.clone();
         let events: PeerEvents = Arc::new(move |event| machine.on_peer_event(event));
-        self.webrtc.start(local, self.authority.is_some(), self.grpc_service(), events, shutdown);
+        let machine = self.clone();
+        let in_use: tether_signaling::slots::InUse = Arc::new(move |info| machine.webrtc_in_use(info));
+        self.webrtc.start(local, self.authority.is_some(), self.grpc_service(), events, in_use, shutdown);
     }
 
     /// Each external signaling service (`--signaling`) with whether the
@@ -297,7 +371,25 @@ impl Machine {
         self.webrtc.remote_status()
     }
 
+    /// Whether a WebRTC peer must not be closed to make room for another
+    /// caller: a live session's heartbeats arrive over it, or it is the last
+    /// (sessionless) caller of a resource.
+    fn webrtc_in_use(&self, info: &tether_transport::ConnectionInfo) -> bool {
+        let holds_session = self
+            .sessions
+            .list()
+            .iter()
+            .any(|s| s.peer.webrtc && s.peer.remote == info.remote && s.peer.local == info.local);
+        holds_session
+            || self
+                .resources
+                .names()
+                .iter()
+                .any(|n| self.sessions.last_caller_of(&n.name) == Some(session::Caller::Connection(info.id)))
+    }
+
     fn on_peer_event(&self, event: PeerEvent) {
+        self.status.peer_event(&event);
         let PeerEvent::Closed(info) = event else { return };
         let lost = self.sessions.connection_closed(info.id);
         spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());

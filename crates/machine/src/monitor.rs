@@ -95,9 +95,33 @@ pub fn peer_of<B>(req: &Request<B>) -> PeerInfo {
     }
 }
 
-/// The authenticated owner of a request ("" when unauthenticated).
+/// Who a request is, as far as sessions are concerned (see [`identity`]).
 pub fn owner_of<B>(req: &Request<B>) -> String {
-    req.extensions().get::<AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
+    identity(req.extensions().get::<AuthEntity>(), req.extensions().get::<ConnectionInfo>())
+}
+
+/// The identity that owns the sessions a caller starts: its authenticated
+/// entity (an API key id, or the caller a signaler vouched for over
+/// WebRTC), else — on a machine without auth — the host it calls from (the
+/// IP address of the TCP peer or of the WebRTC peer's selected remote
+/// candidate). A host, not a connection: the Viam Python SDK
+/// heartbeats over a connection of its own, gRPC-Web clients spread calls
+/// over pooled HTTP/1.1 connections, and a client resumes its session over a
+/// new connection after a reconnect.
+pub fn identity(entity: Option<&AuthEntity>, connection: Option<&ConnectionInfo>) -> String {
+    match (entity, connection.and_then(|c| c.remote)) {
+        (Some(e), _) => e.0.clone(),
+        (None, Some(remote)) => {
+            // The exact address (an IPv6 /64 is a whole LAN); IPv4-mapped
+            // IPv6 as IPv4.
+            let ip = match remote.ip() {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(remote.ip()),
+                v4 => v4,
+            };
+            format!("host:{ip}")
+        }
+        (None, None) => "anonymous".to_owned(),
+    }
 }
 
 fn untracked(path: &str) -> bool {
@@ -296,5 +320,30 @@ impl HttpBody for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(remote: &str, kind: TransportKind) -> ConnectionInfo {
+        ConnectionInfo { kind, remote: Some(remote.parse().unwrap()), local: None, id: 1 }
+    }
+
+    #[test]
+    fn an_identity_is_the_entity_else_the_calling_host() {
+        let entity = AuthEntity("key-id".into());
+        let a = from("10.0.0.5:40000", TransportKind::Grpc);
+        assert_eq!(identity(Some(&entity), Some(&a)), "key-id");
+        // Any connection of one host, over any transport, is one caller.
+        assert_eq!(identity(None, Some(&a)), "host:10.0.0.5");
+        assert_eq!(identity(None, Some(&from("10.0.0.5:40001", TransportKind::WebRtc))), "host:10.0.0.5");
+        assert_eq!(identity(None, Some(&from("[::ffff:10.0.0.5]:1", TransportKind::Grpc))), "host:10.0.0.5");
+        assert_ne!(identity(None, Some(&from("10.0.0.6:40000", TransportKind::Grpc))), "host:10.0.0.5");
+        // Two hosts of one IPv6 /64 are two callers.
+        let (x, y) = (from("[2001:db8::1]:1", TransportKind::Grpc), from("[2001:db8::2]:1", TransportKind::Grpc));
+        assert_ne!(identity(None, Some(&x)), identity(None, Some(&y)));
+        assert_eq!(identity(None, None), "anonymous");
     }
 }

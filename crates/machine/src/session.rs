@@ -79,12 +79,14 @@ pub struct PeerInfo {
 pub struct SessionInfo {
     /// Session id.
     pub id: Uuid,
-    /// Owner (authenticated entity; empty when unauthenticated).
+    /// Owner ([`crate::monitor::identity`]).
     pub owner: String,
     /// The session's window.
     pub window: Duration,
     /// Where the last heartbeat came from.
     pub peer: PeerInfo,
+    /// When it lapses unless heartbeated (last heartbeat + window).
+    pub deadline: Instant,
 }
 
 /// A session that lapsed, and the resources it was the last caller of.
@@ -159,7 +161,9 @@ impl std::fmt::Debug for SessionManager {
     }
 }
 
-fn owners_match(a: &str, b: &str) -> bool {
+/// Whether two owners (see [`crate::monitor::identity`]) are the same, in
+/// constant time.
+pub fn owners_match(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
@@ -313,14 +317,27 @@ impl SessionManager {
         out
     }
 
-    /// Every live session (`GetSessions` is not filtered by owner).
+    /// Whether `id` is a live session of `owner`.
+    pub fn is_owner(&self, id: Uuid, owner: &str) -> bool {
+        let now = Instant::now();
+        self.inner.state.lock().sessions.get(&id).is_some_and(|s| s.deadline > now && owners_match(&s.owner, owner))
+    }
+
+    /// Every live session, of every owner (`GetSessions` shows the ids of the
+    /// caller's own only).
     pub fn list(&self) -> Vec<SessionInfo> {
         let now = Instant::now();
         let st = self.inner.state.lock();
         st.sessions
             .iter()
             .filter(|(_, s)| s.deadline > now)
-            .map(|(id, s)| SessionInfo { id: *id, owner: s.owner.clone(), window: s.window, peer: s.peer.clone() })
+            .map(|(id, s)| SessionInfo {
+                id: *id,
+                owner: s.owner.clone(),
+                window: s.window,
+                peer: s.peer.clone(),
+                deadline: s.deadline,
+            })
             .collect()
     }
 

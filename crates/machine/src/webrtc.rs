@@ -9,10 +9,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tether_signaling::answerer::{self, AnswererConfig, PeerEvents, RemoteSignaler, RemoteStatus};
+use tether_signaling::slots::{ConnectionSlots, InUse};
 use tether_signaling::{HostAllowList, MAX_HOSTS, MemoryQueue, SignalingServer, TurnRestConfig};
 use tether_transport::dial::Credentials;
 use tether_transport::server::HttpService;
-use tether_transport::webrtc::peer::{IceServer, PeerOptions};
+use tether_transport::webrtc::peer::{IceServer, PeerOptions, TurnOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,13 @@ pub struct WebRtcSettings {
     /// Extra CA certificate (PEM) for `https://` external signaling services
     /// (besides the web PKI roots).
     pub signaling_ca_pem: Option<Vec<u8>>,
+    /// Most WebRTC connections at once (`None`: no limit); see
+    /// [`tether_signaling::slots`].
+    pub max_connections: Option<usize>,
+    /// TURN filter and rewrites applied to the servers the machine gathers
+    /// with: from `TURN_URI`, `TURN_SCHEME`, `TURN_TRANSPORT`, `TURN_PORT`
+    /// in the machine's environment (read by the config loader).
+    pub turn_overrides: TurnOptions,
 }
 
 impl Default for WebRtcSettings {
@@ -54,6 +62,8 @@ impl Default for WebRtcSettings {
             turn: None,
             signaling_credentials: None,
             signaling_ca_pem: None,
+            max_connections: None,
+            turn_overrides: TurnOptions::default(),
         }
     }
 }
@@ -128,6 +138,7 @@ impl WebRtc {
         require_caller: bool,
         svc: HttpService,
         events: PeerEvents,
+        in_use: InUse,
         shutdown: CancellationToken,
     ) {
         if !self.settings.enabled {
@@ -137,14 +148,17 @@ impl WebRtc {
         hosts.extend(listen_hosts(local));
         hosts.dedup();
         self.allowed.replace(hosts.clone());
+        // No shared identity for callers nobody authenticated: the machine
+        // tells them apart by address (crate::monitor::identity_of).
         let mut config = AnswererConfig::new(hosts.clone());
-        config.entity = Some(self.settings.hosts.join(":"));
         config.require_caller = require_caller;
         // Remote callers never get a loopback candidate (see
         // PeerOptions::loopback_only_for_local_peers).
         config.peer = PeerOptions::default()
             .with_ice_servers(self.settings.ice_servers.clone())
+            .with_turn(self.settings.turn_overrides.clone())
             .with_loopback_only_for_local_peers(true);
+        config.slots = self.settings.max_connections.map(|limit| ConnectionSlots::new(limit, in_use));
         config.stats = self.stats.clone();
         // Calls through the embedded signaler gather with what it hands its
         // callers too (its TURN servers, credentials minted per call).

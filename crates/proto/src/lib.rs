@@ -63,6 +63,11 @@ pub mod proto {
             }
         }
     }
+    pub mod stream {
+        pub mod v1 {
+            include_proto!("proto.stream.v1");
+        }
+    }
 }
 
 pub mod viam {

@@ -67,6 +67,9 @@ pub struct AnswererConfig {
     pub require_caller: bool,
     /// Counters shared by every answerer of a machine.
     pub stats: Arc<AnswererStats>,
+    /// The machine's limit on WebRTC connections, shared by every answerer
+    /// (`None`: no limit). A caller's priority is its offer's `a=x-priority`.
+    pub slots: Option<Arc<crate::slots::ConnectionSlots>>,
     /// The ICE servers the in-process signaler hands out for a host (for
     /// [`spawn_local`]; an external signaler's come over the wire).
     pub signaler_ice: Option<SignalerIce>,
@@ -116,6 +119,7 @@ impl AnswererConfig {
             entity: None,
             require_caller: false,
             stats: Arc::default(),
+            slots: None,
             signaler_ice: None,
         }
     }
@@ -189,6 +193,9 @@ impl Drop for Gauge<'_> {
 pub enum PeerEvent {
     /// The data channel opened; calls on it carry this connection info.
     Opened(ConnectionInfo),
+    /// The ICE candidate pair of connection `id` as `local/remote` candidate
+    /// types (`host/prflx`, `relay/host`, …); sent right after `Opened`.
+    IcePair(u64, String),
     /// The connection is gone (closed, ICE failed or consent lost): every
     /// call on it was cancelled.
     Closed(ConnectionInfo),
@@ -404,6 +411,7 @@ impl RemoteWorker {
                 }
             };
             // One Answer stream per offer, until the connection breaks.
+            let mut token_worked = false;
             loop {
                 let result = tokio::select! {
                     r = self.wait_for_offer(&mut client, &ctx.config.hosts) => r,
@@ -412,15 +420,26 @@ impl RemoteWorker {
                 match result {
                     Ok(Some(offer)) => {
                         attempt = 0;
+                        token_worked = true;
                         tokio::spawn(ctx.clone().run(offer));
                     }
-                    Ok(None) => {}
+                    Ok(None) => token_worked = true,
+                    // The signaler's token expired (it worked before):
+                    // authenticate again at once, nothing is unreachable.
+                    Err(e) if token_worked && e.code() == tonic::Code::Unauthenticated => {
+                        tracing::debug!(worker, "answer stream refused ({e}); authenticating again");
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(worker, "answer stream ended: {e}");
                         self.report(RemoteStatus::Unreachable(describe(&e)));
+                        token_worked = false;
                         break;
                     }
                 }
+            }
+            if token_worked {
+                continue;
             }
             if !ctx.pause(attempt).await {
                 return;
@@ -625,10 +644,17 @@ impl Context {
             return Err(tonic::Status::invalid_argument("expected an offer"));
         }
         let entity = self.caller_entity(offer, &offer_sdp)?;
+        // Admission only for callers we accept, before any peer connection.
+        let priority = crate::caller::priority_of(&offer_sdp);
+        let slot = match &self.config.slots {
+            Some(slots) => Some(slots.admit(priority)?),
+            None => None,
+        };
         let trickle = !offer.disable_trickle;
         let mut options = self.config.peer.clone();
         options.ice_servers = merge_ice_servers(&options.ice_servers, &offer.ice_servers);
-        let peer = RtcPeer::new(&options, RtcOptions::default())
+        // The machine's connections can carry camera video (StreamService).
+        let peer = RtcPeer::new(&options, RtcOptions::default().with_media(true))
             .await
             .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
         let result = self.exchange(offer, &peer, offer_sdp, trickle, deadline).await;
@@ -648,11 +674,19 @@ impl Context {
             remote = ?info.remote,
             pair = ?pair.as_ref().map(|p| (&p.local_type, &p.remote_type)),
             caller = entity.as_ref().map(|e| e.0.as_str()),
+            priority,
             "webrtc peer connected"
         );
+        if let Some(slot) = &slot {
+            slot.connected(info.clone());
+        }
+        let evicted = slot.as_ref().map(|s| s.evicted().clone()).unwrap_or_default();
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
         (self.events)(PeerEvent::Opened(info.clone()));
+        if let Some(p) = &pair {
+            (self.events)(PeerEvent::IcePair(info.id, format!("{}/{}", p.local_type, p.remote_type)));
+        }
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
         let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
@@ -661,8 +695,10 @@ impl Context {
         tokio::select! {
             _ = peer.closed().cancelled() => {}
             _ = self.shutdown.cancelled() => {}
+            _ = evicted.cancelled() => {}
         }
         peer.close();
+        drop(slot);
         tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
         (self.events)(PeerEvent::Closed(info));
         Ok(())

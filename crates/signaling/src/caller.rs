@@ -9,7 +9,7 @@ use tether_proto::proto::rpc::webrtc::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use tether_transport::dial::{Credentials, DialError, DirectConnection, DirectOptions, HeaderStamp, SharedHeaders};
-use tether_transport::webrtc::peer::{IceServer, PeerOptions};
+use tether_transport::webrtc::peer::{IceServer, PeerOptions, TurnOptions, TurnScheme, TurnTransport};
 use tether_transport::webrtc::sdp::{self, SdpKind};
 use tether_transport::webrtc::{PeerError, RtcOptions};
 use tether_transport::webrtc::{PeerEvent, RtcChannel, RtcPeer};
@@ -27,12 +27,31 @@ pub struct WebRtcOptions {
     pub credentials: Option<Credentials>,
     /// Our own ICE servers (the signaler's are appended).
     pub ice_servers: Vec<IceServer>,
-    /// Only relay (TURN) candidates.
+    /// Only relay (TURN) candidates (the anchors' `forceRelay` / `force_relay`).
+    pub force_relay: bool,
+    /// Deprecated name of [`Self::force_relay`] (either turns it on).
+    #[deprecated(note = "use force_relay")]
     pub relay_only: bool,
     /// Never relay: drop every TURN server.
     pub force_p2p: bool,
-    /// Keep only this TURN URL among TURN servers (e.g. `turn:turn.example.com:3478`).
+    /// Keep only this TURN server among all TURN URLs (ours and the
+    /// signaler's), e.g. `turn:turn.example.com:3478` (see
+    /// [`tether_transport::webrtc::peer::TurnOptions`] for the matching rule).
+    pub turn_uri: Option<String>,
+    /// Deprecated name of [`Self::turn_uri`] (used when `turn_uri` is unset).
+    #[deprecated(note = "use turn_uri")]
     pub turn_uri_override: Option<String>,
+    /// Rewrite every TURN URL to this scheme (`turn` or `turns`).
+    pub turn_scheme: Option<TurnScheme>,
+    /// Rewrite every TURN URL to this transport (`udp` or `tcp`).
+    pub turn_transport: Option<TurnTransport>,
+    /// Rewrite every TURN URL to this port.
+    pub turn_port: Option<u16>,
+    /// The caller's priority, sent as `a=x-priority:N` in the offer: a
+    /// machine at its `max_webrtc_connections` may close an idle, sessionless
+    /// connection of a lower priority to let this one in. Unset: none sent
+    /// (the machine counts it as 0).
+    pub priority: Option<i32>,
     /// Send a complete offer instead of trickling candidates.
     pub disable_trickle: bool,
     /// Whole-dial limit.
@@ -47,21 +66,61 @@ pub struct WebRtcOptions {
 
 impl WebRtcOptions {
     /// Defaults for dialing `host` through `signaling_address`.
+    #[allow(deprecated)]
     pub fn new(signaling_address: impl Into<String>, host: impl Into<String>) -> Self {
         Self {
             signaling_address: signaling_address.into(),
             host: host.into(),
             credentials: None,
             ice_servers: vec![IceServer::url(tether_transport::webrtc::peer::DEFAULT_STUN)],
+            force_relay: false,
             relay_only: false,
             force_p2p: false,
+            turn_uri: None,
             turn_uri_override: None,
+            turn_scheme: None,
+            turn_transport: None,
+            turn_port: None,
+            priority: None,
             disable_trickle: false,
             dial_timeout: Duration::from_secs(10),
             tls_ca_pem: None,
             limits: Limits::default(),
             peer: PeerOptions::default(),
         }
+    }
+
+    /// Whether only relay candidates are used (`force_relay`, or its
+    /// deprecated name `relay_only`).
+    #[allow(deprecated)]
+    pub fn relay(&self) -> bool {
+        self.force_relay || self.relay_only
+    }
+
+    /// The TURN filter and rewrites these options ask for.
+    #[allow(deprecated)]
+    pub fn turn_options(&self) -> TurnOptions {
+        let mut t = TurnOptions::default();
+        t.force_p2p = self.force_p2p;
+        t.uri = self.turn_uri.clone().or_else(|| self.turn_uri_override.clone());
+        t.scheme = self.turn_scheme;
+        t.transport = self.turn_transport;
+        t.port = self.turn_port;
+        t
+    }
+
+    /// Settings that can never connect: a TURN URI that does not parse, or
+    /// `force_relay` with `force_p2p` (a warning is logged, and the dial
+    /// fails at once with INVALID_ARGUMENT).
+    pub fn check(&self) -> Result<(), tonic::Status> {
+        self.turn_options().validate().map_err(tonic::Status::invalid_argument)?;
+        if self.relay() && self.force_p2p {
+            tracing::warn!("force_relay and force_p2p are both set: no candidate can connect");
+            return Err(tonic::Status::invalid_argument(
+                "force_relay and force_p2p are both set: force_p2p drops every TURN server, and force_relay allows only relayed candidates",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +139,11 @@ impl std::fmt::Debug for WebRtcConnection {
 }
 
 impl WebRtcConnection {
+    /// The peer connection (for media: [`RtcPeer::video_receiver`]).
+    pub fn peer(&self) -> &RtcPeer {
+        &self.peer
+    }
+
     /// Cancelled when the connection dies (ICE disconnected/failed, channel
     /// closed) or is closed.
     pub fn closed(&self) -> &CancellationToken {
@@ -104,25 +168,50 @@ impl WebRtcConnection {
     }
 }
 
-/// Applies force_p2p / turn_uri_override / relay_only to the server list.
-pub fn filter_ice_servers(mut servers: Vec<IceServer>, options: &WebRtcOptions) -> Vec<IceServer> {
-    let is_turn = |u: &str| u.starts_with("turn:") || u.starts_with("turns:");
-    if options.force_p2p {
-        for s in &mut servers {
-            s.urls.retain(|u| !is_turn(u));
-        }
-    } else if let Some(only) = &options.turn_uri_override {
-        let norm = |u: &str| {
-            let (base, transport) = u.split_once("?transport=").unwrap_or((u, "udp"));
-            (base.to_ascii_lowercase(), transport.to_ascii_lowercase())
-        };
-        let wanted = norm(only);
-        for s in &mut servers {
-            s.urls.retain(|u| !is_turn(u) || norm(u) == wanted);
-        }
+/// Applies `force_p2p`, `turn_uri` and the TURN URL rewrites of `options`
+/// to the server list (what the dial gathers with).
+pub fn filter_ice_servers(servers: Vec<IceServer>, options: &WebRtcOptions) -> Vec<IceServer> {
+    options.turn_options().apply(servers)
+}
+
+/// Appends `a=x-priority:N` to an SDP, as the TypeScript SDK adds its
+/// `additionalSdpFields` (one `a=key:value` line at the end).
+pub fn with_priority(sdp: String, priority: Option<i32>) -> String {
+    let Some(p) = priority else { return sdp };
+    let mut sdp = sdp;
+    if !sdp.is_empty() && !sdp.ends_with('\n') {
+        sdp.push_str("\r\n");
     }
-    servers.retain(|s| !s.urls.is_empty());
-    servers
+    sdp.push_str(&format!("a={}:{p}\r\n", PRIORITY_ATTRIBUTE));
+    sdp
+}
+
+/// The SDP attribute that carries a caller's priority.
+pub const PRIORITY_ATTRIBUTE: &str = "x-priority";
+
+/// The priority an offer carries (`a=x-priority:N`; 0 without one or when it
+/// does not parse: the TypeScript SDK sends a number, so `2.0` counts as 2).
+///
+/// ```
+/// use tether_signaling::caller::{priority_of, with_priority};
+/// assert_eq!(priority_of(&with_priority("v=0\r\n".into(), Some(7))), 7);
+/// assert_eq!(priority_of("v=0\r\na=x-priority:-3\r\n"), -3);
+/// assert_eq!(priority_of("v=0\r\n"), 0);
+/// ```
+pub fn priority_of(sdp: &str) -> i32 {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=")?.strip_prefix(PRIORITY_ATTRIBUTE)?.strip_prefix(':'))
+        .filter_map(|v| {
+            let v = v.trim();
+            v.parse::<i32>().ok().or_else(|| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+            })
+        })
+        .next_back()
+        .unwrap_or(0)
 }
 
 type Signaling = pb::signaling_service_client::SignalingServiceClient<HeaderStamp<DirectConnection>>;
@@ -140,12 +229,19 @@ pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError
     match tokio::time::timeout(options.dial_timeout, dial_inner(options)).await {
         Ok(r) => r,
         Err(_) => {
-            Err(DialError::Timeout(format!("{} via {}", options.host, options.signaling_address), options.dial_timeout))
+            let mut target = format!("{} via {}", options.host, options.signaling_address);
+            if options.force_p2p {
+                target.push_str(" (force_p2p: TURN relays were not used)");
+            } else if options.relay() {
+                target.push_str(" (force_relay: only relayed candidates were used)");
+            }
+            Err(DialError::Timeout(target, options.dial_timeout))
         }
     }
 }
 
 async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
+    options.check()?;
     let connection =
         DirectOptions::default().with_connect_timeout(options.dial_timeout).with_tls_ca_pem(options.tls_ca_pem.clone());
     let channel = DirectConnection::connect(&options.signaling_address, &connection).await?;
@@ -169,10 +265,11 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
         Err(s) => return Err(s.into()),
     }
     let mut peer_options = options.peer.clone();
-    peer_options.ice_servers = filter_ice_servers(servers, options);
-    peer_options.relay_only = options.relay_only;
+    peer_options.ice_servers = servers;
+    peer_options.turn = options.turn_options();
+    peer_options.relay_only = options.relay();
 
-    let peer = RtcPeer::new(&peer_options, RtcOptions::default())
+    let peer = RtcPeer::new(&peer_options, RtcOptions::default().with_media(true))
         .await
         .map_err(|e| DialError::Connect(options.host.clone(), e.to_string()))?;
     let result = exchange(&mut signaling, options, &peer).await;
@@ -180,6 +277,17 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
         peer.close();
     }
     result
+}
+
+/// Why ICE failed, with what the options ruled out.
+fn ice_failed(options: &WebRtcOptions) -> String {
+    let mut why = String::from("ICE failed before the data channel opened");
+    if options.force_p2p {
+        why.push_str(" (force_p2p: TURN relays were not used, and no direct or server-reflexive path worked)");
+    } else if options.relay() {
+        why.push_str(" (force_relay: only relayed candidates were used, and no TURN relay worked)");
+    }
+    why
 }
 
 /// Runs `then` once every task in `pending` has finished.
@@ -211,6 +319,7 @@ async fn exchange(
         }
         offer = peer.local_description().unwrap_or(offer);
     }
+    let offer = with_priority(offer, options.priority);
     let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: options.disable_trickle };
     let mut answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
 
@@ -270,7 +379,7 @@ async fn exchange(
                 }
                 Some(PeerEvent::IceConnected | PeerEvent::Connected) => {}
                 Some(PeerEvent::Closed(_)) | None => {
-                    return Err(DialError::Connect(options.host.clone(), "ICE failed before the data channel opened".into()));
+                    return Err(DialError::Connect(options.host.clone(), ice_failed(options)));
                 }
             },
             m = answers.message(), if answers_open => match m {

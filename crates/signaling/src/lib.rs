@@ -51,6 +51,7 @@ mod queue;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod server;
+pub mod slots;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{

@@ -151,20 +151,9 @@ impl Caller {
 
 /// The address a caller is counted as: an IPv4 address as is (also when
 /// mapped into IPv6), an IPv6 address by its /64 prefix (one subscriber's
-/// network; anyone holding one has all of it).
-pub fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-                format!("{prefix}/64")
-            }
-        },
-    }
-}
+/// network; anyone holding one has all of it). The same key throttles
+/// failed `Authenticate`s.
+pub use tether_transport::auth::address_key;
 
 /// Checks the size of an SDP about to be queued or relayed.
 pub(crate) fn check_sdp(sdp: &str, what: &str) -> Result<(), Status> {

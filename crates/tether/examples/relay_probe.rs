@@ -51,7 +51,7 @@ fn conf(args: &Args) -> DialConf {
     DialConf::webrtc(args.host.clone(), args.signaling.clone())
         .with_webrtc(|c| {
             c.ice_servers = args.ice_servers.iter().map(|u| IceServer::parse(u)).collect();
-            c.relay_only = args.relay_only;
+            c.force_relay = args.relay_only;
         })
         .with_dial_timeout(Duration::from_secs(20))
 }

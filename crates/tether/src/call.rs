@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tether_client::{Credentials, DialConf, Options, ReconnectOptions, ResourceName, RobotClient};
+use tether_client::{Credentials, DialConf, DirectFallback, Options, ReconnectOptions, ResourceName, RobotClient};
 
 mod components;
 mod params;
@@ -47,6 +47,7 @@ Component actions (TARGET is a component name, kind found via ResourceNames):
   switch   set-position N | position | positions
   sensor   readings
   camera   image [--mime M] [--out FILE] | images [--out DIR] | point-cloud [--out FILE] | properties
+           stream [--seconds N] [--out FILE.ivf]  (WebRTC: video; prints fps, bitrate, frame delay)
   generic  only the shared actions:
   (every kind) do-command JSON | status | geometries (not button/switch)
 
@@ -58,6 +59,7 @@ Examples:
   tether call 127.0.0.1:8080 sensor1 readings --json
   tether call 127.0.0.1:8080 watch --reconnect-max-attempts 20
   tether call 127.0.0.1:8080 camera1 image --out frame.jpg
+  tether call 127.0.0.1:8080 camera1 stream --webrtc --seconds 5 --out camera1.ivf
   tether call 127.0.0.1:8080 generic1 do-command '{\"a\": 1}'";
 
 /// Arguments of `tether call`.
@@ -101,6 +103,9 @@ pub(crate) struct CallArgs {
     /// MIME type to ask a camera for (default image/jpeg, or pointcloud/pcd).
     #[arg(long, value_name = "MIME")]
     pub mime: Option<String>,
+    /// How long `camera stream` receives video (default 5).
+    #[arg(long, value_name = "SECS")]
+    pub seconds: Option<f64>,
     /// Connect over WebRTC, using ADDRESS as the signaling service and the
     /// machine's host name (unless --host or --signaling say otherwise).
     #[arg(long)]
@@ -119,13 +124,40 @@ pub(crate) struct CallArgs {
     /// WebRTC: use no STUN server of our own (only what signaling offers).
     #[arg(long)]
     pub no_stun: bool,
-    /// WebRTC: only relay (TURN) candidates.
+    /// WebRTC: only relay (TURN) candidates (`--relay-only` is its old name).
+    #[arg(long, alias = "relay-only")]
+    pub force_relay: bool,
+    /// WebRTC: never relay (every TURN server is dropped).
     #[arg(long)]
-    pub relay_only: bool,
-    /// Do not reconnect when the connection drops (the client ends).
+    pub force_p2p: bool,
+    /// WebRTC: keep only this TURN server, e.g. `turn:turn.example.com:3478`
+    /// (matched by scheme, host, port and transport).
+    #[arg(long, value_name = "URL")]
+    pub turn_uri: Option<String>,
+    /// WebRTC: rewrite every TURN URL to this scheme (turn or turns).
+    #[arg(long, value_name = "SCHEME")]
+    pub turn_scheme: Option<tether_client::TurnScheme>,
+    /// WebRTC: rewrite every TURN URL to this transport (udp or tcp).
+    #[arg(long, value_name = "TRANSPORT")]
+    pub turn_transport: Option<tether_client::TurnTransport>,
+    /// WebRTC: rewrite every TURN URL to this port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub turn_port: Option<u16>,
+    /// WebRTC: our priority (sent as `a=x-priority:N`); a machine at its
+    /// connection limit may close an idle, sessionless lower-priority one.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// WebRTC: when the first WebRTC dial fails, dial this address directly
+    /// (`never` for no fallback; default: the machine's host when it names
+    /// a local one, as the TypeScript SDK does).
+    #[arg(long, value_name = "ADDRESS")]
+    pub direct_fallback: Option<String>,
+    /// Dial once, and do not reconnect when the connection drops (the client
+    /// ends). Without it the first dial is retried too (a machine that is
+    /// starting, or offline at its signaling service, is waited for).
     #[arg(long)]
     pub no_reconnect: bool,
-    /// Reconnection attempts per outage (default 10).
+    /// Dial attempts, for the first dial and per outage (default 10).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub reconnect_max_attempts: Option<u32>,
     /// Cap on each delay between reconnection attempts, in milliseconds
@@ -150,7 +182,18 @@ fn dial_conf(args: &CallArgs) -> DialConf {
         if !args.ice_servers.is_empty() {
             c.ice_servers = args.ice_servers.iter().map(|u| tether_client::IceServer::parse(u)).collect();
         }
-        c.relay_only = args.relay_only;
+        c.force_relay = args.force_relay;
+        c.force_p2p = args.force_p2p;
+        c.turn_uri = args.turn_uri.clone();
+        c.turn_scheme = args.turn_scheme;
+        c.turn_transport = args.turn_transport;
+        c.turn_port = args.turn_port;
+        c.priority = args.priority;
+        c.direct_fallback = match args.direct_fallback.as_deref() {
+            None => DirectFallback::Auto,
+            Some("never") => DirectFallback::Never,
+            Some(address) => DirectFallback::To(address.to_owned()),
+        };
     })
 }
 
@@ -227,6 +270,7 @@ pub(crate) struct Ctx<'a> {
     pub name: &'a str,
     pub out: Option<&'a std::path::Path>,
     pub mime: Option<&'a str>,
+    pub seconds: Option<f64>,
 }
 
 /// Runs `tether call`.
@@ -270,14 +314,36 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             None => Err(Failure::invalid(format!("--{name} needs a value ({what})"))),
         };
         match name {
-            "json" | "hold" | "disable-sessions" | "webrtc" | "no-stun" | "relay-only" | "no-reconnect"
+            "json" | "hold" | "disable-sessions" | "webrtc" | "no-stun" | "relay-only" | "force-relay"
+            | "force-p2p" | "no-reconnect"
                 if inline.is_some() =>
             {
                 return Err(Failure::invalid(format!("--{name} takes no value")));
             }
             "webrtc" => args.webrtc = true,
             "no-stun" => args.no_stun = true,
-            "relay-only" => args.relay_only = true,
+            "relay-only" | "force-relay" => args.force_relay = true,
+            "force-p2p" => args.force_p2p = true,
+            "turn-uri" => args.turn_uri = Some(value("URL")?),
+            "turn-scheme" => args.turn_scheme = Some(value("SCHEME")?.parse().map_err(Failure::invalid)?),
+            "turn-transport" => args.turn_transport = Some(value("TRANSPORT")?.parse().map_err(Failure::invalid)?),
+            "turn-port" => {
+                let v = value("PORT")?;
+                let port = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| Failure::invalid(format!("--turn-port must be a port (1-65535), got {v:?}")))?;
+                args.turn_port = Some(port);
+            }
+            "priority" => {
+                let v = value("N")?;
+                let n = v
+                    .parse::<i32>()
+                    .map_err(|_| Failure::invalid(format!("--priority must be a whole number, got {v:?}")))?;
+                args.priority = Some(n);
+            }
+            "direct-fallback" => args.direct_fallback = Some(value("ADDRESS")?),
             "signaling" => args.signaling = Some(value("URL")?),
             "host" => args.host = Some(value("NAME")?),
             "ice-server" => args.ice_servers.push(value("URL")?),
@@ -312,6 +378,13 @@ fn take_trailing_options(mut args: CallArgs) -> Result<CallArgs, Failure> {
             "api-key" => args.api_key = Some(value("KEY")?),
             "out" => args.out = Some(PathBuf::from(value("PATH")?)),
             "mime" => args.mime = Some(value("MIME")?),
+            "seconds" => {
+                let v = value("SECS")?;
+                let secs = v.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
+                args.seconds = Some(secs.ok_or_else(|| {
+                    Failure::invalid(format!("--seconds must be a number of seconds in (0, 86400], got {v:?}"))
+                })?);
+            }
             "help" => {
                 return Err(Failure::invalid(
                     "--help goes before the target: tether call --help, or name just the component to list its actions",
@@ -469,7 +542,13 @@ async fn execute(robot: &RobotClient, args: &CallArgs) -> Result<Output, Failure
             components::actions(&resource.subtype).join(", ")
         )));
     };
-    let ctx = Ctx { robot, name: &resource.name, out: args.out.as_deref(), mime: args.mime.as_deref() };
+    let ctx = Ctx {
+        robot,
+        name: &resource.name,
+        out: args.out.as_deref(),
+        mime: args.mime.as_deref(),
+        seconds: args.seconds,
+    };
     components::run(&ctx, &resource.subtype, action, rest).await
 }
 

@@ -238,6 +238,11 @@ impl DemoMachine {
             format!("the same port serves gRPC, gRPC-Web and signaling; WebRTC calls for {HOST:?} are answered"),
             json!({"webrtc_host": HOST, "signaling": addr.to_string()}),
         );
+        let page = format!("http://{addr}/");
+        report.note(
+            format!("control page: {page} (a browser sees and drives the machine there)"),
+            json!({"control_page": page}),
+        );
         Ok(Self { machine, addr, shutdown, serving })
     }
 

@@ -19,10 +19,13 @@ pub(crate) struct MachineArgs {
     pub signaling_key: Option<(String, String)>,
     pub no_webrtc: bool,
     pub max_connections: Option<usize>,
+    /// Go duration overriding `auth.token_lifetime`.
+    pub token_lifetime: Option<String>,
 }
 
 pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
-    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections } = args;
+    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections, token_lifetime } =
+        args;
     // Before anything opens files: the connection cap is derived from it.
     tether_transport::limits::raise_nofile().context("reading the open-files limit")?;
     let mut cfg = match &config {
@@ -40,6 +43,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     if max_connections.is_some() {
         cfg.network.max_connections = max_connections;
     }
+    if token_lifetime.is_some() {
+        cfg.auth.get_or_insert_with(Default::default).token_lifetime = token_lifetime;
+    }
     cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
     let addr = listen.or_else(|| cfg.network.bind_address.clone()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
@@ -55,11 +61,15 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         tls = tls.is_some(),
         auth = !cfg.api_keys().is_empty(),
         heartbeat_window = ?cfg.heartbeat_window(),
+        token_lifetime = ?machine.token_lifetime(),
         "machine serving gRPC and gRPC-Web; components: {}",
         names.join(", ")
     );
     // A line on stdout that scripts and tests wait for.
     println!("listening on {local}");
+    for url in tether_machine::page::urls(local, tls.is_some()) {
+        println!("control page: {url}");
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

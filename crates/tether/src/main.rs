@@ -53,6 +53,10 @@ enum Command {
         /// default: three quarters of the open-files limit).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: Option<u32>,
+        /// Lifetime of the access tokens the machine mints, as a Go duration
+        /// (`1h`, `90s`; overrides auth.token_lifetime; default 24h).
+        #[arg(long, value_name = "DURATION")]
+        token_lifetime: Option<String>,
     },
     /// Run a standalone signaling service.
     Signaling(signaling::SignalingArgs),
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
                 signaling_key,
                 no_webrtc,
                 max_connections,
+                token_lifetime,
             } => {
                 let signaling_key = signaling_key_id.zip(signaling_key);
                 let max_connections = max_connections.map(|n| n as usize);
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
                     signaling_key,
                     no_webrtc,
                     max_connections,
+                    token_lifetime,
                 })
                 .await
             }

@@ -79,7 +79,7 @@ pub(crate) fn clock(now: SystemTime) -> String {
 /// A transport's name for people.
 pub(crate) fn method_name(method: Method) -> &'static str {
     match method {
-        Method::Direct => "direct gRPC",
+        Method::Grpc => "direct gRPC",
         Method::Webrtc => "WebRTC",
     }
 }
@@ -117,6 +117,9 @@ pub(crate) fn describe(event: &ConnectionEvent) -> (&'static str, Tone, String) 
                 "session {old} lapsed during the outage (the machine stopped what it controlled); new session {new}"
             ),
         ),
+        ConnectionEvent::StreamRestored { camera } => {
+            ("✓", Tone::Good, format!("{camera}'s video stream added again on the new connection"))
+        }
         ConnectionEvent::Reconnecting { error } => {
             // The client's usual reason is just "connection lost": say it once.
             let why = match error.as_deref() {

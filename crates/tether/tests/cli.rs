@@ -295,6 +295,50 @@ fn machine_commands() {
     m.call(&["resources", "extra"]).failure("InvalidArgument");
 }
 
+#[test]
+fn webrtc_dial_options() {
+    let m = Machine::fake();
+    let webrtc = |extra: &[&str]| {
+        let mut args = vec!["resources", "--webrtc", "--no-stun", "--no-reconnect"];
+        args.extend_from_slice(extra);
+        m.call(&args)
+    };
+    // force_p2p and a priority connect on one host (force_relay needs a TURN
+    // server: the NAT suite covers it), and so do TURN filters and rewrites
+    // when there is no TURN server to filter.
+    webrtc(&["--force-p2p"]).success();
+    webrtc(&["--priority", "-3"]).success();
+    webrtc(&["--turn-uri", "turn:nowhere.example:3478", "--turn-scheme", "turns", "--turn-transport", "tcp"]).success();
+    // Settings that can never work are refused at once, with the reason
+    // (force_relay with force_p2p also logs a warning first). `--relay-only`
+    // is the old name of --force-relay.
+    for both in [["--force-relay", "--force-p2p"], ["--relay-only", "--force-p2p"]] {
+        let out = webrtc(&both);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("WARN") && out.stderr.contains("both set"), "no warning: {out:?}");
+        assert!(out.stderr.contains("error: InvalidArgument: force_relay and force_p2p"), "{out:?}");
+    }
+    let out = webrtc(&["--turn-uri", "stun:x.example:3478"]);
+    out.failure("InvalidArgument");
+    assert!(out.stderr.contains("TURN URI"), "{out:?}");
+    // Bad values: refused by the argument parser (exit 2) with the reason.
+    for (flag, value, reason) in [
+        ("--turn-scheme", "stun", "neither \"turn\" nor \"turns\""),
+        ("--turn-transport", "sctp", "neither \"udp\" nor \"tcp\""),
+        ("--turn-port", "0", "--turn-port"),
+        ("--priority", "high", "--priority"),
+    ] {
+        let out = webrtc(&[flag, value]);
+        assert!(matches!(out.code, Some(1 | 2)), "{flag} {value} was accepted: {out:?}");
+        assert!(out.stderr.contains(reason), "{flag} {value}: {out:?}");
+    }
+    // … and by the trailing-option parser after negative arguments.
+    m.call(&["motor1", "set-power", "-0.1", "--webrtc", "--turn-port", "0"]).failure("InvalidArgument");
+    m.call(&["motor1", "set-power", "-0.1", "--webrtc", "--turn-scheme", "x"]).failure("InvalidArgument");
+    m.call(&["motor1", "set-power", "-0.1", "--force-p2p", "--webrtc", "--no-stun", "--priority", "2"]).success();
+    m.call(&["motor1", "stop"]).success();
+}
+
 // ---------------------------------------------------------------------------
 // Motor, output formats, errors
 // ---------------------------------------------------------------------------
@@ -553,8 +597,10 @@ fn authorized_signaling_refusals_end_to_end() {
     out.failure("PermissionDenied");
     assert!(out.stderr.contains("cli-bot"), "{out:?}");
     call_via(&url, "other-bot", &with(&["resources"], &alice)).failure("PermissionDenied");
-    // A machine whose key may not answer for its host never registers: offline.
-    let out = call_via(&url, "ghost-bot", &with(&["resources"], &alice));
+    // A machine whose key may not answer for its host never registers:
+    // offline. (A first dial retries NOT_FOUND, the machine may come online
+    // any moment; one attempt shows the status.)
+    let out = call_via(&url, "ghost-bot", &with(&["resources", "--no-reconnect"], &alice));
     out.failure("NotFound");
 }
 
@@ -564,9 +610,11 @@ fn authorized_signaling_rate_limits_calls_per_key() {
                             {"id": "bob", "key": "bob-secret", "call": ["nobody-home"]}],
                    "rate_limit_per_minute": 2}"#;
     let (_sig, url) = authorized_signaling(auth);
-    let as_key =
-        |id: &str, key: &str| call_via(&url, "nobody-home", &["resources", "--api-key-id", id, "--api-key", key]);
-    // Two calls per minute: both reach the (empty) queue, the third is refused.
+    let as_key = |id: &str, key: &str| {
+        call_via(&url, "nobody-home", &["resources", "--no-reconnect", "--api-key-id", id, "--api-key", key])
+    };
+    // Two calls per minute (one dial attempt each): both reach the (empty)
+    // queue, the third is refused.
     as_key("alice", "alice-secret").failure("NotFound");
     as_key("alice", "alice-secret").failure("NotFound");
     let out = as_key("alice", "alice-secret");
@@ -805,4 +853,46 @@ fn an_unreachable_external_signaler_is_reported_and_the_machine_keeps_serving() 
     let again: Vec<String> =
         rx.try_iter().filter(|(n, l)| *n == "stderr" && l.contains("cannot answer")).map(|(_, l)| l).collect();
     assert!(again.is_empty(), "the same failure was logged again: {again:?}");
+}
+
+#[test]
+fn camera_stream_reports_video_and_writes_a_playable_ivf() {
+    let m = Machine::with_config(
+        r#"{"components": [{"name": "camera1", "api": "rdk:component:camera", "model": "rdk:builtin:fake",
+                            "attributes": {"width_px": 320, "height_px": 240, "frame_rate": 30}}],
+            "network": {"hosts": ["cli-bot"], "ice_servers": []}}"#,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("camera1.ivf");
+    let path_s = path.to_str().expect("utf-8 path");
+    let out = m.call(&with_webrtc(&["camera1", "stream", "--seconds", "2", "--out", path_s, "--json"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(320), Some(240)), "{v}");
+    let frames = v["frames"].as_u64().unwrap_or(0);
+    assert!(frames >= 20, "{frames} frames in 2 s at 30 fps: {v}");
+    assert!(v["keyframes"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(v["delay_ms_p50"].as_f64().is_some(), "the fake camera's frame code gives a delay: {v}");
+
+    // The file: an IVF header, then every frame, each decodable in order.
+    let bytes = std::fs::read(&path).expect("the IVF file");
+    assert_eq!(&bytes[..4], b"DKIF");
+    assert_eq!(&bytes[8..12], b"VP80");
+    let mut decoder = tether_media::vp8::Decoder::new().expect("decoder");
+    let (mut at, mut decoded) = (32usize, 0u64);
+    while at + 12 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let frame = &bytes[at + 12..at + 12 + size];
+        let picture = decoder.decode(frame).expect("decodable").expect("a picture");
+        assert_eq!((picture.width, picture.height), (320, 240));
+        decoded += 1;
+        at += 12 + size;
+    }
+    assert_eq!(at, bytes.len(), "no trailing bytes");
+    assert_eq!(decoded, frames);
+
+    // Direct gRPC cannot carry video: a clear FailedPrecondition.
+    let err = m.call(&["camera1", "stream", "--seconds", "1"]);
+    assert_ne!(err.code, Some(0));
+    assert!(err.stderr.contains("FailedPrecondition") && err.stderr.contains("WebRTC"), "{err:?}");
 }

@@ -48,6 +48,9 @@ const SUITE: Suite =
 
 /// coturn and the signaling service.
 const PUBLIC: &str = "203.0.113.1";
+/// A second TURN server (see `turn_uri_selects_one_of_two_turn_servers`).
+const PUBLIC_2: &str = "203.0.113.2";
+const TURN_UDP_2: &str = "turn:203.0.113.2:3478?transport=udp";
 const ROUTER_A_WAN: &str = "203.0.113.10";
 const ROUTER_B_WAN: &str = "203.0.113.20";
 /// A next hop on the public network that nobody answers for.
@@ -241,6 +244,47 @@ impl Net {
         self.procs.push(proc);
     }
 
+    /// Starts a second coturn (`coturn2`, shared-secret auth) on its own
+    /// public address [`PUBLIC_2`], relaying from that address.
+    fn second_coturn(&mut self) {
+        self.ip_in(Ns::Public, &["addr", "add", &format!("{PUBLIC_2}/24"), "dev", "br0"]);
+        let mut cmd = self.command(Ns::Public, self.tools.get("turnserver"));
+        let dir = self.dir.path();
+        cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-tls", "--no-dtls"])
+            .arg(format!("--listening-ip={PUBLIC_2}"))
+            .arg(format!("--relay-ip={PUBLIC_2}"))
+            .args(["--listening-port=3478", "--min-port=50000", "--max-port=50999", "--realm=tether.test"])
+            .arg(format!("--pidfile={}", dir.join("turnserver2.pid").display()))
+            .arg(format!("--db={}", dir.join("turndb2").display()))
+            .arg("--use-auth-secret")
+            .arg(format!("--static-auth-secret={TURN_SECRET}"));
+        let mut proc = self.spawn("coturn2", cmd);
+        proc.wait_for(&format!("UDP listener opened on: {PUBLIC_2}:3478"), false, Duration::from_secs(10));
+        self.procs.push(proc);
+    }
+
+    /// Successful TURN allocations coturn (`name`) has logged so far.
+    fn allocations(&self, name: &str) -> usize {
+        let log = self.proc(name).map(Proc::stdout).unwrap_or_default();
+        log.lines().filter(|l| l.contains("ALLOCATE processed, success")).count()
+    }
+
+    /// Router A lets UDP through only to and from coturn (the only way
+    /// between the NATs is a TURN relay).
+    fn block_udp_except_to_coturn(&self) {
+        self.nft(
+            Ns::RouterA,
+            &format!(
+                "table ip udpblock {{
+                    chain forward {{
+                        type filter hook forward priority filter - 10; policy accept;
+                        meta l4proto udp ip saddr != {PUBLIC} ip daddr != {PUBLIC} drop
+                    }}
+                }}"
+            ),
+        );
+    }
+
     /// The coturn log so far.
     fn coturn_log(&self) -> String {
         self.proc("coturn").map(Proc::stdout).unwrap_or_default()
@@ -282,6 +326,38 @@ impl Net {
         log_turn(&mut cmd, "info");
         for s in signaling {
             cmd.args(["--signaling", &s.url]);
+        }
+        let mut proc = self.spawn("machine", cmd);
+        proc.wait_for("listening on", false, Duration::from_secs(20));
+        self.procs.push(proc);
+    }
+
+    /// Starts the machine like [`Self::machine`], gathering with STUN plus
+    /// the TURN servers `turn_urls` (TURN REST credentials from
+    /// [`TURN_SECRET`]), with `env` added to its environment.
+    fn machine_with_turn(&mut self, signaling: &Signaling, turn_urls: &[&str], env: &[(&str, &str)]) {
+        let creds = tether_signaling::turn_rest_credentials(
+            TURN_SECRET.as_bytes(),
+            "machine",
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        );
+        let config = serde_json::json!({
+            "components": [{"name": "motor1", "api": "rdk:component:motor", "model": "rdk:builtin:fake"}],
+            "network": {
+                "ice_servers": [
+                    {"urls": [STUN]},
+                    {"urls": turn_urls, "username": creds.username, "credential": creds.credential},
+                ],
+                "hosts": ["bot"],
+            },
+        });
+        let path = self.dir.path().join(format!("machine-{}.json", netns::next_file()));
+        std::fs::write(&path, config.to_string()).expect("write machine config");
+        let mut cmd = self.tether(Ns::Machine);
+        cmd.args(["machine", "--listen", "0.0.0.0:8080", "--config"]).arg(&path).args(["--signaling", &signaling.url]);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut proc = self.spawn("machine", cmd);
         proc.wait_for("listening on", false, Duration::from_secs(20));
@@ -599,6 +675,149 @@ fn link_cut_stops_the_motor() {
     net.ip_in(Ns::Client, &["link", "set", "eth0", "up"]);
     assert!(!net.motor_on(), "the motor runs again after the link came back");
     drop(held);
+}
+
+/// `--force-p2p` where only a TURN relay can connect (UDP between the NATs
+/// blocked, TURN offered by signaling): no TURN server is used, and the call
+/// fails with an error that says so. Without it the same call connects
+/// through the relay.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn force_p2p_with_only_a_turn_path_fails_clearly() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+    net.block_udp_except_to_coturn();
+
+    let before = net.allocations("coturn");
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN, "--force-p2p", "--no-reconnect"]);
+    assert!(!out.ok, "force_p2p connected although only a relay path exists: {}", out.stdout);
+    assert!(out.stderr.contains("force_p2p"), "the error does not say force_p2p ruled the relay out: {}", out.stderr);
+    assert_eq!(net.allocations("coturn"), before, "force_p2p allocated a TURN relay:\n{}", tail(&net.coturn_log(), 20));
+    let error = out.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    println!("[nat] force_p2p, only a TURN path: failed after {}: {error}", secs(out.took));
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    assert!(pair.local_type == "relay" || pair.remote_type == "relay", "expected a relayed pair: {pair}");
+}
+
+/// `--force-relay` (the anchors' name; `--relay-only` is the old one) ends
+/// on a relayed pair even where hole punching would work.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn force_relay_uses_a_relay_pair() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN, "--force-relay"]);
+    let pair = Pair::of(&out);
+    println!("[nat] force_relay: connect + call {}; {pair}", secs(out.took));
+    assert_eq!(pair.local_type, "relay", "{pair}");
+    assert_eq!(pair.local_ip(), PUBLIC, "the relayed address is coturn's: {pair}");
+
+    // force_relay with force_p2p can never connect: refused at once.
+    let out = net.client(&sig, &["connection", "--json", "--force-relay", "--force-p2p"]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("InvalidArgument") && out.stderr.contains("force_p2p"), "{}", out.stderr);
+    assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
+}
+
+/// Signaling hands out two TURN servers (on two public addresses);
+/// `--turn-uri` keeps one of them, as the relayed address of the selected
+/// pair shows; a `--turn-port` rewrite to a port nobody serves leaves no
+/// relay.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn turn_uri_selects_one_of_two_turn_servers() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    net.second_coturn();
+    let sig = net.signaling(8081, &["--turn", TURN_UDP, "--turn", TURN_UDP_2, "--turn-secret", TURN_SECRET]);
+    net.machine(&[&sig]);
+
+    for (uri, ip, name, other) in [
+        (format!("turn:{PUBLIC_2}:3478"), PUBLIC_2, "coturn2", "coturn"),
+        (format!("turn:{PUBLIC}?transport=udp"), PUBLIC, "coturn", "coturn2"),
+    ] {
+        let before = net.allocations(other);
+        let out = net.client(&sig, &["connection", "--json", "--no-stun", "--force-relay", "--turn-uri", &uri]);
+        let pair = Pair::of(&out);
+        println!("[nat] turn_uri {uri}: connect + call {}; {pair}", secs(out.took));
+        assert_eq!(pair.local_type, "relay", "{pair}");
+        assert_eq!(pair.local_ip(), ip, "--turn-uri {uri} should relay through {ip}: {pair}");
+        assert!(net.allocations(name) >= 1, "{name} allocated nothing");
+        assert_eq!(net.allocations(other), before, "{other} allocated although --turn-uri {uri} excludes it");
+    }
+
+    // Rewriting the port to one no TURN server listens on: no relay.
+    let out = net.client(
+        &sig,
+        &[
+            "connection",
+            "--json",
+            "--no-stun",
+            "--force-relay",
+            "--turn-port",
+            "3999",
+            "--no-reconnect",
+            "--timeout",
+            "8",
+        ],
+    );
+    assert!(!out.ok, "connected through a TURN port nobody serves: {}", out.stdout);
+}
+
+/// The machine's `TURN_URI` environment override: of the two TURN servers
+/// in its config it allocates a relay on both without it, and only on the
+/// one named with it.
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn machine_turn_uri_environment_override() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    net.second_coturn();
+    let sig = net.signaling(8081, &[]);
+
+    // Without the override: a relay on each.
+    net.machine_with_turn(&sig, &[TURN_UDP, TURN_UDP_2], &[]);
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    Pair::of(&out);
+    let wait_allocations = |net: &Net, name: &str, at_least: usize| {
+        let t0 = Instant::now();
+        while net.allocations(name) < at_least && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        net.allocations(name)
+    };
+    let (one, two) = (wait_allocations(&net, "coturn", 1), wait_allocations(&net, "coturn2", 1));
+    assert!(one >= 1 && two >= 1, "without TURN_URI the machine should relay on both: {one} and {two} allocations");
+    if let Some(m) = net.proc_mut("machine") {
+        m.kill();
+    }
+
+    // TURN_URI names the second: the first allocates nothing more.
+    net.machine_with_turn(&sig, &[TURN_UDP, TURN_UDP_2], &[("TURN_URI", &format!("turn:{PUBLIC_2}:3478"))]);
+    let (one, two) = (net.allocations("coturn"), net.allocations("coturn2"));
+    let out = net.client(&sig, &["connection", "--json", "--ice-server", STUN]);
+    let pair = Pair::of(&out);
+    println!("[nat] machine with TURN_URI={PUBLIC_2}: connect + call {}; {pair}", secs(out.took));
+    assert!(wait_allocations(&net, "coturn2", two + 1) > two, "the machine allocated nothing on {PUBLIC_2}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(net.allocations("coturn"), one, "the machine allocated on {PUBLIC} although TURN_URI excludes it");
+
+    // A TURN_PORT that is no port: the machine refuses to start, saying why.
+    let mut cmd = net.tether(Ns::Machine);
+    cmd.args(["machine", "--listen", "0.0.0.0:8090"]).env("TURN_PORT", "x");
+    let out = net.finish(cmd, &["machine", "TURN_PORT=x"]);
+    assert!(!out.ok && out.stderr.contains("TURN_PORT"), "{out:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ fn watch_json_prints_connected_then_reconnecting_when_the_machine_dies() {
     let watch = Proc::spawn(&["call", &addr, "watch", "--json"]);
     let first = watch.json_line(Duration::from_secs(30));
     assert_eq!(first["event"], "connected", "{first}");
-    assert_eq!(first["method"], "direct", "{first}");
+    assert_eq!(first["method"], "grpc", "{first}");
     assert_eq!(first["reconnected"], false, "{first}");
     assert!(first["ts"].is_string(), "{first}");
 

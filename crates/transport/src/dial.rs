@@ -113,6 +113,12 @@ impl SharedHeaders {
     pub fn remove(&self, name: &str) {
         self.0.write().remove(name);
     }
+    /// The bearer token currently set, if any.
+    pub fn bearer(&self) -> Option<String> {
+        let map = self.0.read();
+        let value = map.get(tether_wire::metadata::AUTHORIZATION)?.to_str().ok()?;
+        value.strip_prefix("Bearer ").map(str::to_owned)
+    }
     fn apply(&self, headers: &mut HeaderMap) {
         for (k, v) in self.0.read().iter() {
             headers.insert(k.clone(), v.clone());
@@ -131,6 +137,17 @@ impl<S> HeaderStamp<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, headers: SharedHeaders) -> Self {
         Self { inner, headers }
+    }
+
+    /// The wrapped service, without the headers (e.g. to call
+    /// `Authenticate`, which refuses a request that already has a token).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The headers it stamps.
+    pub fn headers(&self) -> &SharedHeaders {
+        &self.headers
     }
 }
 
@@ -164,6 +181,9 @@ pub struct DirectOptions {
     pub keepalive_timeout: Duration,
     /// Extra CA certificate (PEM) for `https://` addresses.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Local address to connect from (default: the system's choice), e.g.
+    /// a second loopback address.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// Builder-style setters (the struct is `#[non_exhaustive]`: start from
@@ -192,6 +212,12 @@ impl DirectOptions {
         self.tls_ca_pem = tls_ca_pem;
         self
     }
+
+    /// Sets [`Self::local_address`].
+    pub fn with_local_address(mut self, local_address: Option<std::net::IpAddr>) -> Self {
+        self.local_address = local_address;
+        self
+    }
 }
 
 impl Default for DirectOptions {
@@ -201,6 +227,7 @@ impl Default for DirectOptions {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
             tls_ca_pem: None,
+            local_address: None,
         }
     }
 }
@@ -235,9 +262,11 @@ impl DirectConnection {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let target = uri.to_string();
         let work = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| DialError::Connect(target.clone(), e.to_string()))?;
+            let tcp = match options.local_address {
+                None => tokio::net::TcpStream::connect((host.as_str(), port)).await,
+                Some(local) => connect_from(local, &host, port).await,
+            }
+            .map_err(|e| DialError::Connect(target.clone(), e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let mut builder = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
             builder
@@ -284,6 +313,23 @@ impl DirectConnection {
     pub fn closed(&self) -> &tokio_util::sync::CancellationToken {
         &self.closed
     }
+}
+
+/// A TCP connection to `host:port` from the local address `local`.
+async fn connect_from(local: std::net::IpAddr, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for remote in tokio::net::lookup_host((host, port)).await? {
+        if remote.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(remote).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("no address of {host} matches {local}"))))
 }
 
 fn spawn_conn<F, E>(conn: F, closed: tokio_util::sync::CancellationToken)

@@ -18,7 +18,10 @@
 //! stops in the middle of a message.
 
 mod body;
+mod fallback;
 mod registry;
+
+pub use fallback::{is_grpc, with_fallback};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

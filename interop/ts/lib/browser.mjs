@@ -119,9 +119,10 @@ function chromiumMainPid(userDataDir) {
 /**
  * Launches Chromium headless with CHROMIUM_FLAGS + extraFlags and a fresh profile; resolves to
  * {browser, page, consoleLines, pids(), killTree(), close()}. page has already loaded the test page
- * at `origin` and window.tether is ready.
+ * at `origin` and window.tether is ready. Options: `path` (default /index.html) and `ready` (a
+ * predicate run in the page, default window.tetherReady === true) for other pages.
  */
-export async function launchPage(origin, extraFlags = []) {
+export async function launchPage(origin, extraFlags = [], { path: pagePath = '/index.html', ready, viewport } = {}) {
   const userDataDir = mkdtempSync(path.join(tmpdir(), 'tether-chromium-'));
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -138,12 +139,12 @@ export async function launchPage(origin, extraFlags = []) {
   const consoleLines = [];
   let page;
   try {
-    const context = await browser.newContext();
+    const context = await browser.newContext(viewport ? { viewport } : {});
     page = await context.newPage();
     page.on('console', (msg) => consoleLines.push(`[${msg.type()}] ${msg.text()}`));
     page.on('pageerror', (err) => consoleLines.push(`[pageerror] ${err.message}`));
-    await page.goto(`${origin}/index.html`);
-    await page.waitForFunction(() => window.tetherReady === true, null, { timeout: 10_000 });
+    await page.goto(`${origin}${pagePath}`);
+    await page.waitForFunction(ready ?? (() => window.tetherReady === true), null, { timeout: 10_000 });
   } catch (err) {
     await browser.close().catch(() => {});
     rmSync(userDataDir, { recursive: true, force: true });

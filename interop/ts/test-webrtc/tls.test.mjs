@@ -16,19 +16,18 @@
 // direct gRPC-Web connection: the tests assert a peer connection with ICE connected in the page
 // and `webrtc peer connected` in the machine log.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { randomUUID, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 
 import { bundledPageDir, launchPage, startStaticServer } from '../lib/browser.mjs';
+import { makeCertificates } from '../lib/certs.mjs';
 import { startMachine, waitForLog } from '../lib/machine.mjs';
 import { NS_IP, report, sleep } from '../lib/netns.mjs';
 
-const OPENSSL = process.env.OPENSSL_BIN ?? '/usr/bin/openssl';
 const HOST = 'tether-webrtc-tls-test'; // no "local": no direct gRPC-Web fallback in the SDK
 const MACHINE_LOG = 'debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,tonic_web=info,webrtc_sctp=info';
 const TEST_OPTS = { timeout: 60_000 };
@@ -36,51 +35,6 @@ const DIAL_TIMEOUT_MS = 10_000;
 // Bounds the whole dial as seen from Node (the SDK's dialTimeout covers only part of it).
 const DIAL_BOUND_MS = 25_000;
 const RAW_IP_FLAGS = ['--disable-features=WebRtcHideLocalIpsWithMdns'];
-
-function openssl(args, input) {
-  return execFileSync(OPENSSL, args, { input, stdio: ['pipe', 'pipe', 'pipe'], timeout: 20_000 });
-}
-
-/**
- * A throwaway CA and a server certificate (P-256, IP SAN `ip`) signed by it, in dir.
- * Returns {caPem, certFile, keyFile, spki}: spki is the base64 SHA-256 of the server certificate's
- * SubjectPublicKeyInfo (what --ignore-certificate-errors-spki-list takes).
- */
-function makeCertificates(dir, ip) {
-  const f = (name) => path.join(dir, name);
-  openssl([
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=tether interop throwaway CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
-  ]);
-  openssl([
-    'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', f('key.pem'), '-out', f('server.csr'), '-subj', `/CN=${ip}`,
-  ]);
-  writeFileSync(
-    f('server.ext'),
-    [
-      'basicConstraints=critical,CA:FALSE',
-      'keyUsage=critical,digitalSignature',
-      'extendedKeyUsage=serverAuth',
-      `subjectAltName=IP:${ip}`,
-      '',
-    ].join('\n'),
-  );
-  openssl([
-    'x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', '1',
-    '-days', '2', '-sha256', '-extfile', f('server.ext'), '-out', f('cert.pem'),
-  ]);
-  const pubkey = openssl(['x509', '-in', f('cert.pem'), '-noout', '-pubkey']);
-  const der = openssl(['pkey', '-pubin', '-outform', 'DER'], pubkey);
-  const spki = openssl(['dgst', '-sha256', '-binary'], der).toString('base64');
-
-  const caPem = readFileSync(f('ca.pem'), 'utf8');
-  const cert = new X509Certificate(readFileSync(f('cert.pem')));
-  assert.ok(cert.verify(new X509Certificate(caPem).publicKey), 'server certificate not signed by the throwaway CA');
-  assert.ok(cert.checkIP(ip), `server certificate has no IP SAN ${ip}: ${cert.subjectAltName}`);
-  return { caPem, certFile: f('cert.pem'), keyFile: f('key.pem'), spki };
-}
 
 /** Node's own TLS handshake with the machine, trusting only the throwaway CA (checks the IP SAN). */
 function checkMachineTls(machine, caPem) {

@@ -262,3 +262,40 @@ describe('API keys over WebRTC (identity vouched by the signaler)', () => {
     await browser.page.evaluate(() => window.tether.disconnect());
   });
 });
+
+describe('priority and max_webrtc_connections', () => {
+  test('the SDK priority reaches the machine; a full machine refuses lower and evicts for higher', TEST_OPTS, async (t) => {
+    const config = { ...CONFIG, network: { ...CONFIG.network, max_webrtc_connections: 1 } };
+    const machine = await startMachine(config, { listen: `${NS_IP}:0`, hosts: [HOST], env: { TETHER_LOG: MACHINE_LOG } });
+    t.after(() => machine.stop());
+    const browser = await launchPage(staticServer.origin, MODES[1].flags);
+    t.after(() => browser.close());
+    const base = {
+      host: HOST,
+      signalingAddress: `http://${machine.address}`,
+      iceServers: [],
+      noReconnect: true,
+      dialTimeout: 10_000,
+    };
+    const dial = (conf) => browser.page.evaluate((c) => window.tether.connect(c), conf);
+
+    // The SDK appends `a=x-priority:7` to its offer (additionalSdpFields); the machine reads it.
+    const first = await dial({ ...base, priority: 7 });
+    assert.equal(first.iceConnectionState, 'connected');
+    await waitForLog(machine, /webrtc peer connected .*priority=7/);
+
+    // The only slot is taken: a caller of lower priority is refused (RESOURCE_EXHAUSTED).
+    await assert.rejects(dial({ ...base, priority: 3 }), /Failed to connect/);
+    await waitForLog(machine, /answering failed: .*max_webrtc_connections/);
+
+    // A higher priority gets in by closing the idle, sessionless priority-7 peer.
+    const third = await dial({ ...base, priority: 9 });
+    assert.equal(third.iceConnectionState, 'connected');
+    await waitForLog(machine, /closing an idle, sessionless WebRTC connection/);
+    await waitForLog(machine, /webrtc peer connected .*priority=9/);
+    const names = await browser.page.evaluate(() => window.tether.resourceNames());
+    assert.equal(names.length, 2);
+    report(t, `[priority] 7 admitted, 3 refused at the limit of 1, 9 admitted by closing 7`);
+    await browser.page.evaluate(() => window.tether.disconnect());
+  });
+});

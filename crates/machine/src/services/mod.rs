@@ -21,6 +21,7 @@ pub mod motor;
 pub mod robot;
 pub mod sensor;
 pub mod servo;
+pub mod stream;
 pub mod switch;
 
 /// Result type of a tonic handler.

@@ -26,7 +26,7 @@ pub struct RobotServer {
 }
 
 fn owner<T>(r: &Request<T>) -> String {
-    r.extensions().get::<tether_transport::auth::AuthEntity>().map(|e| e.0.clone()).unwrap_or_default()
+    crate::monitor::identity(r.extensions().get(), r.extensions().get())
 }
 
 fn peer<T>(r: &Request<T>) -> PeerInfo {
@@ -50,7 +50,10 @@ type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Statu
 
 #[tonic::async_trait]
 impl RobotService for RobotServer {
-    async fn get_operations(&self, _r: Request<pb::GetOperationsRequest>) -> Reply<pb::GetOperationsResponse> {
+    async fn get_operations(&self, r: Request<pb::GetOperationsRequest>) -> Reply<pb::GetOperationsResponse> {
+        // A session id is a secret of its owner: other callers see the
+        // operation without it.
+        let caller = owner(&r);
         let operations = self
             .operations
             .list()
@@ -60,19 +63,22 @@ impl RobotService for RobotServer {
                 method: o.method,
                 arguments: Some(prost_types::Struct::default()),
                 started: Some(timestamp(o.started)),
-                session_id: o.session.map(|s| s.to_string()),
+                session_id: o.session.filter(|s| self.sessions.is_owner(*s, &caller)).map(|s| s.to_string()),
             })
             .collect();
         ok(pb::GetOperationsResponse { operations })
     }
 
-    async fn get_sessions(&self, _r: Request<pb::GetSessionsRequest>) -> Reply<pb::GetSessionsResponse> {
+    async fn get_sessions(&self, r: Request<pb::GetSessionsRequest>) -> Reply<pb::GetSessionsResponse> {
+        // Every live session is listed with its peer, but only the caller's
+        // own with its id: an id is what heartbeats and resumes a session.
+        let caller = owner(&r);
         let sessions = self
             .sessions
             .list()
             .into_iter()
             .map(|s| pb::Session {
-                id: s.id.to_string(),
+                id: if crate::session::owners_match(&s.owner, &caller) { s.id.to_string() } else { String::new() },
                 peer_connection_info: Some(pb::PeerConnectionInfo {
                     r#type: if s.peer.webrtc {
                         pb::PeerConnectionType::Webrtc as i32

@@ -72,6 +72,7 @@ const CAMERA: &[(&str, &str)] = &[
     ("images", "[--out DIR]"),
     ("point-cloud", "[--out FILE]"),
     ("properties", ""),
+    ("stream", "[--seconds N] [--out FILE.ivf]"),
 ];
 const GENERIC: &[(&str, &str)] = &[];
 
@@ -574,8 +575,90 @@ async fn camera(ctx: &Ctx<'_>, action: &str, p: &mut Params<'_>) -> Result<Outpu
             p.finish()?;
             Ok(camera_properties(&c.properties().await?))
         }
+        "stream" => {
+            p.finish()?;
+            stream(ctx).await
+        }
         _ => shared!(c, action, p),
     }
+}
+
+/// `camera stream`: receives the camera's video over WebRTC for
+/// `--seconds`, decodes it, and reports frame rate, bitrate and frame delay
+/// (capture time read from the fake camera's frame code, to the frame's
+/// arrival: meaningful when both clocks agree, e.g. on one host). With
+/// `--out` the frames go into an IVF file (VP8) that ffplay or VLC play.
+async fn stream(ctx: &Ctx<'_>) -> Result<Output, Failure> {
+    let seconds = ctx.seconds.unwrap_or(5.0);
+    let mut stream = ctx.robot.stream(ctx.name).await?;
+    let mut writer = None;
+    let mut decoder = tether_media::vp8::Decoder::new().map_err(|e| Failure::local(e.to_string()))?;
+    let (mut frames, mut keys, mut bytes, mut size) = (0u64, 0u64, 0u64, (0u32, 0u32));
+    let mut delays = Vec::new();
+    let mut first_ts: Option<u32> = None;
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    while let Ok(Some(sample)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        frames += 1;
+        bytes += sample.data.len() as u64;
+        if sample.key {
+            keys += 1;
+            decoder = tether_media::vp8::Decoder::new().map_err(|e| Failure::local(e.to_string()))?;
+        }
+        if let Ok(Some(picture)) = decoder.decode(&sample.data) {
+            size = (picture.width, picture.height);
+            if let Some(code) = tether_components::frame_code::read(&picture.to_rgb(), picture.width, picture.height) {
+                let age = code.age_ms(tether_components::frame_code::FrameCode::now_ms());
+                // Only plausible ages: other cameras have no frame code.
+                if age < 60_000 {
+                    delays.push(f64::from(age));
+                }
+            }
+        }
+        if let Some(path) = ctx.out {
+            if writer.is_none() {
+                let file = std::fs::File::create(path)
+                    .map_err(|e| Failure::local(format!("cannot create {}: {e}", path.display())))?;
+                let (w, h) = (size.0.min(u32::from(u16::MAX)) as u16, size.1.min(u32::from(u16::MAX)) as u16);
+                writer = Some(
+                    tether_media::ivf::IvfWriter::new(std::io::BufWriter::new(file), w, h, 90_000)
+                        .map_err(|e| Failure::local(format!("cannot write {}: {e}", path.display())))?,
+                );
+            }
+            let base = *first_ts.get_or_insert(sample.rtp_timestamp);
+            let pts = u64::from(sample.rtp_timestamp.wrapping_sub(base));
+            if let Some(w) = writer.as_mut() {
+                w.write_frame(&sample.data, pts).map_err(|e| Failure::local(format!("cannot write: {e}")))?;
+            }
+        }
+    }
+    if let Some(w) = writer {
+        w.finish().map_err(|e| Failure::local(format!("cannot write: {e}")))?;
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let fps = frames as f64 / secs;
+    let kbps = bytes as f64 * 8.0 / secs / 1000.0;
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays.get(((delays.len() as f64 - 1.0) * p).round() as usize).copied();
+    let mut human = format!(
+        "{}: {frames} frames in {secs:.1} s ({fps:.1} fps), {}x{}, {kbps:.0} kbit/s, {keys} keyframes",
+        ctx.name, size.0, size.1
+    );
+    if let (Some(p50), Some(p95)) = (pct(0.5), pct(0.95)) {
+        human.push_str(&format!("; frame delay (capture → received) p50 {p50:.0} ms, p95 {p95:.0} ms"));
+    }
+    if let Some(path) = ctx.out {
+        human.push_str(&format!("; wrote {}", path.display()));
+    }
+    Ok(Output::new(
+        human,
+        json!({
+            "frames": frames, "seconds": secs, "fps": fps, "kbps": kbps, "keyframes": keys,
+            "width": size.0, "height": size.1,
+            "delay_ms_p50": pct(0.5), "delay_ms_p95": pct(0.95),
+            "path": ctx.out.map(|p| p.display().to_string()),
+        }),
+    ))
 }
 
 /// A file extension for a MIME type.

@@ -125,14 +125,16 @@ pub(super) fn sessions(sessions: &[robot::Session], own: Option<&str>) -> Output
     for s in sessions {
         let peer = s.peer_connection_info.clone().unwrap_or_default();
         let kind = peer.r#type().as_str_name().strip_prefix("PEER_CONNECTION_TYPE_").unwrap_or("").to_ascii_lowercase();
-        let mut line = s.id.clone();
+        // Another caller's session is listed without its id (a secret of
+        // its owner).
+        let mut line = if s.id.is_empty() { "(another caller's session)".to_owned() } else { s.id.clone() };
         if !kind.is_empty() && kind != "unspecified" {
             line.push_str(&format!("  {kind}"));
         }
         if let Some(remote) = &peer.remote_address {
             line.push_str(&format!("  from {remote}"));
         }
-        if own == Some(s.id.as_str()) {
+        if !s.id.is_empty() && own == Some(s.id.as_str()) {
             line.push_str("  (this client)");
         }
         lines.push(line);

@@ -34,7 +34,7 @@ pub(super) async fn run(args: &CallArgs, conf: DialConf, options: Options) -> Re
     }
     let method = match &conf {
         DialConf::WebRtc(_) => Method::Webrtc,
-        _ => Method::Direct,
+        _ => Method::Grpc,
     };
     let mut out = Printer::new(args.json);
     if !args.json {
@@ -119,7 +119,7 @@ async fn connected_now(robot: &RobotClient) -> ConnectionEvent {
             let pair = w.selected_pair().await.map(|p| format!("{}/{}", p.local_type, p.remote_type));
             (Method::Webrtc, pair)
         }
-        None => (Method::Direct, None),
+        None => (Method::Grpc, None),
     };
     let rtt_ms = probe(robot).await.ok().map(|d| d.as_secs_f64() * 1e3);
     ConnectionEvent::Connected { method, candidate_pair, rtt_ms, reconnected: false }

@@ -92,11 +92,15 @@ pub struct RtcOptions {
     /// Small keeps a small call from waiting long behind a bulk transfer on
     /// another stream; large keeps a long path full.
     pub high_water: usize,
+    /// The connection can carry video (VP8, with NACK and RTCP reports):
+    /// what [`RtcPeer::add_video`] and [`RtcPeer::video_receiver`] need.
+    /// Off, a peer has no media engine or interceptors (less memory).
+    pub media: bool,
 }
 
 impl Default for RtcOptions {
     fn default() -> Self {
-        Self { high_water: 256 << 10 }
+        Self { high_water: 256 << 10, media: false }
     }
 }
 
@@ -104,6 +108,12 @@ impl RtcOptions {
     /// Sets [`Self::high_water`].
     pub fn with_high_water(mut self, bytes: usize) -> Self {
         self.high_water = bytes;
+        self
+    }
+
+    /// Sets [`Self::media`].
+    pub fn with_media(mut self, media: bool) -> Self {
+        self.media = media;
         self
     }
 }
@@ -240,6 +250,10 @@ pub(crate) struct Inner {
     /// Remote candidates that arrived before the remote description.
     early_candidates: Vec<RTCIceCandidateInit>,
     include_loopback: bool,
+    /// Video tracks and renegotiation.
+    pub(crate) media: super::media::MediaState,
+    /// The connection was built with a media engine.
+    pub(crate) media_enabled: bool,
 }
 
 /// The lock around [`Inner`] and the driver's wake-up.
@@ -307,7 +321,7 @@ fn rtc_err(e: impl std::fmt::Display) -> PeerError {
 
 /// The time the `rtc` core is given: tokio's clock, so that tests on paused
 /// time drive its timers too.
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -463,6 +477,7 @@ impl RtcPeer {
     /// Opens the sockets, builds the connection with its two channels and
     /// starts the driver.
     pub async fn new(options: &PeerOptions, rtc_options: RtcOptions) -> Result<Self, PeerError> {
+        let options = &options.effective();
         let ips = local_ips(options.include_loopback);
         let mut sockets = Vec::new();
         for ip in ips {
@@ -493,14 +508,16 @@ impl RtcPeer {
                     .collect(),
             )
             .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(config)
-            .with_setting_engine(setting_engine(options))
-            .build(now())
-            .map_err(rtc_err)?;
+        let mut builder =
+            RTCPeerConnectionBuilder::new().with_configuration(config).with_setting_engine(setting_engine(options));
+        if rtc_options.media {
+            let (engine, registry) = super::media::media_engine()?;
+            builder = builder.with_media_engine(engine).with_interceptor_registry(registry);
+        }
+        let mut pc = builder.build(now()).map_err(rtc_err)?;
         let init = |id| RTCDataChannelInit { ordered: true, negotiated: Some(id), ..Default::default() };
         let data = pc.create_data_channel("data", Some(init(0))).map_err(rtc_err)?.id();
-        pc.create_data_channel("negotiation", Some(init(1))).map_err(rtc_err)?;
+        let negotiation = pc.create_data_channel("negotiation", Some(init(1))).map_err(rtc_err)?.id();
 
         let start = now();
         let mut stun = Vec::new();
@@ -580,6 +597,8 @@ impl RtcPeer {
                 held_loopback,
                 early_candidates: Vec::new(),
                 include_loopback: options.include_loopback,
+                media: super::media::MediaState::new(negotiation),
+                media_enabled: rtc_options.media,
             }),
             driver: Notify::new(),
             events: Notify::new(),
@@ -704,7 +723,7 @@ impl RtcPeer {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<(), PeerError> {
+    pub(crate) fn check_open(&self) -> Result<(), PeerError> {
         match &self.closed {
             Some(reason) => Err(PeerError::Closed(reason.clone())),
             None => Ok(()),
@@ -1079,6 +1098,7 @@ impl Inner {
         self.closed = Some(reason.to_owned());
         self.closed_token.cancel();
         self.endpoint.on_close(wake);
+        self.media.on_close(wake);
         let _ = self.pc.close();
         self.events.push_back(PeerEvent::Closed(reason.to_owned()));
     }
@@ -1104,11 +1124,17 @@ impl Inner {
                 }
             }
             while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-                if let RTCMessage::DataChannelMessage(id, msg) = message
-                    && id == self.data
-                {
-                    self.endpoint.on_message(msg.data.freeze(), shared, wake);
-                    progress = true;
+                progress = true;
+                match message {
+                    RTCMessage::DataChannelMessage(id, msg) if id == self.data => {
+                        self.endpoint.on_message(msg.data.freeze(), shared, wake);
+                    }
+                    RTCMessage::DataChannelMessage(id, msg) if id == self.media.channel => {
+                        self.on_negotiation(&msg.data);
+                    }
+                    RTCMessage::RtpPacket(track, packet) => self.on_rtp(&track, packet, wake),
+                    RTCMessage::RtcpPacket(track, packets) => self.on_rtcp(&track, &packets),
+                    _ => {}
                 }
             }
             while let Some(event) = self.pc.poll_event() {
@@ -1176,8 +1202,12 @@ impl Inner {
                 RTCDataChannelEvent::OnClose(id) | RTCDataChannelEvent::OnError(id) if id == self.data => {
                     self.close("data channel closed", wake);
                 }
+                RTCDataChannelEvent::OnOpen(id) if id == self.media.channel => self.negotiation_open(),
                 _ => {}
             },
+            RTCPeerConnectionEvent::OnTrack(rtc::peer_connection::event::RTCTrackEvent::OnOpen(init)) => {
+                self.on_remote_track(init.track_id, &init.stream_ids, wake);
+            }
             _ => {}
         }
     }

@@ -21,6 +21,7 @@
 
 pub mod channel;
 pub mod driver;
+pub mod media;
 pub mod peer;
 pub mod raw;
 pub mod sdp;
@@ -29,6 +30,7 @@ mod turn_tcp;
 
 pub use channel::RtcChannel;
 pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer};
+pub use media::{CallPeer, RtpPacket, VideoFeedback, VideoReceiver, VideoSender, Vp8Assembler, Vp8Frame};
 pub use raw::RawChannel;
 
 use std::net::SocketAddr;

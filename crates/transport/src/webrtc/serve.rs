@@ -115,6 +115,7 @@ impl ServerSide {
                 };
                 *req.headers_mut() = headers;
                 req.extensions_mut().insert(self.info.clone());
+                req.extensions_mut().insert(super::media::CallPeer::of(shared));
                 if let Some(e) = &self.entity {
                     req.extensions_mut().insert(e.clone());
                 }
