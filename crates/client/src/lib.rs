@@ -25,6 +25,7 @@ use std::time::Duration;
 pub mod components;
 mod error;
 mod events;
+pub mod metrics;
 mod reauth;
 mod robot;
 mod session;

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{ConnectionEvent, ConnectionState, Method};
+use crate::metrics::ClientMetrics;
 use crate::session::SessionChannel;
 use crate::transport::{Link, Transport};
 use crate::{DialConf, Error, Options, Result};
@@ -32,7 +33,7 @@ struct Inner {
     channel: SessionChannel,
     link: Link,
     conf: DialConf,
-    events: broadcast::Sender<ConnectionEvent>,
+    events: Events,
     webrtc: Mutex<Option<WebRtcConnection>>,
     /// Cancelled by `close()`: stops the supervisor and the session.
     closing: CancellationToken,
@@ -76,9 +77,17 @@ pub(crate) fn emit_event(robot: &RobotClient, event: ConnectionEvent) {
     emit(&robot.inner.events, event);
 }
 
-fn emit(events: &broadcast::Sender<ConnectionEvent>, event: ConnectionEvent) {
+/// Where a client's connection events go: its subscribers and its counters.
+#[derive(Clone)]
+struct Events {
+    tx: broadcast::Sender<ConnectionEvent>,
+    metrics: Arc<ClientMetrics>,
+}
+
+fn emit(events: &Events, event: ConnectionEvent) {
     tracing::info!(event = event.name(), details = ?event, "connection event");
-    let _ = events.send(event);
+    events.metrics.count(&event);
+    let _ = events.tx.send(event);
 }
 
 /// Dials once with every option of `conf`.
@@ -174,7 +183,7 @@ async fn dial_retrying(
     conf: &DialConf,
     options: &Options,
     headers: &SharedHeaders,
-    events: &broadcast::Sender<ConnectionEvent>,
+    events: &Events,
     reconnecting: bool,
     closing: &CancellationToken,
 ) -> std::result::Result<Connection, (Error, u32)> {
@@ -238,7 +247,8 @@ impl RobotClient {
     /// cannot heal end it at once. A WebRTC dial that fails falls back to a
     /// direct one as [`crate::WebRtcConf::direct_fallback`] says.
     pub async fn connect(conf: DialConf, options: Options) -> Result<Self> {
-        let (events, _) = broadcast::channel(256);
+        let (tx, _) = broadcast::channel(256);
+        let events = Events { tx, metrics: Arc::default() };
         emit(&events, ConnectionEvent::Connecting);
         let headers = SharedHeaders::default();
         let never = CancellationToken::new();
@@ -309,7 +319,13 @@ impl RobotClient {
 
     /// Connection events (a new subscriber sees the events from now on).
     pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
-        self.inner.events.subscribe()
+        self.inner.events.tx.subscribe()
+    }
+
+    /// Counters of this client's connection (drops, reconnections, resumed
+    /// and lapsed sessions) to register with a Prometheus registry.
+    pub fn metrics(&self) -> &Arc<ClientMetrics> {
+        &self.inner.events.metrics
     }
 
     /// The connection state, as a `watch` channel.

@@ -154,6 +154,10 @@ pub struct NetworkConfig {
     /// which holds no session and drives no actuator: that one is closed.
     #[serde(default)]
     pub max_webrtc_connections: Option<usize>,
+    /// Serve Prometheus metrics at `GET /metrics` on this `ip:port` (a
+    /// separate plaintext listener; `tether machine --metrics-listen`).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `network.turn`.
@@ -285,6 +289,11 @@ impl Config {
             if let Some(ttl) = &turn.ttl {
                 parse_go_duration(ttl).map_err(|e| ConfigError::new("network.turn.ttl", e))?;
             }
+        }
+        if let Some(addr) = &self.network.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new("network.metrics_listen", format!("{addr:?} is not an ip:port address")));
         }
         if self.network.max_connections == Some(0) {
             return Err(ConfigError::new("network.max_connections", "must be at least 1"));
@@ -499,6 +508,7 @@ mod tests {
             (r#"{"components":[{"name":"a","api":"rdk:component:motor"}]}"#, "components[0].model"),
             (r#"{"network":{"bind_address":"nowhere"}}"#, "network.bind_address"),
             (r#"{"network":{"max_connections":0}}"#, "network.max_connections"),
+            (r#"{"network":{"metrics_listen":"localhost"}}"#, "network.metrics_listen"),
             (
                 r#"{"auth":{"handlers":[{"type":"robot-secret","config":{"keys":[{"id":"a","key":"b"}]}}]}}"#,
                 "auth.handlers[0].type",

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 pub mod config;
+pub mod metrics;
 pub mod monitor;
 pub mod operations;
 pub mod page;
@@ -73,6 +74,7 @@ pub struct SafetyStop {
 fn spawn_safety_stops(
     resources: &Arc<Resources>,
     stops: &broadcast::Sender<SafetyStop>,
+    metrics: &Arc<metrics::MachineMetrics>,
     names: Vec<String>,
     session: Option<uuid::Uuid>,
     connection: Option<u64>,
@@ -81,9 +83,13 @@ fn spawn_safety_stops(
     for name in names {
         let resources = resources.clone();
         let stops = stops.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             if resources.stop(&name).await {
                 let delay = tokio::time::Instant::now().saturating_duration_since(since);
+                let cause =
+                    if session.is_some() { metrics::cause::SESSION_EXPIRED } else { metrics::cause::CONNECTION_LOST };
+                metrics.safety_stop(cause, delay);
                 match session {
                     Some(id) => tracing::warn!(session = %id, resource = %name, ?delay, "safety stop: session lapsed"),
                     None => tracing::warn!(?connection, resource = %name, ?delay, "safety stop: peer connection lost"),
@@ -135,6 +141,7 @@ pub struct Machine {
     webrtc: Arc<webrtc::WebRtc>,
     video: Arc<video::VideoHub>,
     status: status::Status,
+    metrics: Arc<metrics::MachineMetrics>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -149,11 +156,14 @@ impl Machine {
     pub fn new(resources: Resources, options: MachineOptions) -> Self {
         let resources = Arc::new(resources);
         let (stops, _) = broadcast::channel(1024);
+        let metrics = Arc::new(metrics::MachineMetrics::default());
         let on_expiry = {
             let resources = resources.clone();
             let stops = stops.clone();
+            let metrics = metrics.clone();
             Arc::new(move |e: Expired| {
-                spawn_safety_stops(&resources, &stops, e.resources, Some(e.id), None, e.deadline);
+                metrics.sessions_expired.inc();
+                spawn_safety_stops(&resources, &stops, &metrics, e.resources, Some(e.id), None, e.deadline);
             })
         };
         let sessions = SessionManager::new(options.heartbeat_window, on_expiry);
@@ -185,6 +195,7 @@ impl Machine {
             webrtc,
             video,
             status,
+            metrics,
         }
     }
 
@@ -234,6 +245,53 @@ impl Machine {
         self.authority.as_ref().map(|a| a.token_lifetime())
     }
 
+    /// The machine's metrics (counting whether or not registered).
+    pub fn metrics(&self) -> &Arc<metrics::MachineMetrics> {
+        &self.metrics
+    }
+
+    /// Registers every metric of the machine in `registry`: sessions, safety
+    /// stops, WebRTC peers and offers, the listener's connections and the
+    /// embedded signaler (not the process's: see
+    /// `tether_transport::metrics::register_process`).
+    pub fn register_metrics(&self, registry: &mut tether_transport::metrics::prometheus_client::registry::Registry) {
+        use tether_transport::metrics::GaugeFn;
+        self.metrics.register(registry);
+        let sessions = self.sessions.clone();
+        GaugeFn::new("tether_sessions_active", "Sessions alive now", move || {
+            i64::try_from(sessions.len()).unwrap_or(i64::MAX)
+        })
+        .register(registry);
+        let webrtc = self.webrtc.clone();
+        GaugeFn::new("tether_webrtc_offers_answering", "WebRTC offers being answered (signaling and ICE)", move || {
+            i64::try_from(webrtc.stats.snapshot().0).unwrap_or(i64::MAX)
+        })
+        .register(registry);
+        let webrtc = self.webrtc.clone();
+        GaugeFn::counter(
+            "tether_webrtc_offers_shed",
+            "WebRTC offers dropped in negotiation (RESOURCE_EXHAUSTED) for newer ones, over the machine's bound",
+            move || webrtc.stats.shed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
+        let budget = tether_transport::webrtc::serve::PartialBudget::machine();
+        let dropped = budget.clone();
+        GaugeFn::counter(
+            "tether_webrtc_partial_messages_dropped",
+            "Partially received request messages on data channels dropped over the peer's or the process's budget \
+             (RESOURCE_EXHAUSTED)",
+            move || dropped.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
+        GaugeFn::counter(
+            "tether_webrtc_partial_messages_stalled",
+            "Partially received request messages on data channels reset after no progress for 30 s",
+            move || budget.stalled.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .register(registry);
+        self.webrtc.signaling.register_metrics(registry);
+    }
+
     /// Safety stops as they happen.
     pub fn safety_stops(&self) -> broadcast::Receiver<SafetyStop> {
         self.stops.subscribe()
@@ -254,6 +312,7 @@ impl Machine {
             sessions: self.sessions.clone(),
             operations: self.operations.clone(),
             started: self.started,
+            metrics: self.metrics.clone(),
         };
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
@@ -325,7 +384,9 @@ impl Machine {
     /// port and answers WebRTC calls for the machine's names. The answerers
     /// start when this is called (so [`Self::webrtc_hosts`] and
     /// [`Self::signaling_status`] are filled in at once); the returned future
-    /// serves the listener. Call it inside a tokio runtime.
+    /// serves the listener. Call it inside a tokio runtime. The listener
+    /// counts into the machine's metrics (`options.metrics` is replaced; see
+    /// [`Self::register_metrics`]).
     pub fn serve(
         &self,
         listener: TcpListener,
@@ -335,6 +396,7 @@ impl Machine {
         if let Ok(local) = listener.local_addr() {
             self.start_webrtc(local, shutdown.clone());
         }
+        let options = options.with_metrics(self.metrics.server.clone());
         tether_transport::server::serve(listener, self.http_service(), options, shutdown)
     }
 
@@ -390,8 +452,14 @@ impl Machine {
 
     fn on_peer_event(&self, event: PeerEvent) {
         self.status.peer_event(&event);
-        let PeerEvent::Closed(info) = event else { return };
-        let lost = self.sessions.connection_closed(info.id);
-        spawn_safety_stops(&self.resources, &self.stops, lost, None, Some(info.id), tokio::time::Instant::now());
+        match event {
+            PeerEvent::Opened(info, pair) => self.metrics.peer_opened(info.id, pair.as_ref()),
+            PeerEvent::Closed(info) => {
+                self.metrics.peer_closed(info.id);
+                let lost = self.sessions.connection_closed(info.id);
+                let now = tokio::time::Instant::now();
+                spawn_safety_stops(&self.resources, &self.stops, &self.metrics, lost, None, Some(info.id), now);
+            }
+        }
     }
 }

@@ -103,8 +103,9 @@ impl Status {
     pub fn peer_event(&self, event: &PeerEvent) {
         let mut st = self.0.lock();
         match event {
-            PeerEvent::Opened(info) => {
-                st.conns.entry(info.id).or_insert_with(|| Conn {
+            PeerEvent::Opened(info, pair) => {
+                let ice_pair = pair.as_ref().map(|p| format!("{}/{}", p.local_type, p.remote_type));
+                let c = st.conns.entry(info.id).or_insert_with(|| Conn {
                     webrtc: true,
                     remote: info.remote,
                     opened: Instant::now(),
@@ -112,11 +113,7 @@ impl Status {
                     calls: 0,
                     ice_pair: None,
                 });
-            }
-            PeerEvent::IcePair(id, pair) => {
-                if let Some(c) = st.conns.get_mut(id) {
-                    c.ice_pair = Some(pair.clone());
-                }
+                c.ice_pair = ice_pair;
             }
             PeerEvent::Closed(info) => {
                 st.conns.remove(&info.id);
@@ -224,8 +221,13 @@ mod tests {
         let grpc = info(1, TransportKind::Grpc, "10.0.0.1:5000");
         let rtc = info(2, TransportKind::WebRtc, "10.0.0.2:6000");
         status.record_call(&grpc);
-        status.peer_event(&PeerEvent::Opened(rtc.clone()));
-        status.peer_event(&PeerEvent::IcePair(2, "host/prflx".into()));
+        let pair = tether_transport::webrtc::SelectedPair {
+            local: None,
+            remote: None,
+            local_type: "host".into(),
+            remote_type: "prflx".into(),
+        };
+        status.peer_event(&PeerEvent::Opened(rtc.clone(), Some(pair)));
         status.record_call(&rtc);
         let peer = PeerInfo { webrtc: true, remote: rtc.remote, local: None };
         let (mine, _) = sessions.start("alice", "", peer.clone()).unwrap();

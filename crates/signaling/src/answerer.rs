@@ -25,8 +25,9 @@
 //! [`AnswererConfig::signaler_ice`]. A machine behind a symmetric NAT with no TURN server of its
 //! own thus still gets a relay candidate.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -41,7 +42,7 @@ use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_
 use tether_transport::webrtc::RtcOptions;
 use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tether_transport::webrtc::sdp::{self, SdpKind};
-use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer};
+use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer, SelectedPair};
 use tether_wire::framing::Limits;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -70,6 +71,14 @@ pub struct AnswererConfig {
     /// The machine's limit on WebRTC connections, shared by every answerer
     /// (`None`: no limit). A caller's priority is its offer's `a=x-priority`.
     pub slots: Option<Arc<crate::slots::ConnectionSlots>>,
+    /// Most offers in negotiation at once (answered or being answered, ICE
+    /// and DTLS not done yet) over every answerer sharing `stats`. Beyond
+    /// it, a new offer whose caller address already holds the most is
+    /// refused; any other sheds the oldest offer of the address holding the
+    /// most (so a flood from a few addresses sheds its own offers, never a
+    /// lone real caller's). Either fails with RESOURCE_EXHAUSTED. Offers from external signalers carry no address
+    /// and count as one. Default [`DEFAULT_MAX_NEGOTIATING`].
+    pub max_negotiating: usize,
     /// The ICE servers the in-process signaler hands out for a host (for
     /// [`spawn_local`]; an external signaler's come over the wire).
     pub signaler_ice: Option<SignalerIce>,
@@ -109,6 +118,13 @@ pub fn merge_ice_servers(ours: &[IceServer], theirs: &[pb::IceServer]) -> Vec<Ic
     merged
 }
 
+/// The default of [`AnswererConfig::max_negotiating`]: a real caller
+/// negotiates in well under a second, so 32 at once is a burst of dozens of
+/// dashboards; each holds a peer's UDP sockets and CPU for its handshakes,
+/// which a flood of offers that never finish ICE would otherwise pile up
+/// until their deadlines.
+pub const DEFAULT_MAX_NEGOTIATING: usize = 32;
+
 impl AnswererConfig {
     /// An answerer for `hosts` with defaults.
     pub fn new(hosts: Vec<String>) -> Self {
@@ -120,6 +136,7 @@ impl AnswererConfig {
             require_caller: false,
             stats: Arc::default(),
             slots: None,
+            max_negotiating: DEFAULT_MAX_NEGOTIATING,
             signaler_ice: None,
         }
     }
@@ -163,6 +180,65 @@ pub struct AnswererStats {
     pub exchanges: AtomicUsize,
     /// Connected peers being served.
     pub peers: AtomicUsize,
+    /// Offers shed in negotiation for newer ones (see
+    /// [`AnswererConfig::max_negotiating`]).
+    pub shed: AtomicU64,
+    /// The offers in negotiation, oldest first, with their caller address:
+    /// cancelled to shed one.
+    negotiating: parking_lot::Mutex<std::collections::BTreeMap<u64, (Option<String>, CancellationToken)>>,
+    next: AtomicU64,
+}
+
+/// An offer in negotiation: counted in [`AnswererStats::exchanges`] and
+/// registered to be shed, until dropped (the peer connected, or failed).
+struct Negotiating<'a> {
+    stats: &'a AnswererStats,
+    _gauge: Gauge<'a>,
+    id: u64,
+    shed: CancellationToken,
+}
+
+impl<'a> Negotiating<'a> {
+    /// Registers a new offer from `address`. Over `max` in negotiation, one
+    /// goes: the new one if its address holds the most, else the oldest of
+    /// the address that does.
+    fn new(stats: &'a AnswererStats, max: usize, address: Option<String>) -> Self {
+        let id = stats.next.fetch_add(1, Ordering::Relaxed);
+        let shed = CancellationToken::new();
+        let mut negotiating = stats.negotiating.lock();
+        negotiating.insert(id, (address.clone(), shed.clone()));
+        if negotiating.len() > max.max(1) {
+            let mut counts: HashMap<&Option<String>, usize> = HashMap::new();
+            for (a, _) in negotiating.values() {
+                *counts.entry(a).or_default() += 1;
+            }
+            let own = counts.get(&address).copied().unwrap_or(0);
+            let top = counts
+                .iter()
+                .filter(|(a, _)| ***a != address)
+                .max_by_key(|(_, n)| **n)
+                .map(|(a, n)| ((*a).clone(), *n));
+            // The new offer's address holds the most already: refuse the new
+            // one before it costs a peer. Else the oldest offer (the map is
+            // in age order) of the address holding the most goes.
+            let victim = match top {
+                Some((top, n)) if n >= own => negotiating.iter().find(|(_, (a, _))| *a == top).map(|(k, _)| *k),
+                _ => Some(id),
+            };
+            if let Some((_, token)) = victim.and_then(|v| negotiating.remove(&v)) {
+                token.cancel();
+                stats.shed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(negotiating);
+        Self { stats, _gauge: Gauge::new(&stats.exchanges), id, shed }
+    }
+}
+
+impl Drop for Negotiating<'_> {
+    fn drop(&mut self) {
+        self.stats.negotiating.lock().remove(&self.id);
+    }
 }
 
 impl AnswererStats {
@@ -191,11 +267,9 @@ impl Drop for Gauge<'_> {
 /// Something that happened to a peer connection served by the answerer.
 #[derive(Clone, Debug)]
 pub enum PeerEvent {
-    /// The data channel opened; calls on it carry this connection info.
-    Opened(ConnectionInfo),
-    /// The ICE candidate pair of connection `id` as `local/remote` candidate
-    /// types (`host/prflx`, `relay/host`, …); sent right after `Opened`.
-    IcePair(u64, String),
+    /// The data channel opened; calls on it carry this connection info. The
+    /// selected ICE candidate pair, when the stack reports one.
+    Opened(ConnectionInfo, Option<SelectedPair>),
     /// The connection is gone (closed, ICE failed or consent lost): every
     /// call on it was cancelled.
     Closed(ConnectionInfo),
@@ -224,6 +298,8 @@ struct IncomingOffer {
     disable_trickle: bool,
     deadline: Option<SystemTime>,
     caller: Caller,
+    /// The caller's address (in-process signaler only), for fair shedding.
+    address: Option<String>,
     /// ICE servers the signaler handed out for this call.
     ice_servers: Vec<pb::IceServer>,
     caller_events: BoxStream<'static, CallerEvent>,
@@ -281,6 +357,7 @@ pub fn spawn_local(
                             disable_trickle: x.offer.disable_trickle,
                             deadline: Some(x.offer.deadline),
                             caller: Caller::Local(x.offer.caller),
+                            address: x.offer.address,
                             caller_events: x.caller_events,
                             responder: x.responder,
                         };
@@ -503,6 +580,7 @@ impl RemoteWorker {
                         disable_trickle,
                         deadline,
                         caller: Caller::Asserted(init.tether_caller_assertion, self.remote.vouch.clone()),
+                        address: None,
                         caller_events: caller_events(inbound),
                         responder: Box::new(GrpcResponder { uuid: msg.uuid, tx }),
                     }));
@@ -603,7 +681,7 @@ impl Context {
     }
 
     async fn run(self: Arc<Self>, mut offer: IncomingOffer) {
-        let exchanging = Gauge::new(&self.config.stats.exchanges);
+        let exchanging = Negotiating::new(&self.config.stats, self.config.max_negotiating, offer.address.clone());
         let deadline = Self::deadline(&offer);
         if let Err(status) = self.answer(&mut offer, deadline, exchanging).await {
             tracing::debug!(uuid = %offer.uuid, "answering failed: {status}");
@@ -611,6 +689,14 @@ impl Context {
             // Let the signaler end the exchange.
             linger(offer.caller_events, offer.responder, Duration::from_secs(5)).await;
         }
+    }
+
+    /// The status of an offer shed in negotiation.
+    fn shed_status(&self) -> tonic::Status {
+        tonic::Status::resource_exhausted(format!(
+            "the machine is negotiating {} newer offers; this one, its caller address's oldest, was dropped for them",
+            self.config.max_negotiating
+        ))
     }
 
     /// Who is calling: the caller the signaler authenticated (an external
@@ -637,7 +723,7 @@ impl Context {
         &self,
         offer: &mut IncomingOffer,
         deadline: tokio::time::Instant,
-        exchanging: Gauge<'_>,
+        exchanging: Negotiating<'_>,
     ) -> Result<(), tonic::Status> {
         let (kind, offer_sdp) = sdp::decode(&offer.sdp).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         if kind != SdpKind::Offer {
@@ -651,13 +737,20 @@ impl Context {
             None => None,
         };
         let trickle = !offer.disable_trickle;
+        // Shed while it waited for its turn: no peer for it.
+        if exchanging.shed.is_cancelled() {
+            return Err(self.shed_status());
+        }
         let mut options = self.config.peer.clone();
         options.ice_servers = merge_ice_servers(&options.ice_servers, &offer.ice_servers);
         // The machine's connections can carry camera video (StreamService).
         let peer = RtcPeer::new(&options, RtcOptions::default().with_media(true))
             .await
             .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
-        let result = self.exchange(offer, &peer, offer_sdp, trickle, deadline).await;
+        let result = tokio::select! {
+            result = self.exchange(offer, &peer, offer_sdp, trickle, deadline) => result,
+            _ = exchanging.shed.cancelled() => Err(self.shed_status()),
+        };
         if let Err(status) = result {
             peer.close();
             return Err(status);
@@ -683,10 +776,7 @@ impl Context {
         let evicted = slot.as_ref().map(|s| s.evicted().clone()).unwrap_or_default();
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
-        (self.events)(PeerEvent::Opened(info.clone()));
-        if let Some(p) = &pair {
-            (self.events)(PeerEvent::IcePair(info.id, format!("{}/{}", p.local_type, p.remote_type)));
-        }
+        (self.events)(PeerEvent::Opened(info.clone(), pair));
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
         let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
@@ -823,5 +913,27 @@ mod tests {
         assert_eq!(merged[1].urls.len(), 2);
         assert_eq!(merged[1].credential, "fresh");
         assert_eq!(merge_ice_servers(&ours, &[]), ours);
+    }
+
+    #[test]
+    fn negotiations_over_the_bound_shed_the_busiest_address() {
+        let stats = AnswererStats::default();
+        let from = |a: &str| Some(a.to_owned());
+        let a: Vec<_> = (0..3).map(|_| Negotiating::new(&stats, 3, from("a"))).collect();
+        assert_eq!(stats.exchanges.load(Ordering::Relaxed), 3);
+        // A lone caller from another address sheds a's oldest.
+        let b = Negotiating::new(&stats, 3, from("b"));
+        assert!(a[0].shed.is_cancelled() && !a[1].shed.is_cancelled() && !a[2].shed.is_cancelled());
+        assert!(!b.shed.is_cancelled());
+        // a, holding the most, gets its new offer refused; b is never touched.
+        let a4 = Negotiating::new(&stats, 3, from("a"));
+        assert!(a4.shed.is_cancelled() && !a[1].shed.is_cancelled() && !b.shed.is_cancelled());
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 2);
+        // Offers from external signalers (no address) count as one address.
+        let none = Negotiating::new(&stats, 3, None);
+        assert!(a[1].shed.is_cancelled() && !none.shed.is_cancelled() && !b.shed.is_cancelled());
+        drop((a, a4, b, none));
+        assert!(stats.negotiating.lock().is_empty());
+        assert_eq!(stats.exchanges.load(Ordering::Relaxed), 0);
     }
 }

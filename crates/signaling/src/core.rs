@@ -127,6 +127,7 @@ impl SignalingCore {
             disable_trickle: req.disable_trickle,
             ttl: self.config.offer_deadline,
             caller: caller.entity.clone(),
+            address: caller.address.map(crate::limits::address_key),
         }
     }
 

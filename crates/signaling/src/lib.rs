@@ -22,6 +22,8 @@
 //! * [`core`] is the sans-IO decision logic the server runs (request
 //!   validation, limits, stage ordering, relaying), callable without a
 //!   runtime;
+//! * [`metrics`]: calls, exchange outcomes, refusals, pending offers
+//!   (`SignalingServer::register_metrics`);
 //! * [`TurnRestConfig`] hands out TURN servers with shared-secret credentials;
 //! * the two client roles of the protocol: [`answerer`] (a machine taking
 //!   offers, from an in-process queue or over `Answer` streams) and
@@ -47,6 +49,7 @@ mod host;
 mod ice;
 mod limits;
 mod memory;
+pub mod metrics;
 mod queue;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -247,6 +247,8 @@ pub(crate) struct SlotCounter {
 pub struct Slot {
     counts: Counts,
     key: String,
+    /// Released with this one.
+    also: Option<Box<Slot>>,
 }
 
 impl SlotCounter {
@@ -261,7 +263,12 @@ impl SlotCounter {
             return None;
         }
         *n += 1;
-        Some(Slot { counts: self.counts.clone(), key: key.to_owned() })
+        Some(Slot { counts: self.counts.clone(), key: key.to_owned(), also: None })
+    }
+
+    /// Slots taken for `key`.
+    pub(crate) fn count(&self, key: &str) -> usize {
+        self.counts.lock().get(key).copied().unwrap_or(0)
     }
 
     /// Slots taken over all keys.
@@ -350,6 +357,8 @@ pub(crate) struct Limits {
     config: CallLimits,
     rate: Option<RateLimiter>,
     per_host: SlotCounter,
+    /// Per-host slots by caller address (`host` NUL `address`).
+    per_host_address: SlotCounter,
     per_address: SlotCounter,
     exchanges: Mutex<Exchanges>,
 }
@@ -360,6 +369,7 @@ impl Limits {
             config,
             rate: config.rate_per_minute.map(RateLimiter::new),
             per_host: SlotCounter::default(),
+            per_host_address: SlotCounter::default(),
             per_address: SlotCounter::default(),
             exchanges: Mutex::default(),
         }
@@ -385,9 +395,20 @@ impl Limits {
             None => None,
         };
         let host = match self.config.max_pending_per_host {
-            Some(max) => Some(self.per_host.acquire(host, max).ok_or_else(|| {
-                Status::resource_exhausted(format!("too many pending calls for host {host:?} (max {max})"))
-            })?),
+            Some(max) => {
+                // A host's cap never refuses an address with no pending call
+                // for it: a flood from other addresses cannot lock out a
+                // real caller (the per-address cap bounds what those extra
+                // admissions hold).
+                let pair = format!("{host}\0{}", caller.address_key());
+                let first_of_address = self.per_host_address.count(&pair) == 0;
+                let limit = if first_of_address { usize::MAX } else { max };
+                let mut slot = self.per_host.acquire(host, limit).ok_or_else(|| {
+                    Status::resource_exhausted(format!("too many pending calls for host {host:?} (max {max})"))
+                })?;
+                slot.also = self.per_host_address.acquire(&pair, usize::MAX).map(Box::new);
+                Some(slot)
+            }
             None => None,
         };
         Ok(Admitted { host, address })
@@ -494,6 +515,27 @@ mod tests {
         assert!(cut.message.ends_with('…'));
         let short = RpcStatus { code: 2, message: "short".into(), details: Vec::new() };
         assert_eq!(bounded_status(short.clone()), short);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_host_still_admits_an_address_with_no_pending_call_for_it() {
+        let l = Limits::new(CallLimits::unlimited().with_max_pending_per_host(Some(2)));
+        let now = Instant::now();
+        // One address fills the host.
+        let a1 = l.admit("h", &from("192.0.2.1"), now).unwrap();
+        let a2 = l.admit("h", &from("192.0.2.1"), now).unwrap();
+        let err = l.admit("h", &from("192.0.2.1"), now).unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        // Another address gets one call past the cap, not two.
+        let b1 = l.admit("h", &from("192.0.2.2"), now).unwrap();
+        assert!(l.admit("h", &from("192.0.2.2"), now).is_err());
+        assert_eq!(l.stats(now).pending_offers, 3);
+        // Other hosts are unaffected; answered offers free their slots.
+        l.admit("g", &from("192.0.2.1"), now).unwrap();
+        drop((a1, a2, b1));
+        assert_eq!(l.stats(now).pending_offers, 0);
+        assert!(l.per_host_address.counts.lock().is_empty());
+        l.admit("h", &from("192.0.2.2"), now).unwrap();
     }
 
     fn limits(per_address: usize) -> Limits {

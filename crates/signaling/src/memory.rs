@@ -250,6 +250,7 @@ impl CallQueue for MemoryQueue {
             disable_trickle: init.disable_trickle,
             deadline: SystemTime::now() + ttl,
             caller: init.caller,
+            address: init.address,
         };
         let (to_caller, caller_rx) = mpsc::unbounded_channel();
         let (to_answerer, answerer_rx) = mpsc::unbounded_channel();

@@ -41,6 +41,10 @@ pub struct OfferInit {
     pub ttl: Duration,
     /// The caller's authenticated entity, when the signaler authenticated it.
     pub caller: Option<String>,
+    /// The caller's address as the limits count it
+    /// ([`address_key`](crate::address_key)), when known: an in-process
+    /// answerer shares its work fairly among addresses with it.
+    pub address: Option<String>,
 }
 
 /// An offer as stored by the queue.
@@ -58,6 +62,9 @@ pub struct Offer {
     pub deadline: SystemTime,
     /// The caller's authenticated entity, when the signaler authenticated it.
     pub caller: Option<String>,
+    /// [`OfferInit::address`] (not carried through Redis: `None` for an
+    /// offer claimed from a [`RedisQueue`](crate::RedisQueue)).
+    pub address: Option<String>,
 }
 
 /// An event produced by the answerer, consumed by the caller's `Call` stream.
@@ -200,7 +207,7 @@ pub trait AnswererSession: Send {
 /// let mut session = queue.register_answerer(vec!["robot.local".into()]).await.unwrap();
 /// assert!(queue.is_answerer_online("robot.local").await);
 ///
-/// let init = OfferInit { host: "robot.local".into(), sdp: "offer".into(), disable_trickle: false, ttl: Duration::from_secs(10), caller: None };
+/// let init = OfferInit { host: "robot.local".into(), sdp: "offer".into(), disable_trickle: false, ttl: Duration::from_secs(10), caller: None, address: None };
 /// let mut caller = queue.send_offer(init).await.unwrap();
 /// let mut exchange = session.recv_offer().await.unwrap();
 /// assert_eq!(exchange.offer.uuid, caller.offer.uuid);

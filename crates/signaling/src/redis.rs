@@ -854,6 +854,7 @@ impl Inner {
             disable_trickle: bytes(trickle) == Some(b"1"),
             deadline: SystemTime::now() + left,
             caller: string(entity).filter(|e| !e.is_empty()),
+            address: None,
         };
         Ok(Some(Claimed { offer, token: token.to_string(), until: Instant::now() + left + self.opts.record_slack }))
     }
@@ -981,6 +982,7 @@ impl Inner {
             disable_trickle: init.disable_trickle,
             deadline,
             caller: init.caller,
+            address: init.address,
         };
         let events = spawn_reader::<AnswererEvent>(inner, &uuid, Side::Answerer, until);
         Ok(CallerHandle { offer, events })

@@ -221,7 +221,8 @@ impl SignalingServerBuilder {
 
     /// The server.
     pub fn build(self) -> SignalingServer {
-        SignalingServer { shared: Arc::new(Shared { queue: self.queue, core: SignalingCore::new(self.config) }) }
+        let core = SignalingCore::new(self.config);
+        SignalingServer { shared: Arc::new(Shared { queue: self.queue, core, metrics: Default::default() }) }
     }
 }
 
@@ -252,6 +253,7 @@ pub struct SignalingServer {
 struct Shared {
     queue: Arc<dyn CallQueue>,
     core: SignalingCore,
+    metrics: crate::metrics::SignalingMetrics,
 }
 
 impl SignalingServer {
@@ -273,6 +275,19 @@ impl SignalingServer {
     /// The sans-IO core making the server's decisions (see [`crate::core`]).
     pub fn core(&self) -> &SignalingCore {
         &self.shared.core
+    }
+
+    /// The server's metrics (see [`Self::register_metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::SignalingMetrics {
+        &self.shared.metrics
+    }
+
+    /// Counts a refused request of `rpc`.
+    fn counted<T>(&self, rpc: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.shared.metrics.refused(rpc, status.code());
+        }
+        result
     }
 
     /// Counters of the call limits (pending offers and exchanges counted now).
@@ -440,7 +455,8 @@ impl SignalingService for SignalingServer {
     async fn call(&self, request: Request<CallRequest>) -> Result<Response<Self::CallStream>, Status> {
         let caller = caller_of(&request);
         let (md, _, req) = request.into_parts();
-        let (relay, events) = self.handle_call(&md, caller, req, Instant::now()).await?;
+        let (relay, events) = self.counted("call", self.handle_call(&md, caller, req, Instant::now()).await)?;
+        self.shared.metrics.calls.inc();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(run_call(self.clone(), relay, events, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -448,7 +464,7 @@ impl SignalingService for SignalingServer {
 
     async fn call_update(&self, request: Request<CallUpdateRequest>) -> Result<Response<CallUpdateResponse>, Status> {
         let (md, ext, req) = request.into_parts();
-        self.handle_call_update(&md, ext.get::<AuthEntity>(), req).await?;
+        self.counted("call_update", self.handle_call_update(&md, ext.get::<AuthEntity>(), req).await)?;
         Ok(Response::new(CallUpdateResponse {}))
     }
 
@@ -458,7 +474,8 @@ impl SignalingService for SignalingServer {
     ) -> Result<Response<Self::AnswerStream>, Status> {
         let (md, ext, inbound) = request.into_parts();
         let entity = ext.get::<AuthEntity>().cloned();
-        let (session, heartbeat) = self.handle_answer(&md, entity.as_ref(), Instant::now()).await?;
+        let (session, heartbeat) =
+            self.counted("answer", self.handle_answer(&md, entity.as_ref(), Instant::now()).await)?;
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let worker = AnswerWorker { server: self.clone(), out, inbound, heartbeat, entity };
         tokio::spawn(worker.run(session));
@@ -470,7 +487,7 @@ impl SignalingService for SignalingServer {
         request: Request<OptionalWebRtcConfigRequest>,
     ) -> Result<Response<OptionalWebRtcConfigResponse>, Status> {
         let (md, ext, _) = request.into_parts();
-        Ok(Response::new(self.handle_config(&md, ext.get::<AuthEntity>()).await?))
+        Ok(Response::new(self.counted("config", self.handle_config(&md, ext.get::<AuthEntity>()).await)?))
     }
 }
 
@@ -503,6 +520,7 @@ async fn run_call(
         }
     };
     server.shared.core.end_call(&relay, &end);
+    server.shared.metrics.ended(&end);
     if let Some(status) = end.status() {
         let bound = if end == CallEnd::Deadline { Duration::from_secs(1) } else { HANDLER_TIMEOUT };
         let _ = send_until(&tx, Err(status), Instant::now() + bound).await;

@@ -12,7 +12,7 @@ use tether_signaling::{AnswererEvent, CallQueue, CallerEvent, MemoryQueue, Offer
 const WAIT: Duration = Duration::from_secs(5);
 
 fn offer(host: &str, sdp: &str, ttl: Duration) -> OfferInit {
-    OfferInit { host: host.into(), sdp: sdp.into(), disable_trickle: false, ttl, caller: None }
+    OfferInit { host: host.into(), sdp: sdp.into(), disable_trickle: false, ttl, caller: None, address: None }
 }
 
 fn cand(s: &str) -> IceCandidate {

@@ -503,7 +503,14 @@ async fn redis_restart_is_survived_without_restarting_instances() {
 // ---- the queue itself, two instances in one process ----
 
 fn offer(host: &str, sdp: &str) -> OfferInit {
-    OfferInit { host: host.into(), sdp: sdp.into(), disable_trickle: false, ttl: Duration::from_secs(10), caller: None }
+    OfferInit {
+        host: host.into(),
+        sdp: sdp.into(),
+        disable_trickle: false,
+        ttl: Duration::from_secs(10),
+        caller: None,
+        address: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tether_transport::metrics::prometheus_client::registry::Registry;
 
 use common::*;
 use parking_lot::Mutex;
@@ -119,6 +120,20 @@ async fn short_drop_reconnects_and_resumes_the_same_session() {
     assert!(stops.try_recv().is_err());
     assert_eq!(motor.is_powered().await.unwrap(), (true, 0.5));
     assert_eq!(*robot.state().borrow(), ConnectionState::Connected);
+    // The client's counters for an embedder, and the machine's, say the same.
+    let mut registry = Registry::default();
+    robot.metrics().register(&mut registry);
+    let (_, text) = tether_transport::metrics::render(&registry, None);
+    for line in
+        ["tether_client_drops_total 1", "tether_client_reconnects_total 1", "tether_client_sessions_resumed_total 1"]
+    {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert_eq!(robot.metrics().sessions_lapsed.get(), 0);
+    assert!(robot.metrics().dials.get() >= 2);
+    assert_eq!(m.machine.metrics().sessions_resumed.get(), 1);
+    assert_eq!(m.machine.metrics().sessions_started.get(), 1);
+    assert_eq!(m.machine.metrics().sessions_expired.get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +170,11 @@ async fn long_outage_lapses_the_session_and_the_client_says_so() {
     assert_eq!(reported, old);
     assert_ne!(new, old);
     assert_eq!(waiting.await.unwrap().unwrap(), (false, 0.0), "the waiting call ran after reconnecting");
+    let (client, machine) = (robot.metrics(), m.machine.metrics());
+    assert_eq!((client.drops.get(), client.reconnects.get()), (1, 1));
+    assert_eq!((client.sessions_resumed.get(), client.sessions_lapsed.get()), (0, 1));
+    assert_eq!((machine.sessions_started.get(), machine.sessions_expired.get()), (2, 1));
+    assert_eq!(machine.safety_stops.get_or_create(&[("cause", "session_expired")]).get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,8 +40,11 @@ use serde_json::{Value, json};
 use tether_client::components::Motor;
 use tether_client::{ConnectionEvent, DialConf, Options, ReconnectOptions, RobotClient};
 use tether_machine::config::{Config, NetworkConfig};
+use tether_machine::metrics::cause::{CONNECTION_LOST, SESSION_EXPIRED};
 use tether_machine::models::Models;
 use tether_machine::{Machine, SafetyStop};
+use tether_transport::metrics::MetricsServeOptions;
+use tether_transport::metrics::prometheus_client::registry::Registry;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -186,6 +189,26 @@ async fn demo(report: &Report) -> anyhow::Result<Numbers> {
     for robot in [&webrtc.robot, &direct.robot, &roaming.robot] {
         robot.close().await;
     }
+    let m = machine.machine.metrics();
+    let stops = |cause| m.safety_stops.get_or_create(&[("cause", cause)]).get();
+    let (expired_stops, lost_stops) = (stops(SESSION_EXPIRED), stops(CONNECTION_LOST));
+    report.note(
+        format!(
+            "metrics: {} sessions started, {} resumed, {} expired; {} safety stops (session expired), {} (connection lost)",
+            m.sessions_started.get(),
+            m.sessions_resumed.get(),
+            m.sessions_expired.get(),
+            expired_stops,
+            lost_stops,
+        ),
+        json!({
+            "sessions_started": m.sessions_started.get(),
+            "sessions_resumed": m.sessions_resumed.get(),
+            "sessions_expired": m.sessions_expired.get(),
+            "safety_stops_session_expired": expired_stops,
+            "safety_stops_connection_lost": lost_stops,
+        }),
+    );
     machine.stop().await;
     n.total_ms = millis(started.elapsed());
     Ok(n)
@@ -242,6 +265,18 @@ impl DemoMachine {
         report.note(
             format!("control page: {page} (a browser sees and drives the machine there)"),
             json!({"control_page": page}),
+        );
+        // What `tether machine --metrics-listen ADDR` serves, on a port of its own.
+        let mut registry = Registry::default();
+        machine.register_metrics(&mut registry);
+        tether_transport::metrics::register_process(&mut registry);
+        let options = MetricsServeOptions::default().with_shutdown(shutdown.clone());
+        let metrics = tether_transport::metrics::spawn("127.0.0.1:0", Arc::new(registry), options)
+            .await
+            .context("cannot listen for metrics on 127.0.0.1")?;
+        report.note(
+            format!("Prometheus metrics at http://{metrics}/metrics (tether machine --metrics-listen ADDR)"),
+            json!({"metrics": format!("http://{metrics}/metrics")}),
         );
         Ok(Self { machine, addr, shutdown, serving })
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tether_machine::config::{Config, DEFAULT_BIND};
 use tether_machine::models::Models;
 use tether_machine::{Machine, RemoteStatus};
+use tether_transport::metrics::prometheus_client::registry::Registry;
 use tether_transport::server::{ServeOptions, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +22,21 @@ pub(crate) struct MachineArgs {
     pub max_connections: Option<usize>,
     /// Go duration overriding `auth.token_lifetime`.
     pub token_lifetime: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
-    let MachineArgs { listen, config, hosts, signaling, signaling_key, no_webrtc, max_connections, token_lifetime } =
-        args;
+    let MachineArgs {
+        listen,
+        config,
+        hosts,
+        signaling,
+        signaling_key,
+        no_webrtc,
+        max_connections,
+        token_lifetime,
+        metrics_listen,
+    } = args;
     // Before anything opens files: the connection cap is derived from it.
     tether_transport::limits::raise_nofile().context("reading the open-files limit")?;
     let mut cfg = match &config {
@@ -46,6 +57,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     if token_lifetime.is_some() {
         cfg.auth.get_or_insert_with(Default::default).token_lifetime = token_lifetime;
     }
+    if metrics_listen.is_some() {
+        cfg.network.metrics_listen = metrics_listen;
+    }
     cfg.validate()?;
     let machine = Machine::from_config(&cfg, &Models::builtin())?;
     let addr = listen.or_else(|| cfg.network.bind_address.clone()).unwrap_or_else(|| DEFAULT_BIND.to_owned());
@@ -65,17 +79,23 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         "machine serving gRPC and gRPC-Web; components: {}",
         names.join(", ")
     );
-    // A line on stdout that scripts and tests wait for.
-    println!("listening on {local}");
-    for url in tether_machine::page::urls(local, tls.is_some()) {
-        println!("control page: {url}");
-    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
+    // Before "listening on": whoever waits for that line can scrape at once.
+    if let Some(addr) = &cfg.network.metrics_listen {
+        let mut registry = Registry::default();
+        machine.register_metrics(&mut registry);
+        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
+    }
+    // A line on stdout that scripts and tests wait for.
+    println!("listening on {local}");
+    for url in tether_machine::page::urls(local, tls.is_some()) {
+        println!("control page: {url}");
+    }
     let options = ServeOptions::default().with_tls(tls).with_max_connections(cfg.network.max_connections);
     let serving = machine.serve(listener, options, shutdown);
     tokio::spawn(report_signalers(machine.clone()));

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod call;
 mod demo;
 mod machine;
+mod metrics;
 mod signaling;
 mod term;
 
@@ -57,6 +58,10 @@ enum Command {
         /// (`1h`, `90s`; overrides auth.token_lifetime; default 24h).
         #[arg(long, value_name = "DURATION")]
         token_lifetime: Option<String>,
+        /// Serve Prometheus metrics at GET /metrics on this ip:port
+        /// (overrides network.metrics_listen).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Run a standalone signaling service.
     Signaling(signaling::SignalingArgs),
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 no_webrtc,
                 max_connections,
                 token_lifetime,
+                metrics_listen,
             } => {
                 let signaling_key = signaling_key_id.zip(signaling_key);
                 let max_connections = max_connections.map(|n| n as usize);
@@ -130,6 +136,7 @@ fn main() -> ExitCode {
                     no_webrtc,
                     max_connections,
                     token_lifetime,
+                    metrics_listen,
                 })
                 .await
             }

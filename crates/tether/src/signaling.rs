@@ -52,6 +52,9 @@ pub(crate) struct SignalingArgs {
     /// behind a proxy, where every caller has the proxy's address).
     #[arg(long, value_name = "N", default_value_t = tether_signaling::DEFAULT_MAX_PENDING_PER_ADDRESS)]
     pub max_pending_per_address: usize,
+    /// Serve Prometheus metrics at GET /metrics on this ip:port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Audience of the access tokens minted by a standalone signaler.
@@ -171,6 +174,10 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
         builder = builder.call_limits(limits);
     }
     let signaling = builder.build();
+    let server_metrics = tether_transport::metrics::ServerMetrics::default();
+    let mut registry = tether_transport::metrics::prometheus_client::registry::Registry::default();
+    signaling.register_metrics(&mut registry);
+    server_metrics.register(&mut registry);
     let mut routes = tonic::service::Routes::new(
         signaling
             .into_service()
@@ -195,14 +202,20 @@ pub(crate) async fn run(args: SignalingArgs) -> anyhow::Result<ExitCode> {
     if let Some(warning) = open_warning(local).filter(|_| open) {
         tracing::warn!("{warning}");
     }
-    println!("listening on {local}");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         signal.cancel();
     });
-    let options = ServeOptions::default().with_max_connections(args.max_connections.map(|n| n as usize));
+    // Before "listening on": whoever waits for that line can scrape at once.
+    if let Some(addr) = &args.metrics_listen {
+        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
+    }
+    println!("listening on {local}");
+    let options = ServeOptions::default()
+        .with_max_connections(args.max_connections.map(|n| n as usize))
+        .with_metrics(server_metrics);
     tether_transport::server::serve(listener, svc, options, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

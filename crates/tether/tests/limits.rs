@@ -15,9 +15,9 @@
 //!   stream is answered with an error (its stream reset) within 45 s, and a
 //!   legitimate call made while they hang succeeds within 10 s.
 
-use std::io::{BufRead, BufReader};
+mod machine_proc;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,86 +32,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tether");
+use machine_proc::{Machine, raise_own_nofile};
 
 /// A legitimate call must succeed within this after the attack started.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
-
-/// A `tether machine` process, killed on drop.
-struct Machine {
-    child: Child,
-    addr: SocketAddr,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Machine {
-    /// `tether machine --config CONFIG`, under `prlimit --nofile=N:N` if given.
-    fn spawn(config: &str, nofile: Option<u64>) -> Self {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
-        let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let mut child = cmd
-            .args(["machine", "--listen", "127.0.0.1:0", "--config"])
-            .arg(file.path())
-            .env("TETHER_LOG", std::env::var("TETHER_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tether machine (is prlimit installed?)");
-        let stdout = child.stdout.take().expect("machine stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(60));
-        let mut machine = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), _config: file };
-        match addr.ok().and_then(|a| a.parse().ok()) {
-            Some(addr) => machine.addr = addr,
-            None => panic!("tether machine did not report its address (exit: {:?})", machine.child.try_wait()),
-        }
-        machine
-    }
-
-    /// Resident set size in KiB (`VmRSS` of /proc/PID/status).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("machine status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    /// Open file descriptors.
-    fn open_files(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The test process itself holds well over 1,024 sockets.
-fn raise_own_nofile(needed: u64) {
-    let limits = tether_transport::limits::raise_nofile().expect("getrlimit");
-    assert!(limits.soft >= needed, "this test needs {needed} open files; the hard limit is {}", limits.hard);
-}
 
 fn config(extra: &str) -> String {
     format!(

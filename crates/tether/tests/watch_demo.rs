@@ -190,6 +190,16 @@ fn demo_json_shows_the_stop_and_the_resumed_session_within_a_minute() {
     let lapsed = find(&|v| v["event"] == "session_lapsed").expect("a session_lapsed event");
     assert_eq!(lapsed["old"], resumed["id"], "{lapsed}");
 
+    // Where its metrics are, and what they counted: the killed client's and the long cut's
+    // sessions expired and stopped the motor; the short cut's resumed.
+    let url = find(&|v| v["metrics"].is_string()).expect("a line with the metrics URL");
+    let url = url["metrics"].as_str().unwrap_or_default();
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"), "{url}");
+    let counted = find(&|v| v["sessions_expired"].is_number()).expect("a line with the metrics' counts");
+    assert!(counted["sessions_expired"].as_u64() >= Some(2), "{counted}");
+    assert!(counted["safety_stops_session_expired"].as_u64() >= Some(2), "{counted}");
+    assert!(counted["sessions_resumed"].as_u64() >= Some(1), "{counted}");
+
     let summary = values.last().expect("output");
     assert_eq!(summary["kind"], "summary", "{summary}");
     assert!(summary["kill_to_stop_ms"].is_number() && summary["short_cut_session_resumed"] == true, "{summary}");

@@ -17,12 +17,15 @@
 //! * [`grpc`]: the status of a gRPC response from its headers.
 //! * [`limits`]: the open-files limit raised at start, and the connection cap
 //!   derived from it.
+//! * [`metrics`]: Prometheus metrics of the listener and the process, and the
+//!   `GET /metrics` listener.
 
 pub mod auth;
 pub mod dial;
 pub mod grpc;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod webrtc;
 

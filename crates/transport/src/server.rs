@@ -164,6 +164,9 @@ pub struct ServeOptions {
     pub connection_budget: usize,
     /// The same for all connections of the listener together. Default 64 MiB.
     pub listener_budget: usize,
+    /// Where the listener counts its connections, sheds and dropped
+    /// messages (fresh, unregistered counters by default).
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 impl Default for ServeOptions {
@@ -178,6 +181,7 @@ impl Default for ServeOptions {
             connection_window: 2 << 20,
             connection_budget: crate::MAX_MESSAGE_SIZE + (4 << 20),
             listener_budget: 64 << 20,
+            metrics: crate::metrics::ServerMetrics::default(),
         }
     }
 }
@@ -219,6 +223,12 @@ impl ServeOptions {
     pub fn with_windows(mut self, stream: u32, connection: u32) -> Self {
         self.stream_window = stream;
         self.connection_window = connection;
+        self
+    }
+
+    /// Sets [`Self::metrics`].
+    pub fn with_metrics(mut self, metrics: crate::metrics::ServerMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -313,7 +323,7 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
         svc,
         local: listener.local_addr().ok(),
         registry: registry::Registry::new(cap),
-        budget: body::Budget::new(options.connection_budget, options.listener_budget),
+        budget: body::Budget::with_metrics(options.connection_budget, options.listener_budget, options.metrics.clone()),
         options,
         last_cap_warning: AtomicU64::new(0),
         started: tokio::time::Instant::now(),
@@ -337,12 +347,14 @@ pub async fn serve(listener: TcpListener, svc: HttpService, options: ServeOption
         let id = next_connection_id();
         let state = match shared.registry.admit(id) {
             (registry::Admission::Refused, _) | (_, None) => {
+                shared.options.metrics.shed("refused");
                 shared.warn_at_cap(format_args!("refused {remote}: every connection is authenticated and busy"));
                 drop(stream);
                 continue;
             }
             (registry::Admission::Shed { victim, reason }, Some(state)) => {
                 tracing::debug!(%remote, victim, ?reason, "connection cap reached: shed one");
+                shared.options.metrics.shed(reason.label());
                 shared.warn_at_cap(format_args!("shed a connection {reason} to admit {remote}"));
                 state
             }
@@ -406,10 +418,14 @@ where
 {
     let options = &shared.options;
     let info = ConnectionInfo { kind: TransportKind::Grpc, remote: Some(remote), local: shared.local, id: state.id };
+    // Counted by transport from its first request until it closes.
+    let counted = Arc::new(std::sync::OnceLock::new());
     let hyper_svc = {
         let shared = shared.clone();
         let state = state.clone();
+        let counted = counted.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
+            counted.get_or_init(|| shared.options.metrics.connection(transport_label(&req)));
             let in_flight = state.request_started();
             let framing = body::Framing::of(req.headers().get(http::header::CONTENT_TYPE));
             let stall = shared.options.body_stall_timeout;
@@ -473,6 +489,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// The metrics label of a connection from its first request: gRPC-Web by
+/// content type (or a CORS preflight, which only browsers send), else gRPC.
+fn transport_label<B>(req: &Request<B>) -> &'static str {
+    let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/grpc-web") || req.method() == http::Method::OPTIONS {
+        crate::metrics::transport::GRPC_WEB
+    } else {
+        crate::metrics::transport::GRPC
     }
 }
 

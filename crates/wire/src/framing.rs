@@ -16,6 +16,12 @@
 //!   large response never holds up a small one (no head-of-line blocking).
 //! * A stream whose consumer falls behind by more than
 //!   [`Limits::max_stream_buffer`] bytes is failed alone; the others go on.
+//! * Bytes of partially received request messages are bounded per
+//!   connection ([`Limits::max_partial_bytes`]): over it, the stream with the
+//!   largest partial message fails with RESOURCE_EXHAUSTED. A partial
+//!   message that makes no progress for [`Limits::partial_stall`] fails its
+//!   stream with DEADLINE_EXCEEDED when the transport calls
+//!   [`ServerConn::reset_stalled`] (time is an argument, as everywhere here).
 //!
 //! The server accepts every client dialect the wire contract lists: stream
 //! ids from 0 or 1, `eos` on every packet (Go), no `eos` at all for unary
@@ -39,7 +45,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::status::{Code, Status};
 use bytes::{Bytes, BytesMut};
@@ -65,6 +71,12 @@ pub struct Limits {
     /// Most bytes of received messages a stream may have waiting for its
     /// consumer (see `release`).
     pub max_stream_buffer: usize,
+    /// Most bytes of partially received request messages, over all streams
+    /// of a server connection.
+    pub max_partial_bytes: usize,
+    /// How long a partially received request message may go without a new
+    /// packet (see [`ServerConn::reset_stalled`]).
+    pub partial_stall: Duration,
 }
 
 /// Builder-style setters (the struct is `#[non_exhaustive]`: start from
@@ -94,6 +106,18 @@ impl Limits {
         self
     }
 
+    /// Sets [`Self::max_partial_bytes`].
+    pub fn with_max_partial_bytes(mut self, max_partial_bytes: usize) -> Self {
+        self.max_partial_bytes = max_partial_bytes;
+        self
+    }
+
+    /// Sets [`Self::partial_stall`].
+    pub fn with_partial_stall(mut self, partial_stall: Duration) -> Self {
+        self.partial_stall = partial_stall;
+        self
+    }
+
     /// Sets [`Self::max_stream_buffer`].
     pub fn with_max_stream_buffer(mut self, max_stream_buffer: usize) -> Self {
         self.max_stream_buffer = max_stream_buffer;
@@ -109,6 +133,10 @@ impl Default for Limits {
             max_message: crate::MAX_MESSAGE_SIZE,
             max_streams: 256,
             max_stream_buffer: 2 * crate::MAX_MESSAGE_SIZE,
+            // One message of the largest size plus 4 MiB for other calls, as
+            // on the HTTP/2 listener.
+            max_partial_bytes: crate::MAX_MESSAGE_SIZE + (4 << 20),
+            partial_stall: Duration::from_secs(30),
         }
     }
 }
@@ -287,6 +315,8 @@ struct ServerStream {
     headers_sent: bool,
     recv_closed: bool,
     buffered: usize,
+    /// When its partial message last grew (with [`ServerConn::handle_incoming_at`]).
+    progress: Option<Instant>,
 }
 
 /// The server (answerer) side of one data channel.
@@ -296,12 +326,22 @@ pub struct ServerConn {
     streams: HashMap<u64, ServerStream>,
     events: VecDeque<ServerEvent>,
     out: Outbox,
+    /// Partial messages dropped over a budget, and reset as stalled.
+    partials_dropped: u64,
+    partials_stalled: u64,
 }
 
 impl ServerConn {
     /// A connection with these limits.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, streams: HashMap::new(), events: VecDeque::new(), out: Outbox::default() }
+        Self {
+            limits,
+            streams: HashMap::new(),
+            events: VecDeque::new(),
+            out: Outbox::default(),
+            partials_dropped: 0,
+            partials_stalled: 0,
+        }
     }
 
     /// Number of open streams.
@@ -316,6 +356,77 @@ impl ServerConn {
 
     /// Feeds one received data-channel message.
     pub fn handle_incoming(&mut self, packet: &[u8]) -> Result<(), FrameError> {
+        self.incoming(packet, None)
+    }
+
+    /// [`Self::handle_incoming`] at `now`, which [`Self::reset_stalled`]
+    /// measures partial messages' progress against.
+    pub fn handle_incoming_at(&mut self, packet: &[u8], now: Instant) -> Result<(), FrameError> {
+        self.incoming(packet, Some(now))
+    }
+
+    /// `(dropped over a budget, reset as stalled)` partial messages since
+    /// the start.
+    pub fn partials_failed(&self) -> (u64, u64) {
+        (self.partials_dropped, self.partials_stalled)
+    }
+
+    /// Bytes of partially received request messages held now.
+    pub fn partial_bytes(&self) -> usize {
+        self.streams.values().map(|s| s.reassembly.buf.len()).sum()
+    }
+
+    /// The stream with the largest partial message and its size.
+    pub fn largest_partial(&self) -> Option<(u64, usize)> {
+        self.streams.iter().map(|(id, s)| (*id, s.reassembly.buf.len())).filter(|(_, n)| *n > 0).max_by_key(|(_, n)| *n)
+    }
+
+    /// Fails the stream with the largest partial message with
+    /// RESOURCE_EXHAUSTED and `why`; the bytes it held.
+    pub fn drop_largest_partial(&mut self, why: &str) -> Option<usize> {
+        let (id, n) = self.largest_partial()?;
+        self.partials_dropped += 1;
+        self.fail(
+            id,
+            Code::ResourceExhausted,
+            &format!("{why}; this stream's partial message ({n} bytes) was dropped"),
+        );
+        Some(n)
+    }
+
+    /// Fails (DEADLINE_EXCEEDED) every stream whose partial message has had
+    /// no new packet since `now - limits.partial_stall`; how many. Only
+    /// messages fed with [`Self::handle_incoming_at`] are timed.
+    pub fn reset_stalled(&mut self, now: Instant) -> usize {
+        let stall = self.limits.partial_stall;
+        let stalled: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.reassembly.buf.is_empty() && s.progress.is_some_and(|p| now >= p + stall))
+            .map(|(id, _)| *id)
+            .collect();
+        self.partials_stalled += stalled.len() as u64;
+        for id in &stalled {
+            let text =
+                format!("request message made no progress for {stall:?} in the middle of a message; stream reset");
+            self.fail(*id, Code::DeadlineExceeded, &text);
+        }
+        stalled.len()
+    }
+
+    /// When [`Self::reset_stalled`] next has something to do (`None`: no
+    /// timed partial message).
+    pub fn next_stall(&self) -> Option<Instant> {
+        let stall = self.limits.partial_stall;
+        self.streams
+            .values()
+            .filter(|s| !s.reassembly.buf.is_empty())
+            .filter_map(|s| s.progress)
+            .min()
+            .map(|p| p + stall)
+    }
+
+    fn incoming(&mut self, packet: &[u8], now: Option<Instant>) -> Result<(), FrameError> {
         if packet.len() > self.limits.max_inbound_packet {
             return Err(FrameError::TooLarge(packet.len()));
         }
@@ -328,7 +439,7 @@ impl ServerConn {
                 Ok(())
             }
             Some(pb::request::Type::Message(m)) => {
-                self.on_message(id, m);
+                self.on_message(id, m, now);
                 Ok(())
             }
             Some(pb::request::Type::RstStream(_)) => {
@@ -369,7 +480,7 @@ impl ServerConn {
         });
     }
 
-    fn on_message(&mut self, id: u64, m: pb::RequestMessage) {
+    fn on_message(&mut self, id: u64, m: pb::RequestMessage, now: Option<Instant>) {
         let max_message = self.limits.max_message;
         let max_buffer = self.limits.max_stream_buffer;
         let Some(stream) = self.streams.get_mut(&id) else { return };
@@ -382,7 +493,19 @@ impl ServerConn {
                 return;
             };
             match stream.reassembly.push(&packet.data, packet.eom, max_message) {
-                Assembled::Partial => return,
+                Assembled::Partial => {
+                    if now.is_some() {
+                        stream.progress = now;
+                    }
+                    let max = self.limits.max_partial_bytes;
+                    while self.partial_bytes() > max {
+                        let why = format!("partially received messages on this connection exceed {max} bytes");
+                        if self.drop_largest_partial(&why).is_none() {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 Assembled::TooLarge => {
                     let text = format!("request message exceeds the limit of {max_message} bytes");
                     self.fail(id, Code::ResourceExhausted, &text);
@@ -807,6 +930,75 @@ mod tests {
 
     fn responses(server: &mut ServerConn) -> Vec<pb::Response> {
         std::iter::from_fn(|| server.poll_transmit()).map(|b| pb::Response::decode(b).unwrap()).collect()
+    }
+
+    /// The status code of the trailers `responses` hold for `stream`.
+    fn trailer_code(responses: &[pb::Response], stream: u64) -> Option<(i32, String)> {
+        responses.iter().filter(|r| r.stream.as_ref().is_some_and(|s| s.id == stream)).find_map(|r| match &r.r#type {
+            Some(pb::response::Type::Trailers(t)) => t.status.as_ref().map(|s| (s.code, s.message.clone())),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn partial_messages_over_the_connection_budget_drop_the_largest() {
+        let limits = Limits::default().with_max_partial_bytes(1000);
+        let mut server = ServerConn::new(limits);
+        for id in 1..=3 {
+            server.handle_incoming(&req(Some(id), headers("/a.B/C"))).unwrap();
+        }
+        server.handle_incoming(&req(Some(1), msg(&[1; 300], false, false))).unwrap();
+        server.handle_incoming(&req(Some(2), msg(&[2; 600], false, false))).unwrap();
+        assert_eq!(server.partial_bytes(), 900);
+        assert!(responses(&mut server).is_empty());
+        // Stream 3's first 200 bytes take the connection over 1000: stream 2 (600) goes.
+        server.handle_incoming(&req(Some(3), msg(&[3; 200], false, false))).unwrap();
+        assert_eq!(server.partial_bytes(), 500);
+        let out = responses(&mut server);
+        let (code, text) = trailer_code(&out, 2).expect("stream 2 failed");
+        assert_eq!(code, Code::ResourceExhausted as i32);
+        assert!(text.contains("exceed 1000 bytes") && text.contains("600 bytes"), "{text}");
+        assert!(trailer_code(&out, 1).is_none() && trailer_code(&out, 3).is_none());
+        assert!(drain(&mut server).iter().any(|e| matches!(e, ServerEvent::Cancel { stream: 2 })));
+        // The others complete.
+        server.handle_incoming(&req(Some(1), msg(&[1; 10], true, true))).unwrap();
+        let events = drain(&mut server);
+        assert!(
+            events.iter().any(|e| matches!(e, ServerEvent::Message { stream: 1, message } if message.len() == 310))
+        );
+        assert_eq!(server.partial_bytes(), 200);
+        // Late packets of the dropped stream are ignored.
+        server.handle_incoming(&req(Some(2), msg(&[2; 10], false, false))).unwrap();
+        assert_eq!(server.partial_bytes(), 200);
+    }
+
+    #[test]
+    fn a_partial_message_without_progress_is_reset() {
+        let limits = Limits::default().with_partial_stall(Duration::from_secs(30));
+        let mut server = ServerConn::new(limits);
+        let t0 = Instant::now();
+        for id in 1..=2 {
+            server.handle_incoming_at(&req(Some(id), headers("/a.B/C")), t0).unwrap();
+        }
+        server.handle_incoming_at(&req(Some(1), msg(&[1; 100], false, false)), t0).unwrap();
+        server.handle_incoming_at(&req(Some(2), msg(&[2; 100], false, false)), t0).unwrap();
+        assert_eq!(server.next_stall(), Some(t0 + Duration::from_secs(30)));
+        // Stream 2 makes progress at 20 s; stream 1 does not.
+        let t20 = t0 + Duration::from_secs(20);
+        server.handle_incoming_at(&req(Some(2), msg(&[2; 100], false, false)), t20).unwrap();
+        assert_eq!(server.reset_stalled(t0 + Duration::from_secs(29)), 0);
+        assert_eq!(server.reset_stalled(t0 + Duration::from_secs(30)), 1);
+        let out = responses(&mut server);
+        let (code, text) = trailer_code(&out, 1).expect("stream 1 reset");
+        assert_eq!(code, Code::DeadlineExceeded as i32);
+        assert!(text.contains("no progress for 30s"), "{text}");
+        assert!(trailer_code(&out, 2).is_none());
+        assert_eq!(server.next_stall(), Some(t20 + Duration::from_secs(30)));
+        // A stream between messages (nothing partial) is never stalled.
+        server.handle_incoming_at(&req(Some(2), msg(&[2; 1], true, false)), t20).unwrap();
+        assert_eq!(server.next_stall(), None);
+        assert_eq!(server.reset_stalled(t0 + Duration::from_secs(3600)), 0);
+        assert!(server.is_open(2));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct RobotServer {
     pub(crate) sessions: SessionManager,
     pub(crate) operations: Operations,
     pub(crate) started: SystemTime,
+    pub(crate) metrics: Arc<crate::metrics::MachineMetrics>,
 }
 
 fn owner<T>(r: &Request<T>) -> String {
@@ -175,7 +176,13 @@ impl RobotService for RobotServer {
 
     async fn start_session(&self, r: Request<pb::StartSessionRequest>) -> Reply<pb::StartSessionResponse> {
         let (owner, peer) = (owner(&r), peer(&r));
-        let (id, window) = self.sessions.start(&owner, &r.into_inner().resume, peer)?;
+        let resume = r.into_inner().resume;
+        let (id, window) = self.sessions.start(&owner, &resume, peer)?;
+        if !resume.is_empty() && resume == id.to_string() {
+            self.metrics.sessions_resumed.inc();
+        } else {
+            self.metrics.sessions_started.inc();
+        }
         let heartbeat_window = prost_types::Duration::try_from(window)
             .map_err(|e| Status::internal(format!("window out of range: {e}")))?;
         ok(pb::StartSessionResponse { id: id.to_string(), heartbeat_window: Some(heartbeat_window) })

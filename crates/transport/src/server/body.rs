@@ -113,16 +113,24 @@ pub(crate) struct Budget {
     next_holder: AtomicU64,
     /// Messages dropped since the start.
     pub(crate) evicted_total: AtomicU64,
+    metrics: crate::metrics::ServerMetrics,
 }
 
 impl Budget {
+    #[cfg(test)]
     pub(crate) fn new(conn_limit: usize, limit: usize) -> Arc<Self> {
+        Self::with_metrics(conn_limit, limit, crate::metrics::ServerMetrics::default())
+    }
+
+    /// [`Self::new`] that also counts dropped messages in `metrics`.
+    pub(crate) fn with_metrics(conn_limit: usize, limit: usize, metrics: crate::metrics::ServerMetrics) -> Arc<Self> {
         Arc::new(Self {
             conn_limit,
             limit,
             accounts: Mutex::new(Accounts::default()),
             next_holder: AtomicU64::new(1),
             evicted_total: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -163,6 +171,7 @@ impl Budget {
         }
         if dropped > 0 {
             self.evicted_total.fetch_add(dropped, Ordering::Relaxed);
+            self.metrics.incomplete_dropped("budget", dropped);
         }
         if eviction.is_evicted() { Err(()) } else { Ok(()) }
     }
@@ -370,6 +379,7 @@ where
                     if sleep.as_mut().poll(cx).is_ready() {
                         *this.failed = true;
                         this.account.finish();
+                        this.account.budget.metrics.incomplete_dropped("stalled", 1);
                         return Poll::Ready(Some(Err(Box::new(stalled_status(stall)))));
                     }
                 } else {

@@ -117,6 +117,17 @@ pub(crate) enum ShedReason {
     Idle,
 }
 
+impl ShedReason {
+    /// The `reason` label of the shed counter.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ShedReason::Handshaking => "handshaking",
+            ShedReason::Unauthenticated => "unauthenticated",
+            ShedReason::Idle => "idle",
+        }
+    }
+}
+
 impl std::fmt::Display for ShedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -34,6 +34,96 @@ use tether_wire::framing::Metadata;
 /// handler waits.
 pub const STREAM_WINDOW: usize = 1 << 20;
 
+/// The default of [`PartialBudget::machine`]: bytes of partially received
+/// request messages all served peers of a process may hold together (as the
+/// HTTP/2 listener's budget).
+pub const MACHINE_PARTIAL_BUDGET: usize = 64 << 20;
+
+/// Bytes of partially received request messages held by the served peers
+/// that share it (each peer's own bound is
+/// [`Limits::max_partial_bytes`](tether_wire::framing::Limits)). Over the
+/// budget, the peer holding the largest partial message fails that stream
+/// with RESOURCE_EXHAUSTED; its other streams and every other peer go on.
+#[derive(Debug)]
+pub struct PartialBudget {
+    limit: usize,
+    peers: parking_lot::Mutex<HashMap<u64, PeerPartials>>,
+    /// Partial messages dropped over a peer's or this budget.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Partial messages reset for making no progress.
+    pub stalled: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct PeerPartials {
+    total: usize,
+    largest: usize,
+    shared: Weak<Shared>,
+}
+
+impl PartialBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            peers: parking_lot::Mutex::new(HashMap::new()),
+            dropped: Default::default(),
+            stalled: Default::default(),
+        })
+    }
+
+    /// The process-wide budget ([`MACHINE_PARTIAL_BUDGET`]) that
+    /// [`RtcPeer::serve`] uses.
+    pub fn machine() -> Arc<Self> {
+        static MACHINE: std::sync::OnceLock<Arc<PartialBudget>> = std::sync::OnceLock::new();
+        MACHINE.get_or_init(|| Self::new(MACHINE_PARTIAL_BUDGET)).clone()
+    }
+
+    /// Bytes held now over every peer.
+    pub fn used(&self) -> usize {
+        self.peers.lock().values().map(|p| p.total).sum()
+    }
+
+    /// Peer `id` now holds `total` bytes, `largest` in one message. Returns
+    /// whether that peer must drop its own largest now; other peers that
+    /// must are told on a task of their own (never under this peer's lock).
+    fn update(&self, id: u64, total: usize, largest: usize, shared: &Arc<Shared>) -> bool {
+        let mut peers = self.peers.lock();
+        if total == 0 {
+            peers.remove(&id);
+            return false;
+        }
+        peers.insert(id, PeerPartials { total, largest, shared: Arc::downgrade(shared) });
+        let mut own = false;
+        while peers.values().map(|p| p.total).sum::<usize>() > self.limit {
+            let Some((&victim, p)) = peers.iter_mut().filter(|(_, p)| p.largest > 0).max_by_key(|(_, p)| p.largest)
+            else {
+                break;
+            };
+            // Counted as freed now; the peer reports its real figures next.
+            p.total -= p.largest.min(p.total);
+            p.largest = 0;
+            if victim == id {
+                own = true;
+            } else if let Some(other) = p.shared.upgrade() {
+                let limit = self.limit;
+                tokio::spawn(async move {
+                    other.with(|inner, _| {
+                        if let Endpoint::Server(side) = &mut inner.endpoint {
+                            side.drop_largest(limit, &other);
+                        }
+                    })
+                });
+            }
+        }
+        own
+    }
+
+    fn remove(&self, id: u64) {
+        self.peers.lock().remove(&id);
+    }
+}
+
 struct ServerCall {
     /// Request messages not yet read by the handler.
     body: VecDeque<Bytes>,
@@ -55,16 +145,58 @@ pub(crate) struct ServerSide {
     svc: HttpService,
     info: ConnectionInfo,
     entity: Option<AuthEntity>,
+    budget: Arc<PartialBudget>,
+    /// [`ServerConn::partials_failed`] as last added to the budget's counters.
+    counted: (u64, u64),
 }
 
 impl ServerSide {
     pub(crate) fn on_message(&mut self, packet: &[u8], shared: &Arc<Shared>) {
-        if let Err(e) = self.conn.handle_incoming(packet) {
+        if let Err(e) = self.conn.handle_incoming_at(packet, std::time::Instant::now()) {
             tracing::debug!("dropped a data channel message: {e}");
         }
+        self.account(shared);
+        self.drain(shared);
+    }
+
+    fn drain(&mut self, shared: &Arc<Shared>) {
         while let Some(event) = self.conn.poll_event() {
             self.on_event(event, shared);
         }
+    }
+
+    /// Reports this peer's partial messages to the machine-wide budget, and
+    /// drops its largest while the budget says so.
+    fn account(&mut self, shared: &Arc<Shared>) {
+        let largest = |conn: &ServerConn| conn.largest_partial().map_or(0, |(_, n)| n);
+        while self.budget.update(self.info.id, self.conn.partial_bytes(), largest(&self.conn), shared) {
+            let why = format!("partially received messages on this machine exceed {} bytes", self.budget.limit);
+            if self.conn.drop_largest_partial(&why).is_none() {
+                break;
+            }
+        }
+        let (dropped, stalled) = self.conn.partials_failed();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.budget.dropped.fetch_add(dropped - self.counted.0, Relaxed);
+        self.budget.stalled.fetch_add(stalled - self.counted.1, Relaxed);
+        self.counted = (dropped, stalled);
+    }
+
+    /// Drops the largest partial message for the machine-wide budget.
+    fn drop_largest(&mut self, limit: usize, shared: &Arc<Shared>) {
+        let why = format!("partially received messages on this machine exceed {limit} bytes");
+        self.conn.drop_largest_partial(&why);
+        self.account(shared);
+        self.drain(shared);
+    }
+
+    /// Resets stalled partial messages; when to look again.
+    fn reset_stalled(&mut self, shared: &Arc<Shared>) -> Option<std::time::Instant> {
+        if self.conn.reset_stalled(std::time::Instant::now()) > 0 {
+            self.account(shared);
+            self.drain(shared);
+        }
+        self.conn.next_stall()
     }
 
     pub(crate) fn poll_transmit(&mut self, wake: &mut Vec<Waker>) -> Option<Bytes> {
@@ -79,6 +211,7 @@ impl ServerSide {
     }
 
     pub(crate) fn on_close(&mut self, wake: &mut Vec<Waker>) {
+        self.budget.remove(self.info.id);
         for (_, mut call) in self.calls.drain() {
             call.cancel.cancel();
             wake.extend(call.body_waker.take());
@@ -169,13 +302,51 @@ impl ServerSide {
 
 impl RtcPeer {
     /// Serves `svc` on the `data` channel until the connection closes. Calls
-    /// in progress are cancelled when it does.
+    /// in progress are cancelled when it does. Partial request messages
+    /// count against [`PartialBudget::machine`].
     pub fn serve(&self, svc: HttpService, info: ConnectionInfo, entity: Option<AuthEntity>, limits: Limits) {
-        let side = ServerSide { conn: ServerConn::new(limits), calls: HashMap::new(), svc, info, entity };
+        self.serve_with_budget(svc, info, entity, limits, PartialBudget::machine());
+    }
+
+    /// [`Self::serve`] with partial request messages counted against
+    /// `budget` (peers sharing one are bounded together).
+    pub fn serve_with_budget(
+        &self,
+        svc: HttpService,
+        info: ConnectionInfo,
+        entity: Option<AuthEntity>,
+        limits: Limits,
+        budget: Arc<PartialBudget>,
+    ) {
+        let conn = ServerConn::new(limits);
+        let side = ServerSide { conn, calls: HashMap::new(), svc, info, entity, budget, counted: (0, 0) };
         let shared = self.shared.clone();
         self.shared.with(|inner, wake| inner.attach(Endpoint::Server(side), &shared, wake));
+        tokio::spawn(reset_stalled(Arc::downgrade(&self.shared), self.shared.closed.clone()));
     }
 }
+
+/// Resets the peer's stalled partial messages until it closes: at each
+/// partial message's stall deadline, looking again at least every
+/// [`STALL_CHECK`].
+async fn reset_stalled(shared: Weak<Shared>, closed: CancellationToken) {
+    let mut next: Option<std::time::Instant> = None;
+    loop {
+        let wait = next.map_or(STALL_CHECK, |at| at.saturating_duration_since(std::time::Instant::now()));
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(wait.min(STALL_CHECK)) => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        next = shared.with(|inner, _| match &mut inner.endpoint {
+            Endpoint::Server(side) => side.reset_stalled(&shared),
+            _ => None,
+        });
+    }
+}
+
+/// How often a served peer looks for stalled partial messages at least.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Runs `f` on the server side of `shared`, if the call is still there.
 fn with_call<R>(shared: &Shared, stream: u64, f: impl FnOnce(&mut ServerSide, &mut Vec<Waker>) -> R) -> Option<R> {
