@@ -244,6 +244,10 @@ pub(crate) struct Inner {
     out: Vec<(Option<usize>, SocketAddr, BytesMut)>,
     /// TURN messages the last turn produced for stream servers: (stream, message).
     stream_out: Vec<(usize, BytesMut)>,
+    /// The last peer address heard from on each local (or relayed) address:
+    /// the selected pair's remote address when its candidate is an mDNS name
+    /// (the `rtc` core resolves it but reports the name).
+    last_peer: std::collections::HashMap<SocketAddr, SocketAddr>,
     /// Loopback host candidates held back until the peer shows it is local
     /// ([`PeerOptions::loopback_only_for_local_peers`]); `None` once decided.
     held_loopback: Option<Vec<SocketAddr>>,
@@ -594,6 +598,7 @@ impl RtcPeer {
                 gathering_complete: false,
                 out: Vec::new(),
                 stream_out: Vec::new(),
+                last_peer: Default::default(),
                 held_loopback,
                 early_candidates: Vec::new(),
                 include_loopback: options.include_loopback,
@@ -702,9 +707,12 @@ impl RtcPeer {
         let sctp = inner.pc.sctp()?;
         let pair = sctp.transport().ice_transport().get_selected_candidate_pair()?;
         let addr = |c: &RTCIceCandidate| format!("{}:{}", c.address, c.port).parse().ok();
+        let local = addr(pair.local());
+        // An mDNS (`….local`) remote: the address its datagrams come from.
+        let remote = addr(pair.remote()).or_else(|| local.and_then(|l| inner.last_peer.get(&l).copied()));
         Some(SelectedPair {
-            local: addr(pair.local()),
-            remote: addr(pair.remote()),
+            local,
+            remote,
             local_type: pair.local().typ.to_string(),
             remote_type: pair.remote().typ.to_string(),
         })
@@ -977,6 +985,7 @@ impl Inner {
                     }
                     Event::DataIndicationOrChannelData(_, from, data) => {
                         if let Some(relay) = turn.relay {
+                            self.last_peer.insert(relay, from);
                             let read = TaggedBytesMut {
                                 now,
                                 transport: TransportContext {
@@ -1385,6 +1394,9 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
                 data
             };
             let local = if i < host_sockets { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
+            if i < host_sockets {
+                inner.last_peer.insert(local, from);
+            }
             let read = TaggedBytesMut {
                 now: t,
                 transport: TransportContext {
