@@ -52,8 +52,9 @@ command -v "$PYTHON" >/dev/null || need+=(python3)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 # NAT traversal and fault-injection tests (crates/tether/tests/nat.rs, faults.rs): network
-# namespaces, nftables, coturn (NAT only). Each NAT test
-# starts its own turnserver inside a namespace; a system coturn service, if apt starts one, is unused.
+# namespaces, nftables, coturn (NAT, and the TURN-over-TCP tests of both WebRTC interop suites).
+# Each test starts its own turnserver inside a namespace; a system coturn service, if apt starts
+# one, is unused.
 have_sbin() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
 have_sbin ip || need+=(iproute2)
 have_sbin nft || need+=(nftables)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 import uuid
 
@@ -231,3 +232,66 @@ def test_webrtc_api_keys_own_their_sessions(netns, start_netns_machine):
     # The machine learned each caller from the signaling exchange.
     for key_id in (alice, bob):
         _wait_for_log(machine, re.compile(r"webrtc peer connected .*caller=\"?" + re.escape(key_id)))
+
+
+TURN_SECRET = "py-turn-secret"
+TURN_TABLE = "ttpyturn"
+ALLOCATED = re.compile(r"TURN allocation url=(\S+)")
+# The remote may be an mDNS name (remote=None): match any.
+CONNECTED_ANY = re.compile(r"webrtc peer connected remote=\S+ pair=(.*)")
+
+
+def test_webrtc_machine_reachable_only_through_its_turn_over_tcp_relay(netns, start_netns_machine, tmp_path):
+    """The machine's embedded signaler mints TURN credentials for `turn:…?transport=udp` and hands out
+    its TCP copy too. nftables then drop every UDP datagram to coturn's port and every UDP datagram
+    that neither comes from nor goes to a relayed port (20000-20999; mDNS stays, the SDK's host
+    candidates are `.local` names): the machine can allocate only
+    over TCP, and the only way to it is that relay. The Python SDK's webrtc-rs has no TURN over TCP
+    (webrtc-ice's gather_candidates_relay handles `turn:` over UDP only and logs "Unable to handle
+    URL" for the rest), so it cannot relay itself here; it must still dial (the TCP copy must not
+    break its configuration) and reach the machine through the machine's TCP relay."""
+    coturn = subprocess.Popen(
+        [
+            *netns.exec_prefix(), "turnserver", "-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli",
+            "--no-tls", "--no-dtls", f"--listening-ip={netns.ip}", f"--relay-ip={netns.ip}",
+            "--listening-port=3478", "--min-port=20000", "--max-port=20999", "--realm=tether.test",
+            "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}",
+            f"--pidfile={tmp_path / 'turnserver.pid'}", f"--db={tmp_path / 'turndb'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    rules = f"""table inet {TURN_TABLE} {{
+        chain output {{
+            type filter hook output priority filter; policy accept;
+            udp dport 3478 drop
+            udp dport 5353 accept
+            meta l4proto udp udp sport != 20000-20999 udp dport != 20000-20999 drop
+        }}
+    }}"""
+    try:
+        time.sleep(1.0)  # coturn's listeners
+        assert coturn.poll() is None, "coturn exited at start"
+        subprocess.run([*netns.exec_prefix(), "nft", "-f", "-"], input=rules, text=True, check=True)
+        config = webrtc_config(WINDOW)
+        config["network"]["turn"] = {"urls": [f"turn:{netns.ip}:3478?transport=udp"], "secret": TURN_SECRET}
+        machine = start_netns_machine(config)
+
+        async def run():
+            robot = await _connect_webrtc(machine.address)
+            try:
+                powered, _ = await Motor.from_robot(robot, "motor1").is_powered()
+                return powered
+            finally:
+                await robot.close()
+
+        assert netns.run(run) is False
+        m = _wait_for_log(machine, CONNECTED_ANY)
+        assert m.group(1).startswith('Some(("relay"'), f"the machine's side is not its relay: {m.group(0)}"
+        urls = ALLOCATED.findall(machine.log())
+        assert urls and all(u.endswith("?transport=tcp") for u in urls), f"the machine's TURN allocations: {urls}"
+    finally:
+        subprocess.run([*netns.exec_prefix(), "nft", "delete", "table", "inet", TURN_TABLE], capture_output=True)
+        coturn.kill()
+        coturn.wait()

@@ -152,18 +152,20 @@ impl WebRtc {
         // tells them apart by address (crate::monitor::identity_of).
         let mut config = AnswererConfig::new(hosts.clone());
         config.require_caller = require_caller;
+        // Remote callers never get a loopback candidate (see
+        // PeerOptions::loopback_only_for_local_peers).
         config.peer = PeerOptions::default()
             .with_ice_servers(self.settings.ice_servers.clone())
-            .with_turn(self.settings.turn_overrides.clone());
+            .with_turn(self.settings.turn_overrides.clone())
+            .with_loopback_only_for_local_peers(true);
         config.slots = self.settings.max_connections.map(|limit| ConnectionSlots::new(limit, in_use));
         config.stats = self.stats.clone();
-        answerer::spawn_local(
-            self.signaling.queue().clone(),
-            config.clone(),
-            svc.clone(),
-            events.clone(),
-            shutdown.clone(),
-        );
+        // Calls through the embedded signaler gather with what it hands its
+        // callers too (its TURN servers, credentials minted per call).
+        let mut local = config.clone();
+        let signaling = self.signaling.clone();
+        local.signaler_ice = Some(answerer::SignalerIce::new(move |host| signaling.core().ice_servers(host)));
+        answerer::spawn_local(self.signaling.queue().clone(), local, svc.clone(), events.clone(), shutdown.clone());
         let mut remote = self.remote.lock();
         for url in &self.settings.signaling {
             let mut signaler = RemoteSignaler::new(url.clone());

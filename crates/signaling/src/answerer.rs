@@ -17,6 +17,13 @@
 //!
 //! Both feed the same exchange: decode the offer, answer it, trickle candidates both ways, send
 //! `done` once our side of the `data` channel is open, then serve the router until the peer dies.
+//!
+//! Each exchange gathers with the machine's own ICE servers merged with those of the signaler
+//! the offer came through, as goutils' answerer does: an external signaler's, from
+//! `OptionalWebRTCConfig` (asked on every connection to it) and from the offer's init stage
+//! (fresh TURN credentials per offer); the embedded signaler's through
+//! [`AnswererConfig::signaler_ice`]. A machine behind a symmetric NAT with no TURN server of its
+//! own thus still gets a relay candidate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +40,7 @@ use tether_transport::dial::{Credentials, DirectConnection, DirectOptions, Heade
 use tether_transport::identity::VouchKey;
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind, next_connection_id};
 use tether_transport::webrtc::RtcOptions;
-use tether_transport::webrtc::peer::PeerOptions;
+use tether_transport::webrtc::peer::{IceServer, PeerOptions};
 use tether_transport::webrtc::sdp::{self, SdpKind};
 use tether_transport::webrtc::{PeerEvent as RtcEvent, RtcPeer, SelectedPair};
 use tether_wire::framing::Limits;
@@ -72,6 +79,43 @@ pub struct AnswererConfig {
     /// lone real caller's). Either fails with RESOURCE_EXHAUSTED. Offers from external signalers carry no address
     /// and count as one. Default [`DEFAULT_MAX_NEGOTIATING`].
     pub max_negotiating: usize,
+    /// The ICE servers the in-process signaler hands out for a host (for
+    /// [`spawn_local`]; an external signaler's come over the wire).
+    pub signaler_ice: Option<SignalerIce>,
+}
+
+/// The ICE servers a signaler hands out for a host, asked per offer (TURN
+/// credentials are minted fresh).
+#[derive(Clone)]
+pub struct SignalerIce(Arc<IceFn>);
+
+type IceFn = dyn Fn(&str) -> Vec<pb::IceServer> + Send + Sync;
+
+impl SignalerIce {
+    /// Wraps `f`, called with the offer's host.
+    pub fn new(f: impl Fn(&str) -> Vec<pb::IceServer> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for SignalerIce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignalerIce(..)")
+    }
+}
+
+/// `ours` followed by the URLs of `theirs` that `ours` does not have yet
+/// (entries left without a URL are dropped).
+pub fn merge_ice_servers(ours: &[IceServer], theirs: &[pb::IceServer]) -> Vec<IceServer> {
+    let mut merged = ours.to_vec();
+    for server in theirs {
+        let mut server = IceServer::from(server);
+        server.urls.retain(|u| !merged.iter().any(|m| m.urls.iter().any(|v| v.eq_ignore_ascii_case(u))));
+        if !server.urls.is_empty() {
+            merged.push(server);
+        }
+    }
+    merged
 }
 
 /// The default of [`AnswererConfig::max_negotiating`]: a real caller
@@ -93,6 +137,7 @@ impl AnswererConfig {
             stats: Arc::default(),
             slots: None,
             max_negotiating: DEFAULT_MAX_NEGOTIATING,
+            signaler_ice: None,
         }
     }
 }
@@ -255,6 +300,8 @@ struct IncomingOffer {
     caller: Caller,
     /// The caller's address (in-process signaler only), for fair shedding.
     address: Option<String>,
+    /// ICE servers the signaler handed out for this call.
+    ice_servers: Vec<pb::IceServer>,
     caller_events: BoxStream<'static, CallerEvent>,
     responder: Box<dyn AnswererResponder>,
 }
@@ -301,7 +348,10 @@ pub fn spawn_local(
                 match exchange {
                     Ok(x) => {
                         attempt = 0;
+                        let ice_servers =
+                            ctx.config.signaler_ice.as_ref().map(|f| (f.0)(&x.offer.host)).unwrap_or_default();
                         let offer = IncomingOffer {
+                            ice_servers,
                             uuid: x.offer.uuid,
                             sdp: x.offer.sdp,
                             disable_trickle: x.offer.disable_trickle,
@@ -344,7 +394,7 @@ pub fn spawn_remote(
         remote.vouch = Some(VouchKey::from_secret(&creds.payload));
     }
     let (status_tx, status_rx) = watch::channel(RemoteStatus::Connecting);
-    let worker = Arc::new(RemoteWorker { remote, status: status_tx });
+    let worker = Arc::new(RemoteWorker { remote, status: status_tx, ice_servers: Default::default() });
     let ctx = Arc::new(Context { config, svc, events, shutdown });
     for n in 0..worker.remote.workers.max(1) {
         tokio::spawn(worker.clone().run(n, ctx.clone()));
@@ -382,6 +432,9 @@ type Inbound = tonic::Streaming<pb::AnswerRequest>;
 struct RemoteWorker {
     remote: RemoteSignaler,
     status: watch::Sender<RemoteStatus>,
+    /// What the signaler's `OptionalWebRTCConfig` handed out, asked each
+    /// time a connection to it is made.
+    ice_servers: parking_lot::Mutex<Vec<pb::IceServer>>,
 }
 
 impl RemoteWorker {
@@ -421,7 +474,10 @@ impl RemoteWorker {
         let mut attempt = 0u32;
         loop {
             let mut client = match tokio::select! { c = self.connect() => c, _ = ctx.shutdown.cancelled() => return } {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    self.fetch_ice_servers(&mut c, &ctx.config.hosts).await;
+                    c
+                }
                 Err(e) => {
                     self.report(RemoteStatus::Unreachable(describe(&e)));
                     if !ctx.pause(attempt).await {
@@ -469,6 +525,26 @@ impl RemoteWorker {
         }
     }
 
+    /// Asks the signaler for the ICE servers it hands out (`OptionalWebRTCConfig`); a signaler
+    /// without it (UNIMPLEMENTED) or failing it leaves the list as it was.
+    async fn fetch_ice_servers(&self, client: &mut Signaling, hosts: &[String]) {
+        let Some(host) = hosts.first() else { return };
+        let Ok(v) = tonic::metadata::MetadataValue::try_from(host.as_str()) else { return };
+        let mut request = tonic::Request::new(pb::OptionalWebRtcConfigRequest {});
+        request.metadata_mut().insert(tether_wire::metadata::RPC_HOST, v);
+        let asked = tokio::time::timeout(Duration::from_secs(10), client.optional_web_rtc_config(request)).await;
+        match asked {
+            Ok(Ok(r)) => {
+                let servers = r.into_inner().config.map(|c| c.additional_ice_servers).unwrap_or_default();
+                tracing::debug!(signaling = %self.remote.address, servers = servers.len(), "ICE servers from the signaler");
+                *self.ice_servers.lock() = servers;
+            }
+            Ok(Err(e)) if e.code() == tonic::Code::Unimplemented => {}
+            Ok(Err(e)) => tracing::debug!(signaling = %self.remote.address, "OptionalWebRTCConfig failed: {e}"),
+            Err(_) => tracing::debug!(signaling = %self.remote.address, "OptionalWebRTCConfig timed out"),
+        }
+    }
+
     /// Opens an `Answer` stream and waits for an offer. `Ok(None)` when the
     /// stream ended without one (the signaler recycles idle streams).
     async fn wait_for_offer(
@@ -492,8 +568,13 @@ impl RemoteWorker {
                 Some(pb::answer_request::Stage::Heartbeat(_)) | None => continue,
                 Some(pb::answer_request::Stage::Init(init)) => {
                     let disable_trickle = init.optional_config.as_ref().is_some_and(|c| c.disable_trickle);
+                    // The offer's servers (fresh credentials) first, then OptionalWebRTCConfig's.
+                    let mut ice_servers =
+                        init.optional_config.as_ref().map(|c| c.additional_ice_servers.clone()).unwrap_or_default();
+                    ice_servers.extend(self.ice_servers.lock().iter().cloned());
                     let deadline = init.deadline.and_then(|d| SystemTime::try_from(d).ok());
                     return Ok(Some(IncomingOffer {
+                        ice_servers,
                         uuid: msg.uuid.clone(),
                         sdp: init.sdp,
                         disable_trickle,
@@ -660,8 +741,10 @@ impl Context {
         if exchanging.shed.is_cancelled() {
             return Err(self.shed_status());
         }
+        let mut options = self.config.peer.clone();
+        options.ice_servers = merge_ice_servers(&options.ice_servers, &offer.ice_servers);
         // The machine's connections can carry camera video (StreamService).
-        let peer = RtcPeer::new(&self.config.peer, RtcOptions::default().with_media(true))
+        let peer = RtcPeer::new(&options, RtcOptions::default().with_media(true))
             .await
             .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
         let result = tokio::select! {
@@ -806,6 +889,31 @@ impl AnswererResponder for Finished {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machines_servers_first_then_the_signalers_new_urls() {
+        let ours = vec![IceServer::url("stun:stun.example:3478")];
+        let theirs = vec![
+            pb::IceServer {
+                urls: vec!["turn:t.example:3478?transport=udp".into(), "turn:t.example:3478?transport=tcp".into()],
+                username: "1:bot".into(),
+                credential: "fresh".into(),
+            },
+            // The same TURN URLs again (OptionalWebRTCConfig after the offer's own), older credentials.
+            pb::IceServer {
+                urls: vec!["TURN:t.example:3478?transport=udp".into()],
+                username: "0:bot".into(),
+                credential: "old".into(),
+            },
+            pb::IceServer { urls: vec!["stun:stun.example:3478".into()], ..Default::default() },
+        ];
+        let merged = merge_ice_servers(&ours, &theirs);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert_eq!(merged[0], ours[0]);
+        assert_eq!(merged[1].urls.len(), 2);
+        assert_eq!(merged[1].credential, "fresh");
+        assert_eq!(merge_ice_servers(&ours, &[]), ours);
+    }
 
     #[test]
     fn negotiations_over_the_bound_shed_the_busiest_address() {

@@ -182,11 +182,15 @@ impl SignalingCore {
         asked.then(|| Heartbeat::new(self.config.heartbeat_interval, now))
     }
 
-    /// Static ICE servers followed by TURN servers with fresh credentials.
+    /// Static ICE servers followed by TURN servers with fresh credentials;
+    /// every TURN-over-UDP URL gets a TCP copy ([`crate::with_tcp_copies`]).
     pub fn ice_servers(&self, host: &str) -> Vec<IceServer> {
         let now = SystemTime::now();
         let mut servers = self.config.ice_servers.clone();
         servers.extend(self.config.turn.iter().map(|t| t.ice_server(host, now)));
+        for s in &mut servers {
+            s.urls = crate::with_tcp_copies(&s.urls);
+        }
         servers
     }
 

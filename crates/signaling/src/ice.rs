@@ -129,6 +129,37 @@ impl TurnRestConfig {
     }
 }
 
+/// `urls` with a `?transport=tcp` copy after every TURN-over-UDP URL
+/// (`turn:host:port` or `turn:host:port?transport=udp`) that has none yet,
+/// as the Viam TypeScript SDK adds them: a client on a network that lets
+/// only TCP out then still reaches the TURN server. `turns:` URLs (TLS) are
+/// handed out only where configured.
+///
+/// ```
+/// let urls = tether_signaling::with_tcp_copies(&["turn:t.example:3478?transport=udp".into(), "stun:s.example".into()]);
+/// assert_eq!(urls, ["turn:t.example:3478?transport=udp", "turn:t.example:3478?transport=tcp", "stun:s.example"]);
+/// ```
+pub fn with_tcp_copies(urls: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(urls.len() * 2);
+    for url in urls {
+        out.push(url.clone());
+        let Some(rest) = url.strip_prefix("turn:") else { continue };
+        let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        let transport = params.iter().find_map(|p| p.strip_prefix("transport="));
+        if transport.is_some_and(|t| !t.eq_ignore_ascii_case("udp")) {
+            continue;
+        }
+        let mut tcp_params: Vec<&str> = params.into_iter().filter(|p| !p.starts_with("transport=")).collect();
+        tcp_params.push("transport=tcp");
+        let tcp = format!("turn:{address}?{}", tcp_params.join("&"));
+        if !urls.iter().any(|u| u.eq_ignore_ascii_case(&tcp)) {
+            out.push(tcp);
+        }
+    }
+    out
+}
+
 /// A static ICE server entry (STUN, or TURN with fixed credentials).
 ///
 /// ```
@@ -150,6 +181,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_copies_of_udp_turn_urls_only() {
+        let urls = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(with_tcp_copies(&urls(&["turn:a:3478"])), urls(&["turn:a:3478", "turn:a:3478?transport=tcp"]));
+        // Already there, TCP or TLS already, and STUN: nothing added.
+        let given = urls(&[
+            "turn:a:3478?transport=udp",
+            "turn:a:3478?transport=tcp",
+            "turns:a:5349",
+            "turn:b:3478?transport=tcp",
+            "stun:a:3478",
+        ]);
+        assert_eq!(with_tcp_copies(&given), given);
+        assert_eq!(with_tcp_copies(&[]), Vec::<String>::new());
+    }
 
     #[test]
     fn huge_ttls_are_clamped_not_a_panic() {

@@ -64,7 +64,7 @@ pub use self::redis::{
 pub use auth::{Authorizer, Role};
 pub use grants::{Grant, KeyGrants};
 pub use host::{HOST_NOT_PRECONFIGURED, HostAllowList, MAX_HOSTS, RPC_HOST};
-pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials};
+pub use ice::{DEFAULT_TURN_TTL, TurnCredentials, TurnRestConfig, ice_server, turn_rest_credentials, with_tcp_copies};
 pub use limits::{
     Admitted, CallLimits, Caller, DEFAULT_MAX_PENDING_PER_ADDRESS, DEFAULT_MAX_PENDING_PER_HOST, LimitStats,
     MAX_CANDIDATE_SIZE, MAX_SDP_SIZE, MAX_STATUS_DETAILS, MAX_STATUS_MESSAGE, Slot, address_key,

@@ -400,7 +400,11 @@ async fn turn_rest_credentials_verify() {
     assert_eq!((stun.username.as_str(), stun.credential.as_str()), ("", ""));
 
     let verify = |turn: &tether_proto::proto::rpc::webrtc::v1::IceServer| {
-        assert_eq!(turn.urls, vec!["turn:turn.example.com:3478?transport=udp"]);
+        // The UDP URL and its TCP copy (for networks that let only TCP out).
+        assert_eq!(
+            turn.urls,
+            vec!["turn:turn.example.com:3478?transport=udp", "turn:turn.example.com:3478?transport=tcp"]
+        );
         let (ts, user) = turn.username.split_once(':').unwrap();
         assert_eq!(user, HOST);
         let ts: u64 = ts.parse().unwrap();

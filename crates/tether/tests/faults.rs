@@ -41,11 +41,10 @@ mod netns;
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use netns::{BIN, Lab, Proc, Suite, secs, serial, strip_ansi, tail};
+use netns::{Lab, Proc, Suite, secs, serial, strip_ansi, tail};
 use serde_json::Value;
 
 const SUITE: Suite =
@@ -115,29 +114,7 @@ fn is(line: &Value, event: &str) -> bool {
 /// The example client, built if `cargo test` runs us (so it is never stale).
 fn fault_client() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let profile_dir = Path::new(BIN).parent().expect("tether binary has a directory");
-        let path = profile_dir.join("examples").join("fault_client");
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "tether", "--example", "fault_client"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if let Some(target) = profile_dir.parent() {
-                cmd.env("CARGO_TARGET_DIR", target);
-            }
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build --example fault_client");
-            assert!(status.success(), "cargo build -p tether --example fault_client failed");
-        }
-        assert!(
-            path.is_file(),
-            "{} is missing: build it with `cargo build -p tether --examples` (or run these tests with cargo)",
-            path.display()
-        );
-        path
-    })
+    PATH.get_or_init(|| netns::example("fault_client"))
 }
 
 /// The four namespaces.

@@ -86,3 +86,81 @@ async fn a_stun_answer_becomes_a_server_reflexive_candidate() {
     assert!(srflx[0].contains("raddr 127.0.0.1"), "the base is the loopback socket: {srflx:?}");
     peer.close();
 }
+
+/// The candidate lines a peer reports within `for_`.
+async fn candidates_within(peer: &RtcPeer, for_: Duration) -> Vec<String> {
+    let mut lines = Vec::new();
+    let _ = tokio::time::timeout(for_, async {
+        while let Some(e) = peer.next_event().await {
+            if let PeerEvent::LocalCandidate(c) = e {
+                lines.push(c.candidate);
+            }
+        }
+    })
+    .await;
+    lines
+}
+
+fn candidate(line: &str) -> tether_proto::proto::rpc::webrtc::v1::IceCandidate {
+    tether_proto::proto::rpc::webrtc::v1::IceCandidate { candidate: line.into(), ..Default::default() }
+}
+
+fn loopback(lines: &[String]) -> bool {
+    lines.iter().any(|l| l.contains(" 127.0.0.1 "))
+}
+
+/// An answerer that offers loopback only to local peers: a caller whose
+/// candidates show it runs on this host (here a real peer in this process)
+/// gets the `127.0.0.1` candidate; a remote caller (a private address that
+/// is not ours, plus its own loopback, as a tether client offers) gets none,
+/// neither trickled nor in the local description. Without the option the
+/// remote caller gets it too (the check can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_candidates_go_to_local_peers_only() {
+    let no_servers = || PeerOptions::default().with_ice_servers(Vec::new());
+    let ours_non_loopback = if_addrs::get_if_addrs()
+        .unwrap()
+        .iter()
+        .any(|i| matches!(i.ip(), std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_link_local()));
+
+    // A local caller: a real offerer on this host.
+    let caller = RtcPeer::new(&no_servers(), RtcOptions::default()).await.unwrap();
+    let offer = caller.create_offer().unwrap();
+    let caller_lines = gather(&caller).await;
+    let answerer =
+        RtcPeer::new(&no_servers().with_loopback_only_for_local_peers(true), RtcOptions::default()).await.unwrap();
+    answerer.accept_offer(offer.clone()).unwrap();
+    let before = candidates_within(&answerer, Duration::from_millis(200)).await;
+    assert!(!loopback(&before), "loopback offered before the caller showed where it is: {before:?}");
+    for line in &caller_lines {
+        answerer.add_remote_candidate(&candidate(line)).unwrap();
+    }
+    let after = candidates_within(&answerer, Duration::from_millis(300)).await;
+    assert!(
+        loopback(&after),
+        "a local caller did not get the loopback candidate: {after:?} (caller: {caller_lines:?})"
+    );
+    answerer.close();
+
+    // A remote caller.
+    let remote = [
+        "candidate:1 1 udp 2122252543 198.51.100.7 50000 typ host",
+        "candidate:2 1 udp 2122252543 127.0.0.1 50001 typ host",
+    ];
+    for (only_local, expect_loopback) in [(true, !ours_non_loopback), (false, true)] {
+        let answerer =
+            RtcPeer::new(&no_servers().with_loopback_only_for_local_peers(only_local), RtcOptions::default())
+                .await
+                .unwrap();
+        answerer.accept_offer(offer.clone()).unwrap();
+        for line in remote {
+            answerer.add_remote_candidate(&candidate(line)).unwrap();
+        }
+        let lines = candidates_within(&answerer, Duration::from_millis(300)).await;
+        assert_eq!(loopback(&lines), expect_loopback, "only_local={only_local}: {lines:?}");
+        let description = answerer.local_description().unwrap();
+        assert_eq!(description.contains(" 127.0.0.1 "), expect_loopback, "only_local={only_local}: {description}");
+        answerer.close();
+    }
+    caller.close();
+}

@@ -49,7 +49,9 @@ async function selectedPair(pc) {
   if (!pair) return null;
   const cand = (id) => {
     const c = stats.get(id);
-    return c ? { type: c.candidateType, address: c.address ?? c.ip, port: c.port, protocol: c.protocol } : null;
+    return c
+      ? { type: c.candidateType, address: c.address ?? c.ip, port: c.port, protocol: c.protocol, relayProtocol: c.relayProtocol }
+      : null;
   };
   return { local: cand(pair.localCandidateId), remote: cand(pair.remoteCandidateId), state: pair.state };
 }

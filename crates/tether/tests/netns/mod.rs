@@ -35,6 +35,31 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The path of the tether example `name`, built first when `cargo test`
+/// runs us (so it is never stale).
+pub(crate) fn example(name: &str) -> PathBuf {
+    let profile_dir = Path::new(BIN).parent().expect("tether binary has a directory");
+    let path = profile_dir.join("examples").join(name);
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "tether", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if let Some(target) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+        assert!(status.success(), "cargo build -p tether --example {name} failed");
+    }
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p tether --examples` (or run these tests with cargo)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh number for file names.
 pub(crate) fn next_file() -> u32 {
     NEXT_FILE.fetch_add(1, Ordering::Relaxed)

@@ -14,11 +14,13 @@
 //!    readable, a call queues work, or the earliest timer.
 //!
 //! Candidates: one socket per local IPv4 address (host candidates, loopback
-//! included when [`PeerOptions::include_loopback`]), server-reflexive
-//! candidates from a STUN binding request per socket and STUN server, and
-//! `.local` remote candidates resolved over mDNS (the `rtc` core builds the
-//! queries; the driver opens the multicast socket when the first one goes
-//! out).
+//! included when [`PeerOptions::include_loopback`], and held back from a
+//! remote peer with [`PeerOptions::loopback_only_for_local_peers`]),
+//! server-reflexive candidates from a STUN binding request per socket and
+//! STUN server, relayed candidates from TURN servers reached over UDP, TCP
+//! or TLS ([`super::turn_tcp`] carries the stream ones), and `.local` remote
+//! candidates resolved over mDNS (the `rtc` core builds the queries; the
+//! driver opens the multicast socket when the first one goes out).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -57,6 +59,7 @@ use super::channel::ClientSide;
 use super::peer::PeerOptions;
 use super::raw::RawSide;
 use super::serve::ServerSide;
+use super::turn_tcp::{self, Incoming, Transport, TurnStream};
 
 /// Size asked for each UDP socket's send and receive buffers. With Linux's
 /// default (208 KiB) a data-channel burst overflows the receiver's buffer on
@@ -191,7 +194,11 @@ const TURN_DEADLINE: Duration = Duration::from_secs(5);
 /// One TURN server: its client state and the relayed address it gave us.
 struct Turn {
     client: rtc::turn::client::Client,
+    /// The UDP socket it is reached from, or (over TCP/TLS) whose address
+    /// stands for the stream's.
     socket: usize,
+    /// Over TCP or TLS: the driver's stream (index).
+    stream: Option<usize>,
     server: SocketAddr,
     url: String,
     allocate: Option<TransactionId>,
@@ -235,6 +242,15 @@ pub(crate) struct Inner {
     gathering_complete: bool,
     /// Datagrams the last turn produced: (socket, destination, payload).
     out: Vec<(Option<usize>, SocketAddr, BytesMut)>,
+    /// TURN messages the last turn produced for stream servers: (stream, message).
+    stream_out: Vec<(usize, BytesMut)>,
+    /// The last peer address heard from on each local (or relayed) address:
+    /// the selected pair's remote address when its candidate is an mDNS name
+    /// (the `rtc` core resolves it but reports the name).
+    last_peer: std::collections::HashMap<SocketAddr, SocketAddr>,
+    /// Loopback host candidates held back until the peer shows it is local
+    /// ([`PeerOptions::loopback_only_for_local_peers`]); `None` once decided.
+    held_loopback: Option<Vec<SocketAddr>>,
     /// Remote candidates that arrived before the remote description.
     early_candidates: Vec<RTCIceCandidateInit>,
     include_loopback: bool,
@@ -342,39 +358,33 @@ fn local_ips(include_loopback: bool) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// A STUN or TURN server URL, resolved: (url, address, username, credential).
+/// A STUN or TURN server URL, resolved.
 struct Resolved {
     url: String,
     addr: SocketAddr,
+    /// The URL's host (the TLS server name of a `turns:` server).
+    host: String,
+    transport: Transport,
     username: String,
     credential: String,
 }
 
-/// The `stun:` and `turn:` (UDP) servers of `options`, resolved to IPv4
-/// addresses; others (`turns:`, TURN over TCP) and unresolvable ones are
-/// skipped with a note in the log.
+/// The `stun:` and `turn:`/`turns:` servers of `options`, resolved to IPv4
+/// addresses; others (`turns:` over UDP, i.e. DTLS) and unresolvable ones
+/// are skipped with a note in the log.
 async fn resolve_servers(options: &PeerOptions) -> (Vec<Resolved>, Vec<Resolved>) {
     let (mut stun, mut turn) = (Vec::new(), Vec::new());
     for server in &options.ice_servers {
         for url in &server.urls {
-            let (is_turn, rest) = if let Some(rest) = url.strip_prefix("stun:") {
-                (false, rest)
-            } else if let Some(rest) = url.strip_prefix("turn:") {
-                (true, rest)
-            } else {
-                tracing::debug!(%url, "ICE server scheme not supported; skipping it");
+            let Some(parsed) = turn_tcp::parse_url(url) else {
+                tracing::debug!(%url, "ICE server URL not supported; skipping it");
                 continue;
             };
-            if options.relay_only && !is_turn {
+            if options.relay_only && !parsed.turn {
                 continue;
             }
-            let (host, query) = rest.split_once('?').unwrap_or((rest, ""));
-            if query.split('&').any(|kv| kv.eq_ignore_ascii_case("transport=tcp")) {
-                tracing::debug!(%url, "TURN over TCP is not supported; skipping it");
-                continue;
-            }
-            let host = if host.contains(':') { host.to_owned() } else { format!("{host}:3478") };
-            let resolved = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(host.clone())).await;
+            let lookup = tokio::net::lookup_host(parsed.host_port.clone());
+            let resolved = tokio::time::timeout(Duration::from_secs(2), lookup).await;
             let Some(addr) = resolved.ok().and_then(|r| r.ok()).and_then(|mut a| a.find(SocketAddr::is_ipv4)) else {
                 tracing::debug!(%url, "ICE server not resolved; skipping it");
                 continue;
@@ -382,10 +392,12 @@ async fn resolve_servers(options: &PeerOptions) -> (Vec<Resolved>, Vec<Resolved>
             let r = Resolved {
                 url: url.clone(),
                 addr,
+                host: parsed.host,
+                transport: parsed.transport,
                 username: server.username.clone(),
                 credential: server.credential.clone(),
             };
-            if is_turn { turn.push(r) } else { stun.push(r) }
+            if parsed.turn { turn.push(r) } else { stun.push(r) }
         }
     }
     (stun, turn)
@@ -428,12 +440,18 @@ fn setting_engine(options: &PeerOptions) -> SettingEngine {
         .build()
 }
 
-fn new_turn(server: &Resolved, socket: usize, local: SocketAddr, now: Instant) -> Result<Turn, PeerError> {
+fn new_turn(
+    server: &Resolved,
+    socket: usize,
+    stream: Option<usize>,
+    local: SocketAddr,
+    now: Instant,
+) -> Result<Turn, PeerError> {
     let config = rtc::turn::client::ClientConfig {
         stun_serv_addr: String::new(),
         turn_serv_addr: server.addr.to_string(),
         local_addr: local,
-        transport_protocol: TransportProtocol::UDP,
+        transport_protocol: if stream.is_some() { TransportProtocol::TCP } else { TransportProtocol::UDP },
         username: server.username.clone(),
         password: server.credential.clone(),
         realm: String::new(),
@@ -447,6 +465,7 @@ fn new_turn(server: &Resolved, socket: usize, local: SocketAddr, now: Instant) -
     Ok(Turn {
         client,
         socket,
+        stream,
         server: server.addr,
         url: server.url.clone(),
         allocate: Some(allocate),
@@ -529,15 +548,36 @@ impl RtcPeer {
             }
         }
         let mut turn = Vec::new();
+        let mut streams = Vec::new();
+        let mut tls = None;
         for server in turn_servers {
             // Talk to the TURN server from a socket that can reach it.
             let socket =
                 locals.iter().position(|l| l.ip().is_loopback() == server.addr.ip().is_loopback()).unwrap_or(0);
-            match new_turn(&server, socket, locals[socket], start) {
-                Ok(t) => turn.push(t),
+            let stream = match server.transport {
+                Transport::Udp => None,
+                Transport::Tcp => Some(TurnStream::connect(server.addr, &server.host, None)),
+                Transport::Tls => {
+                    let config = tls.get_or_insert_with(|| turn_tcp::tls_config(options.tls_ca_pem.as_deref()));
+                    match config {
+                        Ok(config) => Some(TurnStream::connect(server.addr, &server.host, Some(config.clone()))),
+                        Err(e) => {
+                            tracing::warn!(url = %server.url, "TURN over TLS not started: {e}");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let index = stream.is_some().then_some(streams.len());
+            match new_turn(&server, socket, index, locals[socket], start) {
+                Ok(t) => {
+                    turn.push(t);
+                    streams.extend(stream);
+                }
                 Err(e) => tracing::warn!(url = %server.url, "TURN client not started: {e}"),
             }
         }
+        let held_loopback = (options.include_loopback && options.loopback_only_for_local_peers).then(Vec::new);
 
         let closed_token = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -557,6 +597,9 @@ impl RtcPeer {
                 host_candidates_added: false,
                 gathering_complete: false,
                 out: Vec::new(),
+                stream_out: Vec::new(),
+                last_peer: Default::default(),
+                held_loopback,
                 early_candidates: Vec::new(),
                 include_loopback: options.include_loopback,
                 media: super::media::MediaState::new(negotiation),
@@ -566,7 +609,7 @@ impl RtcPeer {
             events: Notify::new(),
             closed: closed_token,
         });
-        tokio::spawn(drive(shared.clone(), sockets));
+        tokio::spawn(drive(shared.clone(), sockets, streams));
         Ok(Self { shared })
     }
 
@@ -585,6 +628,7 @@ impl RtcPeer {
     pub fn accept_offer(&self, sdp: String) -> Result<String, PeerError> {
         self.shared.with(|inner, _| {
             inner.check_open()?;
+            inner.note_remote_candidates(sdp.lines().filter_map(|l| l.strip_prefix("a=")));
             let offer = RTCSessionDescription::offer(sdp).map_err(rtc_err)?;
             inner.pc.set_remote_description(now(), offer).map_err(rtc_err)?;
             inner.add_early_candidates();
@@ -599,6 +643,7 @@ impl RtcPeer {
     pub fn accept_answer(&self, sdp: String) -> Result<(), PeerError> {
         self.shared.with(|inner, _| {
             inner.check_open()?;
+            inner.note_remote_candidates(sdp.lines().filter_map(|l| l.strip_prefix("a=")));
             let answer = RTCSessionDescription::answer(sdp).map_err(rtc_err)?;
             inner.pc.set_remote_description(now(), answer).map_err(rtc_err)?;
             inner.add_early_candidates();
@@ -618,6 +663,7 @@ impl RtcPeer {
         let Some(init) = super::sdp::candidate_init(candidate) else { return Ok(()) };
         self.shared.with(|inner, _| {
             inner.check_open()?;
+            inner.note_remote_candidates([init.candidate.as_str()]);
             if inner.pc.remote_description().is_none() {
                 inner.early_candidates.push(init);
                 return Ok(());
@@ -661,9 +707,12 @@ impl RtcPeer {
         let sctp = inner.pc.sctp()?;
         let pair = sctp.transport().ice_transport().get_selected_candidate_pair()?;
         let addr = |c: &RTCIceCandidate| format!("{}:{}", c.address, c.port).parse().ok();
+        let local = addr(pair.local());
+        // An mDNS (`….local`) remote: the address its datagrams come from.
+        let remote = addr(pair.remote()).or_else(|| local.and_then(|l| inner.last_peer.get(&l).copied()));
         Some(SelectedPair {
-            local: addr(pair.local()),
-            remote: addr(pair.remote()),
+            local,
+            remote,
             local_type: pair.local().typ.to_string(),
             remote_type: pair.remote().typ.to_string(),
         })
@@ -697,22 +746,61 @@ impl Inner {
         self.host_candidates_added = true;
         let hosts = if self.relay_only { Vec::new() } else { self.locals.clone() };
         for local in hosts {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: local.ip().to_string(),
-                    port: local.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
+            if local.ip().is_loopback()
+                && let Some(held) = &mut self.held_loopback
+            {
+                held.push(local);
+                continue;
             }
-            .new_candidate_host();
-            self.add_local(
-                candidate.map_err(rtc_err).and_then(|c| RTCIceCandidate::from(&c).to_json().map_err(rtc_err)),
-            );
+            self.add_host(local);
         }
         self.maybe_gathering_complete();
+    }
+
+    /// Whether a peer candidate at `ip` shows the peer runs on this host.
+    fn is_local_peer(&self, ip: IpAddr) -> bool {
+        let mut ours = self.locals.iter().map(SocketAddr::ip).filter(|l| !l.is_loopback()).peekable();
+        if ours.peek().is_none() {
+            return ip.is_loopback();
+        }
+        ours.any(|l| l == ip)
+    }
+
+    /// Looks at the peer's candidates (`candidate:…` attribute values, other
+    /// lines ignored): a local peer gets the loopback candidates held back.
+    fn note_remote_candidates<'a>(&mut self, candidates: impl IntoIterator<Item = &'a str>) {
+        if self.held_loopback.is_none() {
+            return;
+        }
+        let local = candidates.into_iter().any(|c| {
+            let Some(fields) = c.strip_prefix("candidate:") else { return false };
+            // foundation component transport priority address port typ …
+            fields.split_whitespace().nth(4).and_then(|a| a.parse().ok()).is_some_and(|ip| self.is_local_peer(ip))
+        });
+        if !local {
+            return;
+        }
+        let held = self.held_loopback.take().unwrap_or_default();
+        tracing::debug!("the peer is on this host: offering loopback candidates too");
+        for local in held {
+            self.add_host(local);
+        }
+    }
+
+    /// Adds the host candidate of the socket at `local`.
+    fn add_host(&mut self, local: SocketAddr) {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host();
+        self.add_local(candidate.map_err(rtc_err).and_then(|c| RTCIceCandidate::from(&c).to_json().map_err(rtc_err)));
     }
 
     fn add_local(&mut self, init: Result<RTCIceCandidateInit, PeerError>) {
@@ -814,7 +902,8 @@ impl Inner {
 
     /// A datagram from one of our TURN servers (consumed), or not.
     fn turn_read(&mut self, socket: usize, from: SocketAddr, data: BytesMut, now: Instant) -> Option<BytesMut> {
-        let Some(turn) = self.turn.iter_mut().find(|t| t.socket == socket && t.server == from) else {
+        let Some(turn) = self.turn.iter_mut().find(|t| t.stream.is_none() && t.socket == socket && t.server == from)
+        else {
             return Some(data);
         };
         let read = TaggedBytesMut {
@@ -853,6 +942,7 @@ impl Inner {
                                 address: relay.ip().to_string(),
                                 port: relay.port(),
                                 component: 1,
+                                priority: turn_tcp::relay_priority(turn.stream.is_some()),
                                 ..Default::default()
                             },
                             rel_addr: base.ip().to_string(),
@@ -895,6 +985,7 @@ impl Inner {
                     }
                     Event::DataIndicationOrChannelData(_, from, data) => {
                         if let Some(relay) = turn.relay {
+                            self.last_peer.insert(relay, from);
                             let read = TaggedBytesMut {
                                 now,
                                 transport: TransportContext {
@@ -963,11 +1054,45 @@ impl Inner {
         next
     }
 
-    /// Datagrams the TURN clients want sent (to their servers).
+    /// Datagrams (and stream messages) the TURN clients want sent to their servers.
     fn turn_writes(&mut self) {
         for turn in &mut self.turn {
             while let Some(w) = turn.client.poll_write() {
-                self.out.push((Some(turn.socket), w.transport.peer_addr, w.message));
+                match turn.stream {
+                    Some(stream) => self.stream_out.push((stream, w.message)),
+                    None => self.out.push((Some(turn.socket), w.transport.peer_addr, w.message)),
+                }
+            }
+        }
+    }
+
+    /// A whole message from the TURN server on `stream`, or the stream's end.
+    fn turn_stream_incoming(&mut self, stream: usize, incoming: Incoming, now: Instant) {
+        let Some(turn) = self.turn.iter_mut().find(|t| t.stream == Some(stream)) else { return };
+        match incoming {
+            Incoming::Message(message) => {
+                let read = TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: self.locals[turn.socket],
+                        peer_addr: turn.server,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::TCP,
+                    },
+                    message,
+                };
+                if let Err(e) = turn.client.handle_read(read) {
+                    tracing::trace!(url = %turn.url, "TURN message refused: {e}");
+                }
+                self.turn_events(now);
+            }
+            Incoming::Closed(reason) => {
+                if turn.allocate.take().is_some() {
+                    tracing::warn!(url = %turn.url, "no TURN allocation: {reason}");
+                    self.maybe_gathering_complete();
+                } else {
+                    tracing::debug!(url = %turn.url, "TURN stream ended: {reason}");
+                }
             }
         }
     }
@@ -1143,11 +1268,19 @@ fn mdns_socket() -> Option<UdpSocket> {
     UdpSocket::from_std(std).ok()
 }
 
-async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
+/// What woke the driver.
+enum Woke {
+    Datagram(usize, SocketAddr, usize),
+    Stream(usize, Incoming),
+    Other,
+}
+
+async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Vec<TurnStream>) {
     let host_sockets = sockets.len();
     let mut mdns: Option<SocketAddr> = None;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::new();
+    let mut stream_out = Vec::new();
     loop {
         let notified = shared.driver.notified();
         let (deadline, done) = {
@@ -1162,6 +1295,7 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
                 let turn_next = if inner.turn.is_empty() { None } else { inner.turn_timers(t) };
                 inner.turn(&shared, &mut wake);
                 std::mem::swap(&mut out, &mut inner.out);
+                std::mem::swap(&mut stream_out, &mut inner.stream_out);
                 let deadline = [inner.pc.poll_timeout(), stun_next, turn_next].into_iter().flatten().min();
                 (deadline, inner.closed.is_some(), !inner.events.is_empty())
             };
@@ -1196,6 +1330,13 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
                 }
             }
         }
+        for (stream, message) in stream_out.drain(..) {
+            if let Some(s) = streams.get(stream)
+                && !s.send(message)
+            {
+                tracing::trace!(server = %s.server, "TURN stream queue full or closed; message dropped");
+            }
+        }
         if done {
             shared.closed.cancel();
             shared.events.notify_waiters();
@@ -1209,11 +1350,25 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
         };
         let woke = tokio::select! {
             biased;
-            r = poll_fn(|cx| poll_recv(&sockets, &mut buf, cx)) => Some(r),
-            _ = notified => None,
-            _ = sleep => None,
+            (i, from, n) = poll_fn(|cx| poll_recv(&sockets, &mut buf, cx)) => Woke::Datagram(i, from, n),
+            (i, m) = poll_fn(|cx| turn_tcp::poll_streams(&mut streams, cx)) => Woke::Stream(i, m),
+            _ = notified => Woke::Other,
+            _ = sleep => Woke::Other,
         };
-        let Some((i, from, n)) = woke else { continue };
+        let (i, from, n) = match woke {
+            Woke::Datagram(i, from, n) => (i, from, n),
+            Woke::Stream(i, first) => {
+                let mut inner = shared.inner.lock();
+                let t = now();
+                inner.turn_stream_incoming(i, first, t);
+                for _ in 1..RECV_BATCH {
+                    let Some((i, m)) = turn_tcp::try_streams(&mut streams) else { break };
+                    inner.turn_stream_incoming(i, m, t);
+                }
+                continue;
+            }
+            Woke::Other => continue,
+        };
         let mut batch = vec![(i, from, BytesMut::from(&buf[..n]))];
         while batch.len() < RECV_BATCH {
             let got = sockets.iter().enumerate().find_map(|(j, s)| {
@@ -1239,6 +1394,9 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>) {
                 data
             };
             let local = if i < host_sockets { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
+            if i < host_sockets {
+                inner.last_peer.insert(local, from);
+            }
             let read = TaggedBytesMut {
                 now: t,
                 transport: TransportContext {

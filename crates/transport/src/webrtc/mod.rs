@@ -26,6 +26,7 @@ pub mod peer;
 pub mod raw;
 pub mod sdp;
 pub mod serve;
+mod turn_tcp;
 
 pub use channel::RtcChannel;
 pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer};

@@ -9,7 +9,8 @@ pub const DEFAULT_STUN: &str = "stun:global.stun.twilio.com:3478";
 /// One STUN or TURN server.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceServer {
-    /// `stun:host:port`, `turn:host:port?transport=udp`, …
+    /// `stun:host:port`, `turn:host:port?transport=udp`,
+    /// `turn:host:port?transport=tcp`, `turns:host:port`.
     pub urls: Vec<String>,
     /// TURN user name.
     #[serde(default)]
@@ -83,6 +84,16 @@ pub struct PeerOptions {
     pub keepalive: Duration,
     /// Include loopback host candidates (for same-host use and tests).
     pub include_loopback: bool,
+    /// With [`Self::include_loopback`]: offer the loopback candidate only
+    /// once the peer shows it runs on this host (one of its candidates has
+    /// one of our own non-loopback addresses, or we have none and it offers
+    /// a loopback one). A remote peer never gets it: its checks to our
+    /// `127.0.0.1` cannot work, and a TURN server refuses permissions for it
+    /// (coturn: `403 Forbidden IP`). On by default.
+    pub loopback_only_for_local_peers: bool,
+    /// Extra CA certificates (PEM) trusted for `turns:` servers, besides the
+    /// web PKI roots and the file named by `SSL_CERT_FILE`.
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// `force_p2p`, the TURN URI override and the TURN URL rewrites,
     /// applied to `ice_servers` when the peer connection is made.
     pub turn: TurnOptions,
@@ -127,6 +138,18 @@ impl PeerOptions {
         self
     }
 
+    /// Sets [`Self::loopback_only_for_local_peers`].
+    pub fn with_loopback_only_for_local_peers(mut self, only: bool) -> Self {
+        self.loopback_only_for_local_peers = only;
+        self
+    }
+
+    /// Sets [`Self::tls_ca_pem`].
+    pub fn with_tls_ca_pem(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.tls_ca_pem = pem;
+        self
+    }
+
     /// Sets [`Self::turn`].
     pub fn with_turn(mut self, turn: TurnOptions) -> Self {
         self.turn = turn;
@@ -159,6 +182,8 @@ impl Default for PeerOptions {
             failed_timeout: Duration::from_secs(5),
             keepalive: Duration::from_millis(500),
             include_loopback: true,
+            loopback_only_for_local_peers: true,
+            tls_ca_pem: None,
             turn: TurnOptions::default(),
         }
     }
