@@ -46,6 +46,7 @@ pub struct VideoStream {
     camera: String,
     frames: mpsc::Receiver<VideoSample>,
     stop: CancellationToken,
+    keyframe: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl VideoStream {
@@ -58,6 +59,12 @@ impl VideoStream {
     /// The camera's name.
     pub fn camera(&self) -> &str {
         &self.camera
+    }
+
+    /// Asks the machine for a keyframe (an RTCP picture loss indication),
+    /// e.g. after a decoder error; a keyframe follows within a frame or two.
+    pub fn request_keyframe(&self) {
+        self.keyframe.notify_one();
     }
 }
 
@@ -87,8 +94,10 @@ impl RobotClient {
         stream_client(self).add_stream(pb::AddStreamRequest { name: stream_id.clone() }).await?;
         let (tx, frames) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
-        tokio::spawn(run(self.clone(), camera.to_owned(), stream_id, receiver, tx, stop.clone()));
-        Ok(VideoStream { camera: camera.to_owned(), frames, stop })
+        let keyframe = std::sync::Arc::new(tokio::sync::Notify::new());
+        let task = Task { robot: self.clone(), camera: camera.to_owned(), stream_id, keyframe: keyframe.clone() };
+        tokio::spawn(run(task, receiver, tx, stop.clone()));
+        Ok(VideoStream { camera: camera.to_owned(), frames, stop, keyframe })
     }
 }
 
@@ -101,14 +110,21 @@ async fn remove(robot: &RobotClient, stream_id: &str) {
     .await;
 }
 
-async fn run(
+/// What a stream's task holds besides its channels.
+struct Task {
     robot: RobotClient,
     camera: String,
     stream_id: String,
+    keyframe: std::sync::Arc<tokio::sync::Notify>,
+}
+
+async fn run(
+    task: Task,
     mut receiver: tether_transport::webrtc::VideoReceiver,
     tx: mpsc::Sender<VideoSample>,
     stop: CancellationToken,
 ) {
+    let Task { robot, camera, stream_id, keyframe } = task;
     let mut connection = 1u32;
     loop {
         // Frames until the connection goes away.
@@ -119,6 +135,10 @@ async fn run(
         loop {
             let packet = tokio::select! {
                 p = receiver.next_packet() => p,
+                _ = keyframe.notified() => {
+                    receiver.request_keyframe();
+                    continue;
+                }
                 // The stream was dropped (its token cancelled, its receiver
                 // gone): take the track off the machine. Best effort: the
                 // machine also drops it when the connection goes.

@@ -73,6 +73,24 @@ async fn our_client_receives_frames_whose_numbers_increase() {
     assert_eq!(m.machine.video().encoders(), 1);
     assert_eq!(m.machine.video().tracks(), 1);
 
+    // A picture loss indication gets a keyframe at once (the encoder's own
+    // keyframe interval is 10 s).
+    for _ in 0..3 {
+        stream.request_keyframe();
+        let keyed = async {
+            let mut frames = 0;
+            loop {
+                let s = stream.next().await.expect("frames");
+                frames += 1;
+                if s.key {
+                    return frames;
+                }
+            }
+        };
+        let frames = tokio::time::timeout(Duration::from_secs(2), keyed).await.expect("a keyframe after PLI");
+        assert!(frames <= 5, "the keyframe came {frames} frames after the PLI");
+    }
+
     // A second viewer of the same camera shares the encoder.
     let robot2 = RobotClient::connect(dial(m.addr), Options::default()).await.expect("second dial");
     let mut stream2 = robot2.stream("camera1").await.expect("AddStream");

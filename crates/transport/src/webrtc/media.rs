@@ -20,7 +20,7 @@ use std::task::{Poll, Waker};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Attribute, Interceptor, Packet as ChainPacket, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_VP8, MediaEngine};
@@ -76,9 +76,82 @@ pub(crate) fn media_engine() -> Result<(MediaEngine, Registry), PeerError> {
             RtpCodecKind::Video,
         )
         .map_err(|e| PeerError::Rtc(e.to_string()))?;
-    let registry = configure_nack(Registry::new(), &mut engine);
+    // Application-ward of the reports and NACK interceptors, which act on
+    // the packets first.
+    let registry = Registry::new().with(Slot::from(FEEDBACK_SLOT), FeedbackToApp::default());
+    let registry = configure_nack(registry, &mut engine);
     let registry = configure_rtcp_reports(registry);
     Ok((engine, registry))
+}
+
+/// Where [`FeedbackToApp`] sits in the interceptor chain.
+const FEEDBACK_SLOT: usize = 14_000;
+
+/// Inbound RTCP stays inside `rtc`'s interceptor chain unless an
+/// interceptor marks it for the application. This one marks what the
+/// video sender acts on: picture loss (PLI), full intra requests (FIR),
+/// receiver estimates (REMB) and receiver reports (loss). Others (NACK,
+/// sender reports, ...) stay with the interceptors.
+#[derive(Default)]
+struct FeedbackToApp {
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+fn wanted(packets: &[Box<dyn rtc::rtcp::packet::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>()
+            || any.is::<FullIntraRequest>()
+            || any.is::<ReceiverEstimatedMaximumBitrate>()
+            || any.is::<ReceiverReport>()
+    })
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let ChainPacket::Rtcp(packets) = &msg.message.packet
+            && wanted(packets)
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: std::time::Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<std::time::Instant> {
+        None
+    }
+}
+
+impl Interceptor for FeedbackToApp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// What a receiver has reported about one track since the last look.
