@@ -7,7 +7,8 @@
 //! keyframe when a viewer joins or asks for one (PLI/FIR), and sets the
 //! encoder's bitrate to the lowest of its viewers' estimates: each viewer's
 //! estimate follows its receiver reports (down when more than 10 % of
-//! packets are lost, up 5 % a report when under 2 %) and is capped by its
+//! packets are lost, up 5 % a report when under 2 %, never above the base
+//! rate for the picture size) and is capped by its
 //! REMB. The broadcast ends, and its encoder is dropped, when its last
 //! viewer leaves (RemoveStream, or the viewer's connection closes).
 
@@ -217,7 +218,10 @@ impl VideoHub {
 
 /// Per-viewer bitrate control from receiver feedback.
 fn next_estimate(current: u64, base: u64, feedback: &tether_transport::webrtc::VideoFeedback) -> u64 {
-    let (min, max) = ((base / 8).max(50_000), base * 2);
+    // Up to the base rate for the picture size (0.1 bit per pixel per frame):
+    // more costs CPU and packets (and calls queued behind them) for little
+    // a robot camera needs; down to an eighth of it on a lossy link.
+    let (min, max) = ((base / 8).max(50_000), base);
     let mut est = if current == 0 { base } else { current };
     if let Some(lost) = feedback.fraction_lost {
         let loss = f64::from(lost) / 256.0;
@@ -391,6 +395,7 @@ mod tests {
         assert!(down < base * 9 / 10, "{down}");
         fb.fraction_lost = Some(0);
         assert!(next_estimate(down, base, &fb) > down);
+        assert_eq!(next_estimate(base, base, &fb), base, "never above the base rate");
         fb.estimate_bps = Some(300_000);
         assert_eq!(next_estimate(base, base, &fb), 300_000);
         fb.estimate_bps = Some(1);
