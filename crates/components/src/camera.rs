@@ -271,7 +271,18 @@ impl Camera for FakeCamera {
     async fn video_frame(&self) -> Result<VideoFrame> {
         let frame = self.video_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let captured_at = SystemTime::now();
-        let img = self.render(u64::from(frame), crate::frame_code::FrameCode::ms_of(captured_at));
+        // Drawing a picture takes a millisecond or more: off the runtime's
+        // workers, like the encoding that follows.
+        let camera = self.clone();
+        let draw = move || camera.render(u64::from(frame), crate::frame_code::FrameCode::ms_of(captured_at));
+        let img = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread => {
+                tokio::task::spawn_blocking(draw)
+                    .await
+                    .map_err(|e| crate::Error::internal(format!("drawing the frame: {e}")))?
+            }
+            _ => draw(),
+        };
         Ok(VideoFrame { width: self.width, height: self.height, rgb: img.into_raw(), captured_at })
     }
 
