@@ -99,16 +99,21 @@ impl Component {
 /// the request, the message goes back in a response header.
 const MAX_QUOTED_NAME: usize = 200;
 
+/// A requested name as an error message may quote it: at most
+/// [`MAX_QUOTED_NAME`] bytes (on a character boundary), then how many more.
+pub fn quoted_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= MAX_QUOTED_NAME {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut end = MAX_QUOTED_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} more bytes)", &name[..end], name.len() - end))
+}
+
 fn not_found(subtype: &str, name: &str) -> Error {
-    let shown = if name.len() <= MAX_QUOTED_NAME {
-        std::borrow::Cow::Borrowed(name)
-    } else {
-        let mut end = MAX_QUOTED_NAME;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        std::borrow::Cow::Owned(format!("{}… ({} more bytes)", &name[..end], name.len() - end))
-    };
+    let shown = quoted_name(name);
     Error::not_found(format!("resource rdk:component:{subtype}/{shown} not found"))
 }
 

@@ -30,7 +30,7 @@ impl StreamServer {
         if name.is_empty() {
             return Err(Status::invalid_argument("a stream name is required (the camera's name)"));
         }
-        let shown = shorten(name);
+        let shown = tether_components::resource::quoted_name(name);
         for candidate in [name.to_owned(), name.replace('+', ":")] {
             match self.resources.get(&candidate) {
                 Some(Component::Camera(_)) => {
@@ -47,14 +47,6 @@ impl StreamServer {
             }
         }
         Err(Status::not_found(format!("no camera named {shown:?} (ListStreams names the cameras that can stream)")))
-    }
-}
-
-/// A request's name as an error message shows it: at most 200 characters.
-fn shorten(name: &str) -> String {
-    match name.char_indices().nth(200) {
-        Some((i, _)) => format!("{}…", &name[..i]),
-        None => name.to_owned(),
     }
 }
 
