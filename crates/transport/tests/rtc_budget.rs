@@ -5,54 +5,26 @@
 //! stops making progress (DEADLINE_EXCEEDED), and every other stream and the
 //! connection go on.
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::Frame;
-use http_body_util::BodyExt;
 use prost::Message as _;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
-use tether_transport::server::{ConnectionInfo, HttpService, TransportKind};
+use tether_transport::server::{ConnectionInfo, TransportKind};
 use tether_transport::webrtc::peer::PeerOptions;
 use tether_transport::webrtc::serve::PartialBudget;
-use tether_transport::webrtc::{PeerEvent, RawChannel, RtcOptions, RtcPeer};
+use tether_transport::webrtc::{RawChannel, RtcOptions, RtcPeer};
 use tether_wire::Code;
 use tether_wire::framing::Limits;
 
 const KIB: usize = 1024;
 const CHUNK: usize = 16 * KIB;
-
-/// Answers every call, once its request body is complete, with OK.
-fn echo_service() -> HttpService {
-    tower::util::BoxCloneSyncService::new(tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
-        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        let frames: Vec<Result<Frame<Bytes>, tonic::Status>> =
-            vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
-        let mut response =
-            http::Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames))));
-        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
-        Ok::<_, Infallible>(response)
-    }))
-}
-
-fn trickle(from: RtcPeer, to: RtcPeer) {
-    tokio::spawn(async move {
-        while let Some(event) = from.next_event().await {
-            match event {
-                PeerEvent::LocalCandidate(c) => {
-                    let _ = to.add_remote_candidate(&c);
-                }
-                PeerEvent::Closed(_) => return,
-                _ => {}
-            }
-        }
-    });
-}
 
 /// A raw caller connected to a peer serving the echo service with `limits`
 /// and `budget`.

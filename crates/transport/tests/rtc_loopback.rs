@@ -2,19 +2,19 @@
 //! loopback, with candidates trickled both ways: the same tonic services and
 //! generated clients as over HTTP/2.
 
-use std::convert::Infallible;
+mod common;
+
+use common::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::Frame;
-use http_body_util::BodyExt;
 use tether_proto::proto::rpc::v1 as auth_pb;
 use tether_transport::auth::{ApiKey, AuthServer, Authority};
 use tether_transport::server::{ConnectionInfo, HttpService, TransportKind};
 use tether_transport::webrtc::RtcOptions;
-use tether_transport::webrtc::peer::PeerOptions;
-use tether_transport::webrtc::{PeerEvent, RtcChannel, RtcPeer};
+use tether_transport::webrtc::{RtcChannel, RtcPeer};
 use tether_wire::framing::Limits;
 
 /// The auth service and reflection (a bidirectional streaming method).
@@ -26,41 +26,6 @@ fn auth_service() -> HttpService {
         .unwrap();
     let routes = tonic::service::Routes::new(AuthServer::new(authority).into_service()).add_service(reflection);
     tower::util::BoxCloneSyncService::new(routes)
-}
-
-/// A raw gRPC service that answers every call with the request's bytes
-/// (all messages, as they came) and OK.
-fn echo_service() -> HttpService {
-    tower::util::BoxCloneSyncService::new(tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
-        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        let frames: Vec<Result<Frame<Bytes>, tonic::Status>> =
-            vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
-        let mut response =
-            http::Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames))));
-        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
-        Ok::<_, Infallible>(response)
-    }))
-}
-
-fn options() -> PeerOptions {
-    PeerOptions::default().with_ice_servers(vec![])
-}
-
-/// Forwards `from`'s trickled candidates to `to` until `from` has none left.
-fn trickle(from: RtcPeer, to: RtcPeer) {
-    tokio::spawn(async move {
-        while let Some(event) = from.next_event().await {
-            match event {
-                PeerEvent::LocalCandidate(c) => {
-                    let _ = to.add_remote_candidate(&c);
-                }
-                PeerEvent::Closed(_) => return,
-                _ => {}
-            }
-        }
-    });
 }
 
 /// A caller whose channel carries calls to an answerer serving `svc`;

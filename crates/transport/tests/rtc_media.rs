@@ -3,30 +3,15 @@
 //! `negotiation` channel), real VP8 frames carrying the frame code, decoded
 //! on the other side; removing the track; garbage on the negotiation channel.
 
+mod common;
+
+use common::*;
+
 use std::time::{Duration, SystemTime};
 
 use tether_components::frame_code::{self, FrameCode};
 use tether_media::{I420, vp8};
-use tether_transport::webrtc::peer::PeerOptions;
 use tether_transport::webrtc::{PeerEvent, RtcOptions, RtcPeer, Vp8Assembler};
-
-fn options() -> PeerOptions {
-    PeerOptions::default().with_ice_servers(vec![])
-}
-
-fn trickle(from: RtcPeer, to: RtcPeer) {
-    tokio::spawn(async move {
-        while let Some(event) = from.next_event().await {
-            match event {
-                PeerEvent::LocalCandidate(c) => {
-                    let _ = to.add_remote_candidate(&c);
-                }
-                PeerEvent::Closed(_) => return,
-                _ => {}
-            }
-        }
-    });
-}
 
 /// (caller, answerer), both with media, once the caller's channel is open.
 async fn connected() -> (RtcPeer, RtcPeer) {
