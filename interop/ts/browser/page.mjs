@@ -139,6 +139,11 @@ window.tether = {
       localCandidates: [...localCandidates],
     };
   },
+  // The local candidates gathered so far: gathering goes on after connect (a TURN allocation
+  // over TCP can finish after ICE has already selected a pair through the peer's relay).
+  localCandidates() {
+    return [...localCandidates];
+  },
   async resourceNames() {
     const names = await bounded('RobotService.ResourceNames', robot.resourceNames());
     return names.map((n) => ({ namespace: n.namespace, type: n.type, subtype: n.subtype, name: n.name }));

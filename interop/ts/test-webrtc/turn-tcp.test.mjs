@@ -102,16 +102,27 @@ test('Chromium connects through a TURN-over-TCP relay from the URLs the signaler
   );
   // Chromium's relay candidates can only come from its TCP allocations (UDP to port 3478 is
   // dropped), and so can the machine's.
-  const relayCands = info.localCandidates.filter((c) => / typ relay/.test(c));
-  assert.ok(relayCands.length > 0, `Chromium has no relay candidate: ${JSON.stringify(info.localCandidates)}`);
+  // ICE may select a pair through the machine's relay before Chromium's own TCP allocation
+  // completes: wait for it (gathering goes on after connect).
+  let candidates = info.localCandidates;
+  for (let i = 0; i < 100 && !candidates.some((c) => / typ relay/.test(c)); i++) {
+    await sleep(100);
+    candidates = await browser.page.evaluate(() => window.tether.localCandidates());
+  }
+  const relayCands = candidates.filter((c) => / typ relay/.test(c));
+  assert.ok(relayCands.length > 0, `Chromium has no relay candidate after 10 s: ${JSON.stringify(candidates)}`);
   const allocations = [...machine.log().matchAll(/TURN allocation url=(\S+)/g)].map((a) => a[1]);
   assert.ok(allocations.length > 0, 'the machine allocated no relay');
   assert.ok(allocations.every((u) => u.endsWith('?transport=tcp')), `machine allocations: ${allocations}`);
-  // ICE picks either relay (the pair's other side is the peer's host address): through one of them.
+  // ICE picks either relay (the pair's other side is the peer's host address): through one of
+  // them. Chromium's pair is read after connect and the machine's when its side connected; the
+  // controlling side (Chromium) may have nominated another relayed pair in between, so either
+  // view showing a relay counts.
   if (pair?.local?.type === 'relay') {
     assert.equal(pair.local.relayProtocol, 'tcp', `Chromium's relay is not reached over TCP: ${JSON.stringify(pair)}`);
   } else {
-    assert.match(m[2], /^Some\(\("relay"/, `neither side of the pair is relayed: page ${JSON.stringify(pair)}, machine ${m[2]}`);
+    const relayed = pair?.remote?.type === 'relay' || /"relay"/.test(m[2]);
+    assert.ok(relayed, `neither side of the pair is relayed: page ${JSON.stringify(pair)}, machine ${m[2]}`);
   }
   const [on] = await browser.page.evaluate(() => window.tether.isPowered('motor1'));
   assert.equal(on, false);
