@@ -70,6 +70,27 @@ pub enum ConnectionEvent {
         /// The camera.
         camera: String,
     },
+    /// This host's addresses changed (a new network, a new lease) and ICE
+    /// restarted on the same peer connection: the data channel, calls in
+    /// flight, camera streams and the session carried on; nothing was
+    /// redialed.
+    IceRestarted {
+        /// What changed, e.g. `10.3.0.2 appeared, 10.2.0.2 went away`.
+        reason: String,
+        /// From noticing the change to ICE having a working pair again.
+        took_ms: f64,
+        /// The new selected pair's types, `local/remote`.
+        candidate_pair: Option<String>,
+    },
+    /// An ICE restart found no working path within its bound
+    /// ([`IceRestartOptions::limit`]); the connection is closed and a full
+    /// reconnection follows (`reconnecting`).
+    IceRestartFailed {
+        /// What changed.
+        reason: String,
+        /// Why the restart failed.
+        error: String,
+    },
     /// The connection dropped; reconnection starts.
     Reconnecting {
         /// Why it dropped.
@@ -108,6 +129,8 @@ impl ConnectionEvent {
             ConnectionEvent::SessionResumed { .. } => "session_resumed",
             ConnectionEvent::SessionLapsed { .. } => "session_lapsed",
             ConnectionEvent::StreamRestored { .. } => "stream_restored",
+            ConnectionEvent::IceRestarted { .. } => "ice_restarted",
+            ConnectionEvent::IceRestartFailed { .. } => "ice_restart_failed",
             ConnectionEvent::Reconnecting { .. } => "reconnecting",
             ConnectionEvent::RetryScheduled { .. } => "retry_scheduled",
             ConnectionEvent::ReconnectionFailed { .. } => "reconnection_failed",
@@ -128,6 +151,57 @@ pub enum ConnectionState {
     Reconnecting,
     /// Gone for good (closed, `no_reconnect`, or reconnection failed).
     Disconnected,
+}
+
+/// What a WebRTC connection does when this host's network changes.
+///
+/// The client polls its IPv4 addresses every [`Self::poll`]; when one that
+/// the connection gathered on goes away or a new one appears, it restarts
+/// ICE on the same peer connection through the signaling service (a new
+/// offer with new ICE credentials; see
+/// [`tether_signaling::caller::restart_ice`]) instead of waiting for the
+/// link to be declared dead and redialing. Calls stall for the gap and then
+/// complete; the session never lapses if the gap is shorter than its window.
+/// If no working path is found within [`Self::limit`], the connection is
+/// closed and the usual reconnection runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IceRestartOptions {
+    /// Restart on a network change (default `true`); off, a network change
+    /// is an outage like any other.
+    pub enabled: bool,
+    /// How often the addresses are checked (default 200 ms).
+    pub poll: Duration,
+    /// How long a restart may take before the client redials instead
+    /// (default 2 s).
+    pub limit: Duration,
+}
+
+impl Default for IceRestartOptions {
+    fn default() -> Self {
+        Self { enabled: true, poll: Duration::from_millis(200), limit: Duration::from_secs(2) }
+    }
+}
+
+/// Builder-style setters (the struct is `#[non_exhaustive]`).
+impl IceRestartOptions {
+    /// Sets [`Self::enabled`].
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Sets [`Self::poll`].
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Sets [`Self::limit`].
+    pub fn with_limit(mut self, limit: Duration) -> Self {
+        self.limit = limit;
+        self
+    }
 }
 
 /// Reconnection policy.

@@ -34,7 +34,9 @@ mod transport;
 
 pub use components::convert;
 pub use error::Error;
-pub use events::{AbortHandle, ConnectionEvent, ConnectionState, Liveness, Method, ReconnectOptions, ShouldRetry};
+pub use events::{
+    AbortHandle, ConnectionEvent, ConnectionState, IceRestartOptions, Liveness, Method, ReconnectOptions, ShouldRetry,
+};
 pub use robot::RobotClient;
 pub use session::SessionChannel;
 pub use stream::{VideoSample, VideoStream};
@@ -271,6 +273,8 @@ pub struct Options {
     /// `dial aborted`; a reconnection: it gives up, `reconnection_failed`,
     /// and the client is disconnected), and every later one.
     pub abort: Option<AbortHandle>,
+    /// ICE restart on a network change (WebRTC only).
+    pub ice_restart: IceRestartOptions,
 }
 
 /// Builder-style setters (the struct is `#[non_exhaustive]`: start from
@@ -303,6 +307,12 @@ impl Options {
     /// Sets [`Self::abort`].
     pub fn with_abort(mut self, abort: AbortHandle) -> Self {
         self.abort = Some(abort);
+        self
+    }
+
+    /// Sets [`Self::ice_restart`].
+    pub fn with_ice_restart(mut self, ice_restart: IceRestartOptions) -> Self {
+        self.ice_restart = ice_restart;
         self
     }
 

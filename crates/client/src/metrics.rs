@@ -36,6 +36,10 @@ pub struct ClientMetrics {
     /// Reconnections after which the session had lapsed (the machine had
     /// stopped what it drove) and a new one was started.
     pub sessions_lapsed: Counter,
+    /// Network changes survived by an ICE restart (no redial).
+    pub ice_restarts: Counter,
+    /// ICE restarts that found no path in time (a redial followed).
+    pub ice_restarts_failed: Counter,
 }
 
 impl ClientMetrics {
@@ -63,6 +67,16 @@ impl ClientMetrics {
             "Reconnections after which the session had lapsed (the machine stopped what it drove)",
             self.sessions_lapsed.clone(),
         );
+        registry.register(
+            "tether_client_ice_restarts",
+            "Network changes the WebRTC connection survived by an ICE restart",
+            self.ice_restarts.clone(),
+        );
+        registry.register(
+            "tether_client_ice_restarts_failed",
+            "ICE restarts that found no path in time (a full reconnection followed)",
+            self.ice_restarts_failed.clone(),
+        );
     }
 
     /// Counts `event`.
@@ -75,6 +89,8 @@ impl ClientMetrics {
             ConnectionEvent::ReconnectionFailed { .. } => &self.reconnections_failed,
             ConnectionEvent::SessionResumed { .. } => &self.sessions_resumed,
             ConnectionEvent::SessionLapsed { .. } => &self.sessions_lapsed,
+            ConnectionEvent::IceRestarted { .. } => &self.ice_restarts,
+            ConnectionEvent::IceRestartFailed { .. } => &self.ice_restarts_failed,
             _ => return,
         };
         counter.inc();

@@ -427,12 +427,56 @@ impl RobotClient {
     }
 }
 
+/// Resolves when the addresses of this host differ from those `webrtc`
+/// gathered on (never without a WebRTC connection), with what changed.
+async fn network_change(webrtc: Option<WebRtcConnection>, poll: Duration) -> String {
+    let Some(conn) = webrtc else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(poll).await;
+        if conn.closed().is_cancelled() {
+            return std::future::pending().await;
+        }
+        if let Some(reason) = conn.peer().network_change() {
+            return reason;
+        }
+    }
+}
+
+/// Restarts ICE on `conn` after a network change; on failure closes it (the
+/// supervisor then reconnects).
+async fn restart_ice(weak: &Weak<Inner>, conn: &WebRtcConnection, reason: String, options: &Options) {
+    let (signaling, events) = match weak.upgrade() {
+        Some(inner) => match &inner.conf {
+            DialConf::WebRtc(c) => (c.options(), inner.events.clone()),
+            DialConf::Direct { .. } => return,
+        },
+        None => return,
+    };
+    tracing::info!(%reason, "network change: restarting ICE");
+    let started = std::time::Instant::now();
+    match tether_signaling::caller::restart_ice(&signaling, conn, options.ice_restart.limit).await {
+        Ok(()) => {
+            let took_ms = started.elapsed().as_secs_f64() * 1e3;
+            let candidate_pair = conn.selected_pair().await.map(|p| format!("{}/{}", p.local_type, p.remote_type));
+            emit(&events, ConnectionEvent::IceRestarted { reason, took_ms, candidate_pair });
+        }
+        Err(e) => {
+            emit(&events, ConnectionEvent::IceRestartFailed { reason, error: e.to_string() });
+            conn.close().await;
+        }
+    }
+}
+
 /// Watches the connection; on a drop, reconnects per the options.
 async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Options, headers: SharedHeaders) {
     loop {
         let closing = match weak.upgrade() {
             Some(inner) => inner.closing.clone(),
             None => return,
+        };
+        let webrtc = match weak.upgrade() {
+            Some(inner) if options.ice_restart.enabled => inner.webrtc.lock().clone(),
+            _ => None,
         };
         tokio::select! {
             _ = closed.cancelled() => {}
@@ -442,6 +486,14 @@ async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Op
                     emit(&inner.events, ConnectionEvent::Disconnected { error: None });
                 }
                 return;
+            }
+            reason = network_change(webrtc.clone(), options.ice_restart.poll) => {
+                if let Some(conn) = webrtc {
+                    restart_ice(&weak, &conn, reason, &options).await;
+                }
+                // Restarted: watch again. Failed: the connection is closed
+                // and the next round reconnects.
+                continue;
             }
         }
         let Some(inner) = weak.upgrade() else { return };

@@ -82,6 +82,98 @@ pub struct AnswererConfig {
     /// The ICE servers the in-process signaler hands out for a host (for
     /// [`spawn_local`]; an external signaler's come over the wire).
     pub signaler_ice: Option<SignalerIce>,
+    /// The machine's open connections, which ICE restart offers reach
+    /// (shared by every answerer of a machine: a restart may come through
+    /// another signaler than the first offer).
+    pub live: Arc<LivePeers>,
+}
+
+/// The open WebRTC connections of a machine, by the session id of the offer
+/// that set each up (`o=` line), so that a later offer of the same peer
+/// connection — an ICE restart after the caller's network changed — goes to
+/// that connection instead of making a new one.
+///
+/// An offer is taken as a restart only when its session id, its DTLS
+/// fingerprints and its caller's entity are all the connection's, and its
+/// ICE credentials are new. The fingerprints name the caller's DTLS
+/// certificate, which the connection's handshake proved it holds; someone
+/// else's offer with a copied session id gets a connection of its own.
+#[derive(Default)]
+pub struct LivePeers {
+    peers: parking_lot::Mutex<HashMap<String, LivePeer>>,
+}
+
+impl std::fmt::Debug for LivePeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivePeers").field("count", &self.peers.lock().len()).finish()
+    }
+}
+
+struct LivePeer {
+    peer: RtcPeer,
+    fingerprints: Vec<String>,
+    entity: Option<AuthEntity>,
+    ufrag: Option<String>,
+    info: ConnectionInfo,
+}
+
+impl LivePeers {
+    /// How many connections can be restarted.
+    pub fn len(&self) -> usize {
+        self.peers.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(
+        &self,
+        offer_sdp: &str,
+        peer: &RtcPeer,
+        entity: Option<&AuthEntity>,
+        info: &ConnectionInfo,
+    ) -> Option<String> {
+        let id = sdp::session_id(offer_sdp)?.to_owned();
+        let live = LivePeer {
+            peer: peer.clone(),
+            fingerprints: sdp::fingerprints(offer_sdp),
+            entity: entity.cloned(),
+            ufrag: sdp::ice_ufrag(offer_sdp).map(str::to_owned),
+            info: info.clone(),
+        };
+        let mut peers = self.peers.lock();
+        // A session id already taken (a replayed offer) keeps its first owner.
+        if peers.contains_key(&id) {
+            return None;
+        }
+        peers.insert(id.clone(), live);
+        Some(id)
+    }
+
+    fn remove(&self, id: &str) {
+        self.peers.lock().remove(id);
+    }
+
+    /// The connection `offer_sdp` restarts, if it is one (see the type's docs).
+    fn restart_target(&self, offer_sdp: &str, entity: Option<&AuthEntity>) -> Option<(RtcPeer, ConnectionInfo)> {
+        let id = sdp::session_id(offer_sdp)?;
+        let mut peers = self.peers.lock();
+        let live = peers.get(id)?;
+        if live.peer.closed().is_cancelled() {
+            peers.remove(id);
+            return None;
+        }
+        let ufrag = sdp::ice_ufrag(offer_sdp).map(str::to_owned);
+        let same_caller = live.fingerprints == sdp::fingerprints(offer_sdp) && live.entity.as_ref() == entity;
+        if !same_caller || live.fingerprints.is_empty() || ufrag.is_none() || live.ufrag == ufrag {
+            return None;
+        }
+        let live = peers.get_mut(id)?;
+        live.ufrag = ufrag;
+        Some((live.peer.clone(), live.info.clone()))
+    }
 }
 
 /// The ICE servers a signaler hands out for a host, asked per offer (TURN
@@ -138,6 +230,7 @@ impl AnswererConfig {
             slots: None,
             max_negotiating: DEFAULT_MAX_NEGOTIATING,
             signaler_ice: None,
+            live: Arc::default(),
         }
     }
 }
@@ -730,6 +823,10 @@ impl Context {
             return Err(tonic::Status::invalid_argument("expected an offer"));
         }
         let entity = self.caller_entity(offer, &offer_sdp)?;
+        // A later offer of a connection we serve: an ICE restart.
+        if let Some((peer, info)) = self.config.live.restart_target(&offer_sdp, entity.as_ref()) {
+            return self.restart(offer, &peer, &info, offer_sdp, deadline).await;
+        }
         // Admission only for callers we accept, before any peer connection.
         let priority = crate::caller::priority_of(&offer_sdp);
         let slot = match &self.config.slots {
@@ -747,6 +844,7 @@ impl Context {
         let peer = RtcPeer::new(&options, RtcOptions::default().with_media(true))
             .await
             .map_err(|e| tonic::Status::internal(format!("peer connection: {e}")))?;
+        let offer_sdp_kept = offer_sdp.clone();
         let result = tokio::select! {
             result = self.exchange(offer, &peer, offer_sdp, trickle, deadline) => result,
             _ = exchanging.shed.cancelled() => Err(self.shed_status()),
@@ -776,6 +874,7 @@ impl Context {
         let evicted = slot.as_ref().map(|s| s.evicted().clone()).unwrap_or_default();
         drop(exchanging);
         let _serving = Gauge::new(&self.config.stats.peers);
+        let restartable = self.config.live.insert(&offer_sdp_kept, &peer, entity.as_ref(), &info);
         (self.events)(PeerEvent::Opened(info.clone(), pair));
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
@@ -788,9 +887,60 @@ impl Context {
             _ = evicted.cancelled() => {}
         }
         peer.close();
+        if let Some(id) = restartable {
+            self.config.live.remove(&id);
+        }
         drop(slot);
         tracing::info!(remote = ?info.remote, "webrtc peer disconnected");
         (self.events)(PeerEvent::Closed(info));
+        Ok(())
+    }
+
+    /// Answers an ICE restart offer of the connection `peer`: the answer
+    /// carries new ICE credentials and our candidates; the caller's
+    /// candidates go to the connection until it is done. The connection
+    /// keeps serving throughout (its calls wait for the new path).
+    async fn restart(
+        &self,
+        offer: &mut IncomingOffer,
+        peer: &RtcPeer,
+        info: &ConnectionInfo,
+        offer_sdp: String,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), tonic::Status> {
+        tracing::info!(connection = info.id, remote = ?info.remote, "ICE restart offer for a connection we serve");
+        let answer = peer
+            .accept_offer(offer_sdp)
+            .map_err(|e| tonic::Status::failed_precondition(format!("ICE restart refused: {e}")))?;
+        offer
+            .responder
+            .respond(AnswererEvent::Answer(sdp::encode(SdpKind::Answer, &answer)))
+            .await
+            .map_err(|_| tonic::Status::unavailable("the signaling exchange ended before the answer was sent"))?;
+        loop {
+            tokio::select! {
+                ev = offer.caller_events.next() => match ev {
+                    Some(CallerEvent::Candidate(c)) => {
+                        if let Err(e) = peer.add_remote_candidate(&c) {
+                            tracing::debug!("ignoring a bad remote candidate: {e}");
+                        }
+                    }
+                    Some(CallerEvent::Error(status)) => {
+                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
+                    }
+                    Some(CallerEvent::Done) | None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = peer.closed().cancelled() => {
+                    return Err(tonic::Status::unavailable("the connection closed during its ICE restart"));
+                }
+                _ = self.shutdown.cancelled() => return Err(tonic::Status::unavailable("the machine is shutting down")),
+            }
+        }
+        let _ = offer.responder.respond(AnswererEvent::Done).await;
+        let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
+        let responder = std::mem::replace(&mut offer.responder, Box::new(Finished));
+        tokio::spawn(linger(events, responder, Duration::from_secs(10)));
         Ok(())
     }
 
@@ -889,6 +1039,44 @@ impl AnswererResponder for Finished {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer(session: &str, fingerprint: &str, ufrag: &str) -> String {
+        format!(
+            "v=0\r\no=- {session} 2 IN IP4 0.0.0.0\r\ns=-\r\na=fingerprint:sha-256 {fingerprint}\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:p\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn only_the_same_caller_with_new_ice_credentials_restarts_a_connection() {
+        let options = PeerOptions::default().with_include_loopback(true);
+        let peer = RtcPeer::new(&options, RtcOptions::default()).await.unwrap();
+        let live = LivePeers::default();
+        let info = ConnectionInfo { kind: TransportKind::WebRtc, remote: None, local: None, id: 7 };
+        let alice = Some(AuthEntity("alice".into()));
+        let id = live.insert(&offer("42", "AA:BB", "u1"), &peer, alice.as_ref(), &info).unwrap();
+        assert_eq!(id, "42");
+        // A replayed first offer takes no second entry.
+        assert!(live.insert(&offer("42", "CC:DD", "u9"), &peer, None, &info).is_none());
+        let target = |sdp: &str, who: Option<&AuthEntity>| live.restart_target(sdp, who).map(|(_, i)| i.id);
+
+        // Not a restart: the same credentials, another certificate, another
+        // caller, another session, no session id at all.
+        assert_eq!(target(&offer("42", "AA:BB", "u1"), alice.as_ref()), None);
+        assert_eq!(target(&offer("42", "CC:DD", "u2"), alice.as_ref()), None);
+        assert_eq!(target(&offer("42", "AA:BB", "u2"), None), None);
+        assert_eq!(target(&offer("42", "AA:BB", "u2"), Some(&AuthEntity("mallory".into()))), None);
+        assert_eq!(target(&offer("43", "AA:BB", "u2"), alice.as_ref()), None);
+        assert_eq!(target("v=0\r\na=fingerprint:sha-256 AA:BB\r\na=ice-ufrag:u2\r\n", alice.as_ref()), None);
+        // A restart, once per new set of credentials.
+        assert_eq!(target(&offer("42", "aa:bb", "u2"), alice.as_ref()), Some(7));
+        assert_eq!(target(&offer("42", "AA:BB", "u2"), alice.as_ref()), None);
+        assert_eq!(target(&offer("42", "AA:BB", "u3"), alice.as_ref()), Some(7));
+        // A closed connection is forgotten.
+        peer.close();
+        assert_eq!(target(&offer("42", "AA:BB", "u4"), alice.as_ref()), None);
+        assert!(live.is_empty());
+    }
 
     #[test]
     fn the_machines_servers_first_then_the_signalers_new_urls() {

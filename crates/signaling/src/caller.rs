@@ -240,8 +240,9 @@ pub async fn dial(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError
     }
 }
 
-async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
-    options.check()?;
+/// A fresh connection to the signaling service of `options`, authenticated
+/// when it has credentials.
+async fn connect_signaling(options: &WebRtcOptions) -> Result<Signaling, DialError> {
     let connection =
         DirectOptions::default().with_connect_timeout(options.dial_timeout).with_tls_ca_pem(options.tls_ca_pem.clone());
     let channel = DirectConnection::connect(&options.signaling_address, &connection).await?;
@@ -250,8 +251,46 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
         let token = tether_transport::dial::authenticate(channel.clone(), creds).await?;
         headers.set_bearer(&token).map_err(|e| tonic::Status::internal(e.to_string()))?;
     }
-    let mut signaling: Signaling =
-        pb::signaling_service_client::SignalingServiceClient::new(HeaderStamp::new(channel, headers));
+    Ok(pb::signaling_service_client::SignalingServiceClient::new(HeaderStamp::new(channel, headers)))
+}
+
+/// Restarts ICE on `connection` (RFC 8445 §9) after a network change: a
+/// new offer with new ICE credentials goes to the machine through a fresh
+/// connection to the signaling service of `options` (the old one may be
+/// bound to an address that is gone), the machine's answer and the
+/// candidates of both sides follow, and this returns once ICE has a working
+/// pair again. The peer connection, its DTLS and SCTP state, the calls in
+/// flight (they resume where they stalled), the media tracks and the
+/// session all carry on. Bounded by `limit`; on an error the connection is
+/// left as it is (the caller decides whether to redial).
+///
+/// The machine must recognize the offer as its connection's: a tether
+/// machine does (same `o=` session id, DTLS fingerprints and caller). Any
+/// other answerer takes it for a new call, the DTLS handshake cannot
+/// succeed, and this fails within `limit`.
+pub async fn restart_ice(
+    options: &WebRtcOptions,
+    connection: &WebRtcConnection,
+    limit: Duration,
+) -> Result<(), DialError> {
+    let host = options.host.clone();
+    let work = async {
+        let mut signaling = connect_signaling(options).await?;
+        let peer = &connection.peer;
+        let offer = peer.restart_ice().map_err(|e| DialError::Connect(host.clone(), e.to_string()))?;
+        let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: false };
+        let answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
+        signal(&mut signaling, options, peer, answers, false, Goal::IceConnected).await
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Timeout(format!("ICE restart with {host}"), limit)),
+    }
+}
+
+async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialError> {
+    options.check()?;
+    let mut signaling = connect_signaling(options).await?;
 
     // ICE servers: ours, then the signaler's (UNIMPLEMENTED = none).
     let mut servers = options.ice_servers.clone();
@@ -321,8 +360,30 @@ async fn exchange(
     }
     let offer = with_priority(offer, options.priority);
     let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: options.disable_trickle };
-    let mut answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
+    let answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
+    signal(signaling, options, peer, answers, options.disable_trickle, Goal::Open).await?;
+    Ok(WebRtcConnection { channel, peer: peer.clone() })
+}
 
+/// What ends a signaling exchange for the caller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// The `data` channel opened (a new connection).
+    Open,
+    /// ICE has a working pair again (a restart).
+    IceConnected,
+}
+
+/// The caller's side of one exchange after its offer went out: takes the
+/// answer, trickles candidates both ways and returns once `goal` is reached.
+async fn signal(
+    signaling: &mut Signaling,
+    options: &WebRtcOptions,
+    peer: &RtcPeer,
+    mut answers: tonic::Streaming<pb::CallResponse>,
+    disable_trickle: bool,
+    goal: Goal,
+) -> Result<(), DialError> {
     // The first message must be the answer.
     let first = answers.message().await?.ok_or_else(|| {
         DialError::Status(tonic::Status::unavailable("signaling ended the call before the machine answered"))
@@ -357,7 +418,7 @@ async fn exchange(
     // update has been answered: the signaler relays nothing after `done`.
     let done = || pb::call_update_request::Update::Done(true);
     let mut pending: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let mut done_sent = options.disable_trickle;
+    let mut done_sent = disable_trickle;
     if done_sent {
         tokio::spawn(send_update(done()));
     }
@@ -365,7 +426,8 @@ async fn exchange(
     loop {
         tokio::select! {
             ev = peer.next_event() => match ev {
-                Some(PeerEvent::Open) => break,
+                Some(PeerEvent::Open) if goal == Goal::Open => break,
+                Some(PeerEvent::IceConnected) if goal == Goal::IceConnected => break,
                 Some(PeerEvent::LocalCandidate(c)) => {
                     if !done_sent {
                         pending.push(tokio::spawn(send_update(pb::call_update_request::Update::Candidate(c))));
@@ -377,7 +439,7 @@ async fn exchange(
                         done_sent = true;
                     }
                 }
-                Some(PeerEvent::IceConnected | PeerEvent::Connected) => {}
+                Some(PeerEvent::IceConnected | PeerEvent::Connected | PeerEvent::Open) => {}
                 Some(PeerEvent::Closed(_)) | None => {
                     return Err(DialError::Connect(options.host.clone(), ice_failed(options)));
                 }
@@ -388,7 +450,7 @@ async fn exchange(
                         return Err(tonic::Status::internal("signaling mixed up two calls").into());
                     }
                     if let Some(pb::call_response::Stage::Update(u)) = resp.stage
-                        && !options.disable_trickle
+                        && !disable_trickle
                         && let Some(c) = u.candidate.as_ref()
                         && let Err(e) = peer.add_remote_candidate(c)
                     {
@@ -417,9 +479,9 @@ async fn exchange(
     // its side first (it is the SCTP server), but a machine whose stack
     // answers as the DTLS client opens last, and a message that beats its
     // open of the negotiated channel can be lost.
-    if answers_open {
+    if answers_open && goal == Goal::Open {
         let ended = async { while let Ok(Some(_)) = answers.message().await {} };
         let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
     }
-    Ok(WebRtcConnection { channel, peer: peer.clone() })
+    Ok(())
 }

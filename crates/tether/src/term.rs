@@ -120,6 +120,17 @@ pub(crate) fn describe(event: &ConnectionEvent) -> (&'static str, Tone, String) 
         ConnectionEvent::StreamRestored { camera } => {
             ("✓", Tone::Good, format!("{camera}'s video stream added again on the new connection"))
         }
+        ConnectionEvent::IceRestarted { reason, took_ms, candidate_pair } => (
+            "✓",
+            Tone::Good,
+            format!(
+                "network changed ({reason}): ICE restarted in {took_ms:.0} ms, same connection{}",
+                candidate_pair.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+            ),
+        ),
+        ConnectionEvent::IceRestartFailed { reason, error } => {
+            ("!", Tone::Bad, format!("network changed ({reason}): ICE restart failed ({error}); reconnecting"))
+        }
         ConnectionEvent::Reconnecting { error } => {
             // The client's usual reason is just "connection lost": say it once.
             let why = match error.as_deref() {

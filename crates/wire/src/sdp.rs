@@ -101,6 +101,33 @@ pub fn fingerprints(sdp: &str) -> Vec<String> {
     out
 }
 
+/// The session id of an SDP's origin line (`o=<user> <sess-id> <version> …`).
+/// Every later offer of one peer connection keeps it (RFC 3264 §8, JSEP
+/// §5.2.2), so together with [`fingerprints`] it names the connection an ICE
+/// restart offer belongs to.
+///
+/// ```
+/// use tether_wire::sdp::session_id;
+/// assert_eq!(session_id("v=0\r\no=- 4215775240449105457 2 IN IP4 0.0.0.0\r\n"), Some("4215775240449105457"));
+/// assert_eq!(session_id("v=0\r\no=-\r\n"), None);
+/// ```
+pub fn session_id(sdp: &str) -> Option<&str> {
+    let origin = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
+    origin.split_whitespace().nth(1).filter(|id| !id.is_empty() && id.len() <= 64)
+}
+
+/// The ICE username fragment of an SDP (`a=ice-ufrag:`, the first one,
+/// session or media level): a new one in a later offer is an ICE restart.
+///
+/// ```
+/// use tether_wire::sdp::ice_ufrag;
+/// assert_eq!(ice_ufrag("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-ufrag:AbCd\r\n"), Some("AbCd"));
+/// assert_eq!(ice_ufrag("v=0\r\n"), None);
+/// ```
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.trim().strip_prefix("a=ice-ufrag:")).map(str::trim).filter(|u| !u.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,15 @@ const RECV_BATCH: usize = 64;
 const STUN_DEADLINE: Duration = Duration::from_secs(3);
 /// Interval between STUN retransmissions.
 const STUN_RETRY: Duration = Duration::from_millis(250);
+/// Messages sent on the `negotiation` channel per round when ICE connects
+/// again after a restart (see [`Inner::nudge`]).
+const NUDGES: usize = 4;
+/// When the rounds go out, after ICE connects again: the peer may not have
+/// a path for its acknowledgements yet at the first.
+const NUDGE_ROUNDS: [Duration; 3] = [Duration::ZERO, Duration::from_millis(50), Duration::from_millis(200)];
+/// Their size: more than half an SCTP packet, so that no two share one.
+const NUDGE_SIZE: usize = 700;
+
 /// The `max-message-size` we advertise: messages up to this size are
 /// received whole (our own framing never sends more than 16 KiB at once).
 pub const MAX_MESSAGE_SIZE: u32 = 256 << 10;
@@ -254,6 +263,22 @@ pub(crate) struct Inner {
     /// Remote candidates that arrived before the remote description.
     early_candidates: Vec<RTCIceCandidateInit>,
     include_loopback: bool,
+    /// The STUN servers asked for server-reflexive candidates (again from
+    /// new sockets after an ICE restart).
+    stun_servers: Vec<(SocketAddr, String)>,
+    /// Sockets bound since the driver started (an ICE restart on a new
+    /// address), handed to the driver on its next wake-up; their addresses
+    /// are already in `locals`, in the same order.
+    new_sockets: Vec<UdpSocket>,
+    /// `locals[..announced]` have had their host candidates added.
+    announced: usize,
+    /// The addresses gathered on when the connection was set up or last
+    /// restarted: a change is a network change.
+    gathered_ips: Vec<Ipv4Addr>,
+    /// ICE has been connected before (a later `connected` follows a restart).
+    ice_connected_once: bool,
+    /// When the nudge rounds still to send are due (see [`Self::nudge`]).
+    nudges: VecDeque<Instant>,
     /// Video tracks and renegotiation.
     pub(crate) media: super::media::MediaState,
     /// The connection was built with a media engine.
@@ -358,6 +383,20 @@ fn local_ips(include_loopback: bool) -> Vec<Ipv4Addr> {
     ips
 }
 
+/// What changed between two address sets (see [`RtcPeer::network_change`]).
+fn describe_change(before: &[Ipv4Addr], now: &[Ipv4Addr]) -> Option<String> {
+    let appeared: Vec<String> = now.iter().filter(|ip| !before.contains(ip)).map(|ip| ip.to_string()).collect();
+    let gone: Vec<String> = before.iter().filter(|ip| !now.contains(ip)).map(|ip| ip.to_string()).collect();
+    let mut parts = Vec::new();
+    if !appeared.is_empty() {
+        parts.push(format!("{} appeared", appeared.join(", ")));
+    }
+    if !gone.is_empty() {
+        parts.push(format!("{} went away", gone.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// A STUN or TURN server URL, resolved.
 struct Resolved {
     url: String,
@@ -440,6 +479,32 @@ fn setting_engine(options: &PeerOptions) -> SettingEngine {
         .build()
 }
 
+/// The STUN binding requests that find the server-reflexive address of the
+/// socket at `local`: one per server it can reach (a loopback socket only a
+/// loopback server, and the other way round).
+fn stun_queries(socket: usize, local: SocketAddr, servers: &[(SocketAddr, String)], start: Instant) -> Vec<StunQuery> {
+    let mut queries = Vec::new();
+    for (server, url) in servers {
+        if local.ip().is_loopback() != server.ip().is_loopback() {
+            continue;
+        }
+        let mut msg = Message::new();
+        if msg.build(&[Box::<TransactionId>::default(), Box::new(BINDING_REQUEST)]).is_err() {
+            continue;
+        }
+        queries.push(StunQuery {
+            socket,
+            server: *server,
+            url: url.clone(),
+            tid: msg.transaction_id,
+            request: msg.raw.clone(),
+            next_send: start,
+            give_up: start + STUN_DEADLINE,
+        });
+    }
+    queries
+}
+
 fn new_turn(
     server: &Resolved,
     socket: usize,
@@ -498,6 +563,13 @@ impl RtcPeer {
             return Err(PeerError::Io(std::io::Error::other("a UDP socket has no local address")));
         }
         let (stun_servers, turn_servers) = resolve_servers(options).await;
+        let gathered_ips: Vec<Ipv4Addr> = locals
+            .iter()
+            .filter_map(|l| match l.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
 
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(
@@ -524,28 +596,10 @@ impl RtcPeer {
         let negotiation = pc.create_data_channel("negotiation", Some(init(1))).map_err(rtc_err)?.id();
 
         let start = now();
+        let stun_servers: Vec<(SocketAddr, String)> = stun_servers.iter().map(|s| (s.addr, s.url.clone())).collect();
         let mut stun = Vec::new();
         for (socket, local) in locals.iter().enumerate() {
-            for server in &stun_servers {
-                // Ask from the sockets that can reach the server: a loopback
-                // socket only a loopback server, and the other way round.
-                if local.ip().is_loopback() != server.addr.ip().is_loopback() {
-                    continue;
-                }
-                let mut msg = Message::new();
-                if msg.build(&[Box::<TransactionId>::default(), Box::new(BINDING_REQUEST)]).is_err() {
-                    continue;
-                }
-                stun.push(StunQuery {
-                    socket,
-                    server: server.addr,
-                    url: server.url.clone(),
-                    tid: msg.transaction_id,
-                    request: msg.raw.clone(),
-                    next_send: start,
-                    give_up: start + STUN_DEADLINE,
-                });
-            }
+            stun.extend(stun_queries(socket, *local, &stun_servers, start));
         }
         let mut turn = Vec::new();
         let mut streams = Vec::new();
@@ -602,6 +656,12 @@ impl RtcPeer {
                 held_loopback,
                 early_candidates: Vec::new(),
                 include_loopback: options.include_loopback,
+                stun_servers,
+                new_sockets: Vec::new(),
+                announced: 0,
+                gathered_ips,
+                ice_connected_once: false,
+                nudges: VecDeque::new(),
                 media: super::media::MediaState::new(negotiation),
                 media_enabled: rtc_options.media,
             }),
@@ -718,6 +778,67 @@ impl RtcPeer {
         })
     }
 
+    /// How the host's IPv4 addresses differ from those this connection
+    /// gathered on (at setup or at its last ICE restart), e.g.
+    /// `"10.3.0.2 appeared, 10.2.0.2 went away"`; `None` while they are the
+    /// same. Cheap enough to poll (one `getifaddrs`).
+    pub fn network_change(&self) -> Option<String> {
+        let include_loopback = self.shared.inner.lock().include_loopback;
+        let now_ips = local_ips(include_loopback);
+        let inner = self.shared.inner.lock();
+        describe_change(&inner.gathered_ips, &now_ips)
+    }
+
+    /// Starts an ICE restart as the offerer (RFC 8445 §9; JSEP 4.1.8.1):
+    /// binds sockets on addresses that appeared since the last gathering
+    /// (their host and server-reflexive candidates follow as
+    /// [`PeerEvent::LocalCandidate`]s), sets an offer with new ICE
+    /// credentials as the local description and returns its SDP. DTLS, SCTP,
+    /// the channels, calls in flight and media tracks carry on; once the
+    /// peer's answer is taken ([`Self::accept_answer`]) ICE checks the new
+    /// pairs and [`PeerEvent::IceConnected`] follows when one works.
+    ///
+    /// Relayed candidates are not allocated again: a TURN allocation made
+    /// from an address that went away is lost.
+    pub fn restart_ice(&self) -> Result<String, PeerError> {
+        let include_loopback = self.shared.inner.lock().include_loopback;
+        let ips = local_ips(include_loopback);
+        self.shared.with(|inner, _| {
+            inner.check_open()?;
+            let t = now();
+            for ip in &ips {
+                if inner.locals.iter().any(|l| l.ip() == IpAddr::V4(*ip)) {
+                    continue;
+                }
+                let socket = match bind_udp(IpAddr::V4(*ip)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%ip, "no UDP socket on this address: {e}");
+                        continue;
+                    }
+                };
+                let Ok(local) = socket.local_addr() else { continue };
+                let index = inner.locals.len();
+                inner.locals.push(local);
+                inner.new_sockets.push(socket);
+                if !inner.relay_only {
+                    let queries = stun_queries(index, local, &inner.stun_servers, t);
+                    inner.stun.extend(queries);
+                }
+            }
+            inner.gathered_ips = ips.clone();
+            // Earlier events (the first gathering's) say nothing about this one.
+            inner.events.retain(|e| matches!(e, PeerEvent::Closed(_)));
+            inner.pc.restart_ice();
+            let offer = inner.pc.create_offer(None).map_err(rtc_err)?;
+            inner.pc.set_local_description(t, offer.clone()).map_err(rtc_err)?;
+            inner.host_candidates_added = false;
+            inner.gathering_complete = false;
+            inner.add_host_candidates();
+            Ok(offer.sdp)
+        })
+    }
+
     /// Sends one message on the `data` channel as it is, bypassing the
     /// framing (for robustness tests: the peer must drop what it cannot parse).
     pub fn send_raw(&self, packet: &[u8]) -> Result<(), PeerError> {
@@ -738,13 +859,16 @@ impl Inner {
         }
     }
 
-    /// One host candidate per socket, once the local description is set.
+    /// One host candidate per socket not yet announced, once the local
+    /// description is set.
     fn add_host_candidates(&mut self) {
         if self.host_candidates_added {
             return;
         }
         self.host_candidates_added = true;
-        let hosts = if self.relay_only { Vec::new() } else { self.locals.clone() };
+        let fresh = self.locals[self.announced.min(self.locals.len())..].to_vec();
+        self.announced = self.locals.len();
+        let hosts = if self.relay_only { Vec::new() } else { fresh };
         for local in hosts {
             if local.ip().is_loopback()
                 && let Some(held) = &mut self.held_loopback
@@ -1112,6 +1236,35 @@ impl Inner {
         self.events.push_back(PeerEvent::Closed(reason.to_owned()));
     }
 
+    /// After ICE connects again (a restart), sends a few padding messages
+    /// on the `negotiation` channel, each in an SCTP packet of its own, in a
+    /// few rounds ([`NUDGE_ROUNDS`]).
+    ///
+    /// Whatever SCTP sent while there was no path (the old one gone, the new
+    /// one not yet checked) is lost, and `rtc`'s SCTP waits for its
+    /// retransmission timer — at least 1 s, doubled after each expiry —
+    /// before sending it again: calls would stall that long after the path
+    /// is back. Data sent after the loss makes the peer acknowledge with
+    /// gaps, and three such acknowledgements retransmit the missing chunks
+    /// at once (fast retransmit, RFC 4960 §7.2.4). The peer drops these
+    /// messages (a first byte of 0 is no renegotiation message).
+    fn nudge(&mut self, now: Instant) -> bool {
+        if self.nudges.front().is_none_or(|t| *t > now) {
+            return false;
+        }
+        self.nudges.pop_front();
+        let id = self.media.channel;
+        for _ in 0..NUDGES {
+            let Some(mut dc) = self.pc.data_channel(id) else { return true };
+            if let Err(e) = dc.send(now, BytesMut::zeroed(NUDGE_SIZE)) {
+                tracing::debug!("nudge not sent: {e}");
+                return true;
+            }
+        }
+        tracing::debug!("ICE connected again: {NUDGES} nudges for SCTP's fast retransmit");
+        true
+    }
+
     /// One turn: framing ↔ channel, events, and the datagrams to send.
     fn turn(&mut self, shared: &Arc<Shared>, wake: &mut Vec<Waker>) {
         let now = now();
@@ -1149,6 +1302,9 @@ impl Inner {
             while let Some(event) = self.pc.poll_event() {
                 progress = true;
                 self.on_event(event, wake);
+            }
+            if self.nudge(now) {
+                progress = true;
             }
             if progress {
                 flushed = false;
@@ -1195,7 +1351,14 @@ impl Inner {
             ) => self.events.push_back(PeerEvent::GatheringComplete),
             RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                 rtc::peer_connection::state::RTCIceConnectionState::Connected,
-            ) => self.events.push_back(PeerEvent::IceConnected),
+            ) => {
+                if self.ice_connected_once && self.data_open {
+                    let t = now();
+                    self.nudges = NUDGE_ROUNDS.iter().map(|d| t + *d).collect();
+                }
+                self.ice_connected_once = true;
+                self.events.push_back(PeerEvent::IceConnected);
+            }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                 RTCPeerConnectionState::Connected => self.events.push_back(PeerEvent::Connected),
                 RTCPeerConnectionState::Failed => self.close("ICE failed", wake),
@@ -1244,14 +1407,19 @@ impl Inner {
     }
 }
 
-/// Reads what is available on any socket without waiting (or waits for the
-/// first datagram when `wait`): (socket, from, length) into `buf`.
+/// The index [`poll_recv`] gives the mDNS socket.
+const MDNS: usize = usize::MAX;
+
+/// Waits for a datagram on any socket (the mDNS one, if open, as
+/// [`MDNS`]): (socket, from, length) into `buf`.
 fn poll_recv(
     sockets: &[UdpSocket],
+    mdns: Option<&UdpSocket>,
     buf: &mut [u8],
     cx: &mut std::task::Context<'_>,
 ) -> Poll<(usize, SocketAddr, usize)> {
-    for (i, s) in sockets.iter().enumerate() {
+    let all = sockets.iter().enumerate().chain(mdns.map(|s| (MDNS, s)));
+    for (i, s) in all {
         let mut rb = ReadBuf::new(buf);
         match s.poll_recv_from(cx, &mut rb) {
             Poll::Ready(Ok(from)) => return Poll::Ready((i, from, rb.filled().len())),
@@ -1262,7 +1430,7 @@ fn poll_recv(
     Poll::Pending
 }
 
-fn mdns_socket() -> Option<UdpSocket> {
+fn mdns_socket_new() -> Option<UdpSocket> {
     let std = rtc::mdns::MulticastSocket::new().into_std().ok()?;
     std.set_nonblocking(true).ok()?;
     UdpSocket::from_std(std).ok()
@@ -1276,7 +1444,7 @@ enum Woke {
 }
 
 async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Vec<TurnStream>) {
-    let host_sockets = sockets.len();
+    let mut mdns_socket: Option<UdpSocket> = None;
     let mut mdns: Option<SocketAddr> = None;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::new();
@@ -1287,6 +1455,8 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
             let mut wake = Vec::new();
             let (deadline, done, had_events) = {
                 let mut inner = shared.inner.lock();
+                // Sockets an ICE restart bound (indices continue `locals`).
+                sockets.append(&mut inner.new_sockets);
                 let t = now();
                 if inner.pc.poll_timeout().is_some_and(|d| d <= t) {
                     let _ = inner.pc.handle_timeout(t);
@@ -1296,7 +1466,8 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
                 inner.turn(&shared, &mut wake);
                 std::mem::swap(&mut out, &mut inner.out);
                 std::mem::swap(&mut stream_out, &mut inner.stream_out);
-                let deadline = [inner.pc.poll_timeout(), stun_next, turn_next].into_iter().flatten().min();
+                let nudge_next = inner.nudges.front().copied();
+                let deadline = [inner.pc.poll_timeout(), stun_next, turn_next, nudge_next].into_iter().flatten().min();
                 (deadline, inner.closed.is_some(), !inner.events.is_empty())
             };
             for w in wake {
@@ -1308,20 +1479,20 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
             (deadline, done)
         };
         for (socket, to, payload) in out.drain(..) {
-            let index = match socket {
-                Some(i) => Some(i),
+            let s = match socket {
+                Some(i) => sockets.get(i),
                 None if to.port() == 5353 => {
-                    if mdns.is_none()
-                        && let Some(s) = mdns_socket()
+                    if mdns_socket.is_none()
+                        && let Some(s) = mdns_socket_new()
                     {
                         mdns = s.local_addr().ok();
-                        sockets.push(s);
+                        mdns_socket = Some(s);
                     }
-                    (sockets.len() > host_sockets).then_some(host_sockets)
+                    mdns_socket.as_ref()
                 }
-                None => Some(0),
+                None => sockets.first(),
             };
-            let Some(s) = index.and_then(|i| sockets.get(i)) else { continue };
+            let Some(s) = s else { continue };
             if let Err(e) = s.try_send_to(&payload, to) {
                 if e.kind() == std::io::ErrorKind::WouldBlock {
                     let _ = s.send_to(&payload, to).await;
@@ -1350,7 +1521,7 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
         };
         let woke = tokio::select! {
             biased;
-            (i, from, n) = poll_fn(|cx| poll_recv(&sockets, &mut buf, cx)) => Woke::Datagram(i, from, n),
+            (i, from, n) = poll_fn(|cx| poll_recv(&sockets, mdns_socket.as_ref(), &mut buf, cx)) => Woke::Datagram(i, from, n),
             (i, m) = poll_fn(|cx| turn_tcp::poll_streams(&mut streams, cx)) => Woke::Stream(i, m),
             _ = notified => Woke::Other,
             _ = sleep => Woke::Other,
@@ -1371,7 +1542,7 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
         };
         let mut batch = vec![(i, from, BytesMut::from(&buf[..n]))];
         while batch.len() < RECV_BATCH {
-            let got = sockets.iter().enumerate().find_map(|(j, s)| {
+            let got = sockets.iter().enumerate().chain(mdns_socket.as_ref().map(|s| (MDNS, s))).find_map(|(j, s)| {
                 s.try_recv_from(&mut buf).ok().map(|(n, from)| (j, from, BytesMut::from(&buf[..n])))
             });
             match got {
@@ -1382,10 +1553,11 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
         let mut inner = shared.inner.lock();
         let t = now();
         for (i, from, data) in batch {
-            if i < host_sockets && inner.stun_answer(i, from, &data) {
+            let host = i != MDNS;
+            if host && inner.stun_answer(i, from, &data) {
                 continue;
             }
-            let data = if i < host_sockets && !inner.turn.is_empty() {
+            let data = if host && !inner.turn.is_empty() {
                 match inner.turn_read(i, from, data, t) {
                     Some(data) => data,
                     None => continue,
@@ -1393,8 +1565,8 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
             } else {
                 data
             };
-            let local = if i < host_sockets { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
-            if i < host_sockets {
+            let local = if host { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
+            if host {
                 inner.last_peer.insert(local, from);
             }
             let read = TaggedBytesMut {

@@ -302,6 +302,10 @@ impl Inner {
     /// A message on the `negotiation` channel. Garbage is logged and
     /// dropped; the connection keeps serving.
     pub(crate) fn on_negotiation(&mut self, data: &[u8]) {
+        // Padding sent after an ICE restart (`Inner::nudge`).
+        if data.first() == Some(&0) {
+            return;
+        }
         let (desc, raw) = match parse_description(data) {
             Ok(d) => d,
             Err(e) => {

@@ -1,7 +1,9 @@
 //! The wire form of session descriptions and candidates (the SDP encoding
 //! itself is in [`tether_wire::sdp`]).
 
-pub use tether_wire::sdp::{MAX_ENCODED_SDP, SdpError, SdpKind, bad_component, decode, encode, fingerprints};
+pub use tether_wire::sdp::{
+    MAX_ENCODED_SDP, SdpError, SdpKind, bad_component, decode, encode, fingerprints, ice_ufrag, session_id,
+};
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tether_proto::proto::rpc::webrtc::v1 as pb;
