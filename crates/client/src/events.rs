@@ -75,7 +75,8 @@ pub enum ConnectionEvent {
     /// flight, camera streams and the session carried on; nothing was
     /// redialed.
     IceRestarted {
-        /// What changed, e.g. `10.3.0.2 appeared, 10.2.0.2 went away`.
+        /// What changed, e.g. `10.3.0.2 appeared, 10.2.0.2 went away`, or
+        /// `the machine was silent for 1.5 s`.
         reason: String,
         /// From noticing the change to ICE having a working pair again.
         took_ms: f64,
@@ -156,7 +157,10 @@ pub enum ConnectionState {
 /// What a WebRTC connection does when this host's network changes.
 ///
 /// The client polls its IPv4 addresses every [`Self::poll`]; when one that
-/// the connection gathered on goes away or a new one appears, it restarts
+/// the connection gathered on goes away or a new one appears, or when the
+/// machine has not been heard from for [`Self::silence`] (the selected pair
+/// stopped answering: a NAT that changed its mapping, a machine on a new
+/// address), it restarts
 /// ICE on the same peer connection through the signaling service (a new
 /// offer with new ICE credentials; see
 /// [`tether_signaling::caller::restart_ice`]) instead of waiting for the
@@ -175,11 +179,20 @@ pub struct IceRestartOptions {
     /// How long a restart may take before the client redials instead
     /// (default 2 s).
     pub limit: Duration,
+    /// Restart when nothing has arrived from the machine for this long
+    /// (default 1.5 s: three ICE keepalive intervals). Keep it below
+    /// [`Liveness::timeout`], which declares the connection dead.
+    pub silence: Duration,
 }
 
 impl Default for IceRestartOptions {
     fn default() -> Self {
-        Self { enabled: true, poll: Duration::from_millis(200), limit: Duration::from_secs(2) }
+        Self {
+            enabled: true,
+            poll: Duration::from_millis(200),
+            limit: Duration::from_secs(2),
+            silence: Duration::from_millis(1500),
+        }
     }
 }
 
@@ -200,6 +213,12 @@ impl IceRestartOptions {
     /// Sets [`Self::limit`].
     pub fn with_limit(mut self, limit: Duration) -> Self {
         self.limit = limit;
+        self
+    }
+
+    /// Sets [`Self::silence`].
+    pub fn with_silence(mut self, silence: Duration) -> Self {
+        self.silence = silence;
         self
     }
 }

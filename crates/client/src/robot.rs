@@ -428,16 +428,23 @@ impl RobotClient {
 }
 
 /// Resolves when the addresses of this host differ from those `webrtc`
-/// gathered on (never without a WebRTC connection), with what changed.
-async fn network_change(webrtc: Option<WebRtcConnection>, poll: Duration) -> String {
+/// gathered on, or the machine has been silent for
+/// [`IceRestartOptions::silence`](crate::IceRestartOptions::silence) (never
+/// without a WebRTC connection), with what happened.
+async fn network_change(webrtc: Option<WebRtcConnection>, options: &Options) -> String {
     let Some(conn) = webrtc else { return std::future::pending().await };
+    let o = options.ice_restart;
     loop {
-        tokio::time::sleep(poll).await;
+        tokio::time::sleep(o.poll).await;
         if conn.closed().is_cancelled() {
             return std::future::pending().await;
         }
         if let Some(reason) = conn.peer().network_change() {
             return reason;
+        }
+        let silence = conn.peer().silence();
+        if silence >= o.silence {
+            return format!("the machine was silent for {:.1} s", silence.as_secs_f64());
         }
     }
 }
@@ -487,7 +494,7 @@ async fn supervise(weak: Weak<Inner>, mut closed: CancellationToken, options: Op
                 }
                 return;
             }
-            reason = network_change(webrtc.clone(), options.ice_restart.poll) => {
+            reason = network_change(webrtc.clone(), &options) => {
                 if let Some(conn) = webrtc {
                     restart_ice(&weak, &conn, reason, &options).await;
                 }

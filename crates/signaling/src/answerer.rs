@@ -917,9 +917,22 @@ impl Context {
             .respond(AnswererEvent::Answer(sdp::encode(SdpKind::Answer, &answer)))
             .await
             .map_err(|_| tonic::Status::unavailable("the signaling exchange ended before the answer was sent"))?;
-        loop {
+        // Our new candidates (a socket on an address that appeared) go to
+        // the caller until gathering is over or ICE works again.
+        let (mut caller_done, mut gathered) = (false, false);
+        while !(caller_done && gathered) {
             tokio::select! {
-                ev = offer.caller_events.next() => match ev {
+                ev = peer.next_event(), if !gathered => match ev {
+                    Some(RtcEvent::LocalCandidate(c)) => {
+                        let _ = offer.responder.respond(AnswererEvent::Candidate(c)).await;
+                    }
+                    Some(RtcEvent::GatheringComplete | RtcEvent::IceConnected) => gathered = true,
+                    Some(RtcEvent::Connected | RtcEvent::Open) => {}
+                    Some(RtcEvent::Closed(_)) | None => {
+                        return Err(tonic::Status::unavailable("the connection closed during its ICE restart"));
+                    }
+                },
+                ev = offer.caller_events.next(), if !caller_done => match ev {
                     Some(CallerEvent::Candidate(c)) => {
                         if let Err(e) = peer.add_remote_candidate(&c) {
                             tracing::debug!("ignoring a bad remote candidate: {e}");
@@ -928,7 +941,7 @@ impl Context {
                     Some(CallerEvent::Error(status)) => {
                         return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
                     }
-                    Some(CallerEvent::Done) | None => break,
+                    Some(CallerEvent::Done) | None => caller_done = true,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = peer.closed().cancelled() => {

@@ -277,6 +277,9 @@ pub(crate) struct Inner {
     gathered_ips: Vec<Ipv4Addr>,
     /// ICE has been connected before (a later `connected` follows a restart).
     ice_connected_once: bool,
+    /// When the peer was last heard from (a datagram from it, direct or
+    /// relayed, reached the ICE agent).
+    last_heard: Instant,
     /// When the nudge rounds still to send are due (see [`Self::nudge`]).
     nudges: VecDeque<Instant>,
     /// Video tracks and renegotiation.
@@ -661,6 +664,7 @@ impl RtcPeer {
                 announced: 0,
                 gathered_ips,
                 ice_connected_once: false,
+                last_heard: start,
                 nudges: VecDeque::new(),
                 media: super::media::MediaState::new(negotiation),
                 media_enabled: rtc_options.media,
@@ -684,10 +688,24 @@ impl RtcPeer {
         })
     }
 
-    /// Takes the peer's offer and returns our answer (set as the local description).
+    /// Takes the peer's offer and returns our answer (set as the local
+    /// description). An offer with new ICE credentials on a connection that
+    /// has one already is an ICE restart: as in [`Self::restart_ice`],
+    /// addresses that appeared since the last gathering get sockets and
+    /// candidates (trickled as [`PeerEvent::LocalCandidate`]s).
     pub fn accept_offer(&self, sdp: String) -> Result<String, PeerError> {
+        let (include_loopback, restart) = {
+            let inner = self.shared.inner.lock();
+            let ufrag = super::sdp::ice_ufrag;
+            let restart = inner.pc.remote_description().is_some_and(|c| ufrag(&c.sdp) != ufrag(&sdp));
+            (inner.include_loopback, restart)
+        };
+        let ips = if restart { Some(local_ips(include_loopback)) } else { None };
         self.shared.with(|inner, _| {
             inner.check_open()?;
+            if let Some(ips) = ips {
+                inner.regather(ips, now());
+            }
             inner.note_remote_candidates(sdp.lines().filter_map(|l| l.strip_prefix("a=")));
             let offer = RTCSessionDescription::offer(sdp).map_err(rtc_err)?;
             inner.pc.set_remote_description(now(), offer).map_err(rtc_err)?;
@@ -789,6 +807,14 @@ impl RtcPeer {
         describe_change(&inner.gathered_ips, &now_ips)
     }
 
+    /// How long the peer has been silent: the time since a datagram from it
+    /// last arrived (ICE keepalives arrive every
+    /// [`PeerOptions::keepalive`] or so from a live peer, so several
+    /// intervals of silence mean the selected pair stopped answering).
+    pub fn silence(&self) -> Duration {
+        now().saturating_duration_since(self.shared.inner.lock().last_heard)
+    }
+
     /// Starts an ICE restart as the offerer (RFC 8445 §9; JSEP 4.1.8.1):
     /// binds sockets on addresses that appeared since the last gathering
     /// (their host and server-reflexive candidates follow as
@@ -806,34 +832,10 @@ impl RtcPeer {
         self.shared.with(|inner, _| {
             inner.check_open()?;
             let t = now();
-            for ip in &ips {
-                if inner.locals.iter().any(|l| l.ip() == IpAddr::V4(*ip)) {
-                    continue;
-                }
-                let socket = match bind_udp(IpAddr::V4(*ip)) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(%ip, "no UDP socket on this address: {e}");
-                        continue;
-                    }
-                };
-                let Ok(local) = socket.local_addr() else { continue };
-                let index = inner.locals.len();
-                inner.locals.push(local);
-                inner.new_sockets.push(socket);
-                if !inner.relay_only {
-                    let queries = stun_queries(index, local, &inner.stun_servers, t);
-                    inner.stun.extend(queries);
-                }
-            }
-            inner.gathered_ips = ips.clone();
-            // Earlier events (the first gathering's) say nothing about this one.
-            inner.events.retain(|e| matches!(e, PeerEvent::Closed(_)));
+            inner.regather(ips, t);
             inner.pc.restart_ice();
             let offer = inner.pc.create_offer(None).map_err(rtc_err)?;
             inner.pc.set_local_description(t, offer.clone()).map_err(rtc_err)?;
-            inner.host_candidates_added = false;
-            inner.gathering_complete = false;
             inner.add_host_candidates();
             Ok(offer.sdp)
         })
@@ -857,6 +859,51 @@ impl Inner {
             Some(reason) => Err(PeerError::Closed(reason.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Gathers again for an ICE restart: STUN queries from every socket,
+    /// sockets (and STUN queries) for the addresses in `ips` that have none;
+    /// host candidates for new sockets follow
+    /// with [`Self::add_host_candidates`] once the new local description is
+    /// set. Events of the last gathering are dropped.
+    fn regather(&mut self, ips: Vec<Ipv4Addr>, t: Instant) {
+        // Server-reflexive addresses again from the sockets that are still
+        // there: a NAT in the path may have given them a new mapping (a new
+        // public address, or mappings dropped), which is why the selected
+        // pair stopped answering.
+        if !self.relay_only {
+            for (index, local) in self.locals.clone().into_iter().enumerate() {
+                if ips.iter().any(|ip| local.ip() == IpAddr::V4(*ip)) {
+                    let queries = stun_queries(index, local, &self.stun_servers, t);
+                    self.stun.extend(queries);
+                }
+            }
+        }
+        for ip in &ips {
+            if self.locals.iter().any(|l| l.ip() == IpAddr::V4(*ip)) {
+                continue;
+            }
+            let socket = match bind_udp(IpAddr::V4(*ip)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%ip, "no UDP socket on this address: {e}");
+                    continue;
+                }
+            };
+            let Ok(local) = socket.local_addr() else { continue };
+            tracing::debug!(%local, "ICE restart: a socket on a new address");
+            let index = self.locals.len();
+            self.locals.push(local);
+            self.new_sockets.push(socket);
+            if !self.relay_only {
+                let queries = stun_queries(index, local, &self.stun_servers, t);
+                self.stun.extend(queries);
+            }
+        }
+        self.gathered_ips = ips;
+        self.events.retain(|e| matches!(e, PeerEvent::Closed(_)));
+        self.host_candidates_added = false;
+        self.gathering_complete = false;
     }
 
     /// One host candidate per socket not yet announced, once the local
@@ -1109,6 +1156,7 @@ impl Inner {
                     }
                     Event::DataIndicationOrChannelData(_, from, data) => {
                         if let Some(relay) = turn.relay {
+                            self.last_heard = now;
                             self.last_peer.insert(relay, from);
                             let read = TaggedBytesMut {
                                 now,
@@ -1568,6 +1616,7 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
             let local = if host { inner.locals[i] } else { mdns.unwrap_or(inner.locals[0]) };
             if host {
                 inner.last_peer.insert(local, from);
+                inner.last_heard = t;
             }
             let read = TaggedBytesMut {
                 now: t,
