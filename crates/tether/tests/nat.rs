@@ -1084,6 +1084,9 @@ fn tcp_relay_costs_little_more_than_udp_relay() {
     assert!(tcp_unary <= 3.0 * udp_unary, "TCP relay unary p50 {tcp_unary:.0} µs vs UDP {udp_unary:.0} µs");
 }
 
+/// `handover_probe`'s default: pauses between calls longer than this are outages.
+const PROBE_GAP_MS: f64 = 150.0;
+
 /// The session heartbeat window of the network-change tests (the issue's).
 const HANDOVER_WINDOW: Duration = Duration::from_secs(2);
 
@@ -1156,14 +1159,21 @@ fn address_change_ice_restart_vs_full_redial() {
             std::thread::sleep(Duration::from_secs(spacing as u64));
         }
         let v = probe_report(probe, Duration::from_secs(120));
-        let gaps = probe_gaps(&v);
+        let mut gaps = probe_gaps(&v);
         println!(
             "[nat] {moves} moves, ICE restart {}: outages {gaps:?} ms; restarts {} ms; events {:?}",
             if restart { "on" } else { "off" },
             v["ice_restart_ms"],
             probe_events(&v)
         );
-        assert_eq!(gaps.len(), moves, "one outage per move expected: {v}");
+        assert!(gaps.len() <= moves, "more outages than moves: {v}");
+        if restart {
+            let restarted = probe_events(&v).iter().filter(|e| **e == "ice_restarted").count();
+            assert_eq!(restarted, moves, "one ICE restart per move expected: {v}");
+        }
+        // A move whose pause stayed under the probe's threshold (150 ms)
+        // counts as the threshold: an upper bound.
+        gaps.resize(moves, PROBE_GAP_MS);
         outages.push(median(gaps));
     }
     let (restart, redial) = (outages[0], outages[1]);
