@@ -305,6 +305,11 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
     }
     let mut peer_options = options.peer.clone();
     peer_options.ice_servers = servers;
+    // A private CA for the signaling service is trusted for `turns:` too
+    // (the signaler's TURN servers are often the same deployment's).
+    if peer_options.tls_ca_pem.is_none() {
+        peer_options.tls_ca_pem = options.tls_ca_pem.clone();
+    }
     peer_options.turn = options.turn_options();
     peer_options.relay_only = options.relay();
 

@@ -20,6 +20,7 @@ pub(crate) struct MachineArgs {
     pub signaling_key: Option<(String, String)>,
     pub no_webrtc: bool,
     pub max_connections: Option<usize>,
+    pub max_webrtc_connections: Option<usize>,
     /// Go duration overriding `auth.token_lifetime`.
     pub token_lifetime: Option<String>,
     pub metrics_listen: Option<String>,
@@ -34,6 +35,7 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
         signaling_key,
         no_webrtc,
         max_connections,
+        max_webrtc_connections,
         token_lifetime,
         metrics_listen,
     } = args;
@@ -53,6 +55,9 @@ pub(crate) async fn run(args: MachineArgs) -> anyhow::Result<ExitCode> {
     cfg.network.disable_webrtc |= no_webrtc;
     if max_connections.is_some() {
         cfg.network.max_connections = max_connections;
+    }
+    if max_webrtc_connections.is_some() {
+        cfg.network.max_webrtc_connections = max_webrtc_connections;
     }
     if token_lifetime.is_some() {
         cfg.auth.get_or_insert_with(Default::default).token_lifetime = token_lifetime;

@@ -54,6 +54,12 @@ enum Command {
         /// default: three quarters of the open-files limit).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: Option<u32>,
+        /// Most WebRTC connections at once (overrides
+        /// network.max_webrtc_connections; default: no limit). Beyond it a
+        /// caller with a higher `a=x-priority` replaces the lowest-priority
+        /// sessionless idle one; others get RESOURCE_EXHAUSTED.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_webrtc_connections: Option<u32>,
         /// Lifetime of the access tokens the machine mints, as a Go duration
         /// (`1h`, `90s`; overrides auth.token_lifetime; default 24h).
         #[arg(long, value_name = "DURATION")]
@@ -122,11 +128,13 @@ fn main() -> ExitCode {
                 signaling_key,
                 no_webrtc,
                 max_connections,
+                max_webrtc_connections,
                 token_lifetime,
                 metrics_listen,
             } => {
                 let signaling_key = signaling_key_id.zip(signaling_key);
                 let max_connections = max_connections.map(|n| n as usize);
+                let max_webrtc_connections = max_webrtc_connections.map(|n| n as usize);
                 machine::run(machine::MachineArgs {
                     listen,
                     config,
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
                     signaling_key,
                     no_webrtc,
                     max_connections,
+                    max_webrtc_connections,
                     token_lifetime,
                     metrics_listen,
                 })

@@ -343,6 +343,26 @@ fn webrtc_dial_options() {
 // Motor, output formats, errors
 // ---------------------------------------------------------------------------
 
+/// `--max-webrtc-connections 1`: a second WebRTC caller is refused while
+/// the first holds a session, and says why; direct gRPC is not counted.
+#[test]
+fn max_webrtc_connections_flag() {
+    let m = Machine::process(&["machine", "--listen", "127.0.0.1:0", "--max-webrtc-connections", "1"], None);
+    let webrtc = ["--webrtc", "--no-stun", "--no-reconnect"];
+    let mut held = m.spawn_call(&[&["motor1", "set-power", "0.5", "--hold"][..], &webrtc[..]].concat());
+    held.holding();
+    let out = m.call(&[&["resources"][..], &webrtc[..]].concat());
+    out.failure("ResourceExhausted");
+    assert!(out.stderr.contains("max_webrtc_connections"), "{out:?}");
+    m.call(&["resources"]).success();
+    held.kill();
+    // Its slot frees once the machine notices the peer is gone.
+    assert!(
+        eventually(Duration::from_secs(15), || m.call(&[&["resources"][..], &webrtc[..]].concat()).ok()),
+        "the slot was not freed"
+    );
+}
+
 #[test]
 fn set_power_then_is_powered_shows_on() {
     let m = Machine::fake();
