@@ -320,18 +320,40 @@ async fn dial_inner(options: &WebRtcOptions) -> Result<WebRtcConnection, DialErr
     if result.is_err() {
         peer.close();
     }
-    result
+    result.map_err(|e| with_route_hint(e, options))
+}
+
+/// What `force_p2p` or `force_relay` ruled out, if either is set.
+fn route_hint(options: &WebRtcOptions) -> Option<&'static str> {
+    if options.force_p2p {
+        Some("force_p2p: TURN relays were not used, and no direct or server-reflexive path worked")
+    } else if options.relay() {
+        Some("force_relay: only relayed candidates were used, and no TURN relay worked")
+    } else {
+        None
+    }
 }
 
 /// Why ICE failed, with what the options ruled out.
 fn ice_failed(options: &WebRtcOptions) -> String {
     let mut why = String::from("ICE failed before the data channel opened");
-    if options.force_p2p {
-        why.push_str(" (force_p2p: TURN relays were not used, and no direct or server-reflexive path worked)");
-    } else if options.relay() {
-        why.push_str(" (force_relay: only relayed candidates were used, and no TURN relay worked)");
+    if let Some(hint) = route_hint(options) {
+        why.push_str(&format!(" ({hint})"));
     }
     why
+}
+
+/// A connection that could not be made says what the options ruled out,
+/// also when the machine's side noticed first (its ICE failure reaches us
+/// as the signaling exchange's UNAVAILABLE).
+fn with_route_hint(e: DialError, options: &WebRtcOptions) -> DialError {
+    let Some(hint) = route_hint(options) else { return e };
+    match e {
+        DialError::Status(s) if s.code() == tonic::Code::Unavailable && !s.message().contains(hint) => {
+            DialError::Status(tonic::Status::unavailable(format!("{} ({hint})", s.message())))
+        }
+        other => other,
+    }
 }
 
 /// Runs `then` once every task in `pending` has finished.
