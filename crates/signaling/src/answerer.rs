@@ -487,12 +487,38 @@ pub fn spawn_remote(
         remote.vouch = Some(VouchKey::from_secret(&creds.payload));
     }
     let (status_tx, status_rx) = watch::channel(RemoteStatus::Connecting);
-    let worker = Arc::new(RemoteWorker { remote, status: status_tx, ice_servers: Default::default() });
-    let ctx = Arc::new(Context { config, svc, events, shutdown });
+    let (network_tx, network) = watch::channel(0u64);
+    let worker = Arc::new(RemoteWorker { remote, status: status_tx, ice_servers: Default::default(), network });
+    let ctx = Arc::new(Context { config, svc, events, shutdown: shutdown.clone() });
     for n in 0..worker.remote.workers.max(1) {
         tokio::spawn(worker.clone().run(n, ctx.clone()));
     }
+    tokio::spawn(watch_addresses(network_tx, shutdown));
     status_rx
+}
+
+/// How often the answerer checks this host's addresses.
+const ADDRESS_POLL: Duration = Duration::from_millis(200);
+
+/// Bumps `network` whenever this host's IPv4 addresses change, until
+/// `shutdown`: a connection to a signaler made from an address that went
+/// away is dead, though nothing may say so for a long time, and a caller's
+/// ICE restart (after the machine went silent to it) must reach us through
+/// a live one.
+async fn watch_addresses(network: watch::Sender<u64>, shutdown: CancellationToken) {
+    let mut known = tether_transport::webrtc::host_addresses();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ADDRESS_POLL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = tether_transport::webrtc::host_addresses();
+        if now != known {
+            tracing::info!(before = ?known, now = ?now, "this host's addresses changed: reconnecting to the signaling services");
+            known = now;
+            network.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 /// Capped exponential backoff with full jitter, from 100 ms to 5 s.
@@ -528,6 +554,8 @@ struct RemoteWorker {
     /// What the signaler's `OptionalWebRTCConfig` handed out, asked each
     /// time a connection to it is made.
     ice_servers: parking_lot::Mutex<Vec<pb::IceServer>>,
+    /// Bumped when this host's addresses change ([`watch_addresses`]).
+    network: watch::Receiver<u64>,
 }
 
 impl RemoteWorker {
@@ -580,11 +608,19 @@ impl RemoteWorker {
                     continue;
                 }
             };
-            // One Answer stream per offer, until the connection breaks.
+            // One Answer stream per offer, until the connection breaks or
+            // this host's addresses change (then at once a new connection).
             let mut token_worked = false;
+            let mut network = self.network.clone();
+            network.mark_unchanged();
             loop {
                 let result = tokio::select! {
                     r = self.wait_for_offer(&mut client, &ctx.config.hosts) => r,
+                    _ = network.changed() => {
+                        tracing::debug!(worker, "the network changed: a new connection to the signaler");
+                        token_worked = true;
+                        break;
+                    }
                     _ = ctx.shutdown.cancelled() => return,
                 };
                 match result {

@@ -254,6 +254,10 @@ async fn connect_signaling(options: &WebRtcOptions) -> Result<Signaling, DialErr
     Ok(pb::signaling_service_client::SignalingServiceClient::new(HeaderStamp::new(channel, headers)))
 }
 
+/// How long an ICE restart waits for the machine's answer before it sends
+/// its offer again (the machine answers a restart within milliseconds).
+const RESTART_ANSWER_WAIT: Duration = Duration::from_millis(500);
+
 /// Restarts ICE on `connection` (RFC 8445 §9) after a network change: a
 /// new offer with new ICE credentials goes to the machine through a fresh
 /// connection to the signaling service of `options` (the old one may be
@@ -279,8 +283,19 @@ pub async fn restart_ice(
         let peer = &connection.peer;
         let offer = peer.restart_ice().map_err(|e| DialError::Connect(host.clone(), e.to_string()))?;
         let call = pb::CallRequest { sdp: sdp::encode(SdpKind::Offer, &offer), disable_trickle: false };
-        let answers = signaling.call(with_host(call, &options.host)?).await?.into_inner();
-        signal(&mut signaling, options, peer, answers, false, Goal::IceConnected).await
+        // An offer can go to an `Answer` stream the signaler still holds
+        // for the machine although it is dead (the machine's own address
+        // changed and it has answered from a new connection since): no
+        // answer then comes. The same offer again goes to another stream.
+        loop {
+            let answers = signaling.call(with_host(call.clone(), &options.host)?).await?.into_inner();
+            match signal(&mut signaling, options, peer, answers, false, Goal::IceConnected).await {
+                Err(DialError::Timeout(what, wait)) => {
+                    tracing::debug!("ICE restart: no answer within {wait:?} ({what}); offering again");
+                }
+                other => return other,
+            }
+        }
     };
     match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
@@ -412,7 +427,14 @@ async fn signal(
     goal: Goal,
 ) -> Result<(), DialError> {
     // The first message must be the answer.
-    let first = answers.message().await?.ok_or_else(|| {
+    let first = match goal {
+        Goal::IceConnected => match tokio::time::timeout(RESTART_ANSWER_WAIT, answers.message()).await {
+            Ok(m) => m?,
+            Err(_) => return Err(DialError::Timeout("the machine's answer".into(), RESTART_ANSWER_WAIT)),
+        },
+        Goal::Open => answers.message().await?,
+    };
+    let first = first.ok_or_else(|| {
         DialError::Status(tonic::Status::unavailable("signaling ended the call before the machine answered"))
     })?;
     let uuid = first.uuid.clone();

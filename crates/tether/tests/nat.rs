@@ -1236,3 +1236,45 @@ fn client_nat_address_change_is_survived_by_an_ice_restart() {
     assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
     assert!(net.motor_on(), "the motor does not run after the change");
 }
+
+/// The machine moves to another subnet behind its NAT while a client drives
+/// its motor: the machine notices its new address and reconnects to the
+/// signaler at once; the client notices the silence (1.5 s) and restarts
+/// ICE through it; the machine gathers on its new address for the restart.
+/// The session and the motor carry on (a 5 s window, as in the NAT-address
+/// test: the silence path leaves calls waiting for SCTP's backed-off
+/// retransmission).
+#[test]
+#[ignore = "needs root, iproute2, nftables and coturn; run by scripts/test-all.sh"]
+fn machine_address_change_is_survived_by_an_ice_restart() {
+    let _serial = serial();
+    let mut net = Net::new();
+    net.coturn(TurnAuth::SharedSecret);
+    let sig = net.signaling(8081, &[]);
+    let window = Duration::from_secs(5);
+    net.machine_windowed(&[&sig], serde_json::json!([{"urls": [STUN]}]), window);
+    net.ip_in(Ns::RouterA, &["addr", "add", "10.4.0.1/24", "dev", "lan"]);
+
+    let probe = net.handover_probe(&sig, &["--seconds", "7"]);
+    std::thread::sleep(Duration::from_secs(1));
+    net.ip_in(Ns::Machine, &["addr", "add", "10.4.0.2/24", "dev", "eth0"]);
+    net.ip_in(Ns::Machine, &["addr", "del", &format!("{MACHINE_IP}/24"), "dev", "eth0"]);
+    net.ip_in(Ns::Machine, &["route", "replace", "default", "via", "10.4.0.1"]);
+    let v = probe_report(probe, Duration::from_secs(30));
+    let (events, gaps) = (probe_events(&v), probe_gaps(&v));
+    println!(
+        "[nat] the machine moved to another subnet: outages {gaps:?} ms, ICE restarts {} ms, events {events:?}",
+        v["ice_restart_ms"]
+    );
+    if !events.contains(&"ice_restarted") {
+        println!("client log:\n{}", v["log"].as_str().unwrap_or_default());
+    }
+    let machine_log = net.machine_log();
+    assert!(machine_log.contains("addresses changed"), "the machine did not notice:\n{}", tail(&machine_log, 30));
+    assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
+    assert_eq!(events.iter().filter(|e| **e == "ice_restarted").count(), 1, "one ICE restart expected: {v}");
+    assert!(!events.contains(&"reconnecting"), "the client redialed: {v}");
+    assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
+    assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
+    assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
+}

@@ -395,6 +395,13 @@ fn local_ips(include_loopback: bool) -> Vec<Ipv4Addr> {
     ips
 }
 
+/// This host's IPv4 addresses that peer connections gather host candidates
+/// on (loopback left out): what a watcher compares to notice a network
+/// change.
+pub fn host_addresses() -> Vec<Ipv4Addr> {
+    local_ips(false)
+}
+
 /// What changed between two address sets (see [`RtcPeer::network_change`]).
 fn describe_change(before: &[Ipv4Addr], now: &[Ipv4Addr]) -> Option<String> {
     let appeared: Vec<String> = now.iter().filter(|ip| !before.contains(ip)).map(|ip| ip.to_string()).collect();

@@ -29,7 +29,7 @@ pub mod serve;
 mod turn_tcp;
 
 pub use channel::RtcChannel;
-pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer};
+pub use driver::{PeerError, PeerEvent, RtcOptions, RtcPeer, host_addresses};
 pub use media::{CallPeer, RtpPacket, VideoFeedback, VideoReceiver, VideoSender, Vp8Assembler, Vp8Frame};
 pub use raw::RawChannel;
 
