@@ -449,6 +449,19 @@ async fn network_change(webrtc: Option<WebRtcConnection>, options: &Options) -> 
     }
 }
 
+/// How many times a restart starts over because the addresses changed again.
+const MAX_RESTARTS_PER_CHANGE: usize = 3;
+
+/// Resolves when the addresses differ again from those `conn` gathered on.
+async fn changed_again(conn: &WebRtcConnection, poll: Duration) -> String {
+    loop {
+        tokio::time::sleep(poll).await;
+        if let Some(reason) = conn.peer().network_change() {
+            return reason;
+        }
+    }
+}
+
 /// Restarts ICE on `conn` after a network change; on failure closes it (the
 /// supervisor then reconnects).
 async fn restart_ice(weak: &Weak<Inner>, conn: &WebRtcConnection, reason: String, options: &Options) {
@@ -461,7 +474,26 @@ async fn restart_ice(weak: &Weak<Inner>, conn: &WebRtcConnection, reason: String
     };
     tracing::info!(%reason, "network change: restarting ICE");
     let started = std::time::Instant::now();
-    match tether_signaling::caller::restart_ice(&signaling, conn, options.ice_restart.limit).await {
+    let mut reason = reason;
+    let result;
+    let mut changes = 0;
+    loop {
+        // A change can come in steps (a new address first, the old one
+        // gone a moment later, then the route): a restart begun halfway may
+        // hang on a path that went away. Another change starts it over.
+        tokio::select! {
+            r = tether_signaling::caller::restart_ice(&signaling, conn, options.ice_restart.limit) => {
+                result = r;
+                break;
+            }
+            more = changed_again(conn, options.ice_restart.poll), if changes < MAX_RESTARTS_PER_CHANGE => {
+                tracing::info!(reason = %more, "the network changed again: restarting ICE again");
+                reason = format!("{reason}, then {more}");
+                changes += 1;
+            }
+        }
+    }
+    match result {
         Ok(()) => {
             let took_ms = started.elapsed().as_secs_f64() * 1e3;
             let candidate_pair = conn.selected_pair().await.map(|p| format!("{}/{}", p.local_type, p.remote_type));

@@ -420,8 +420,16 @@ impl Net {
     /// route with it), and the default route points at the new gateway. Its
     /// NAT mapping changes with its source address.
     fn move_client(&self, from: &str, to: &str) {
+        self.move_client_slowly(from, to, Duration::ZERO);
+    }
+
+    /// [`Self::move_client`] with `pause` between the steps (make before
+    /// break: both addresses up for a while, as when Wi-Fi and LTE overlap).
+    fn move_client_slowly(&self, from: &str, to: &str, pause: Duration) {
         self.ip_in(Ns::Client, &["addr", "add", &format!("{to}.2/24"), "dev", "eth0"]);
+        std::thread::sleep(pause);
         self.ip_in(Ns::Client, &["addr", "del", &format!("{from}.2/24"), "dev", "eth0"]);
+        std::thread::sleep(pause);
         self.ip_in(Ns::Client, &["route", "replace", "default", "via", &format!("{to}.1")]);
     }
 
@@ -1109,7 +1117,9 @@ fn client_address_change_is_survived_by_an_ice_restart() {
 
     let probe = net.handover_probe(&sig, &["--seconds", "8"]);
     std::thread::sleep(Duration::from_secs(1));
-    net.move_client("10.2.0", "10.3.0");
+    // The first move in steps 300 ms apart: the client notices the new
+    // address before the old one goes away, and starts over when it does.
+    net.move_client_slowly("10.2.0", "10.3.0", Duration::from_millis(300));
     std::thread::sleep(Duration::from_secs(3));
     net.move_client("10.3.0", "10.2.0");
     let v = probe_report(probe, Duration::from_secs(30));
@@ -1120,11 +1130,14 @@ fn client_address_change_is_survived_by_an_ice_restart() {
     );
     let machine_log = net.machine_log();
     assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
-    assert_eq!(events.iter().filter(|e| **e == "ice_restarted").count(), 2, "two ICE restarts expected: {v}");
-    assert!(!events.contains(&"reconnecting"), "the client redialed: {v}");
+    // The stepwise move is one restart or two (one per step the client
+    // sees), the quick one back is one.
+    let restarts = events.iter().filter(|e| **e == "ice_restarted").count();
+    assert!((2..=3).contains(&restarts), "two or three ICE restarts expected: {v}");
+    assert!(!events.contains(&"ice_restart_failed") && !events.contains(&"reconnecting"), "the client redialed: {v}");
     assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
     assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
-    assert!(gaps.len() <= 2, "more outages than network changes: {v}");
+    assert!(gaps.len() <= 3, "more outages than network changes: {v}");
     assert!(gaps.iter().all(|g| *g < HANDOVER_WINDOW.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
     assert!(net.motor_on(), "the motor does not run after the moves");
 }
@@ -1174,8 +1187,12 @@ fn address_change_ice_restart_vs_full_redial() {
         gaps.sort_by(|a, b| b.total_cmp(a));
         gaps.truncate(moves);
         if restart {
-            let restarted = probe_events(&v).iter().filter(|e| **e == "ice_restarted").count();
-            assert_eq!(restarted, moves, "one ICE restart per move expected: {v}");
+            // One restart per move, or two when the poll saw the move half
+            // done (the new address up, the old one not yet gone).
+            let events = probe_events(&v);
+            let restarted = events.iter().filter(|e| **e == "ice_restarted").count();
+            assert!(restarted >= moves, "an ICE restart per move expected: {v}");
+            assert!(!events.contains(&"reconnecting"), "the client redialed: {v}");
         }
         // A move whose pause stayed under the probe's threshold (150 ms)
         // counts as the threshold: an upper bound.
