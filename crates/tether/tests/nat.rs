@@ -36,7 +36,7 @@
 
 mod netns;
 
-use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut, RangeInclusive};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -500,6 +500,29 @@ fn probe_report(mut probe: Proc, limit: Duration) -> serde_json::Value {
     // What the client logged (connection events), for failure messages.
     v["log"] = serde_json::Value::String(tail(&strip_ansi(&probe.stderr()), 20));
     v
+}
+
+/// What every network-change test asserts of a probe report `v`: so many
+/// ICE restarts and no redial, the same session, the motor still running
+/// (nothing stopped by the machine), every outage shorter than `window`.
+/// Prints the figures under `what`.
+#[track_caller]
+fn assert_survived(net: &Net, v: &serde_json::Value, what: &str, restarts: RangeInclusive<usize>, window: Duration) {
+    let (events, gaps) = (probe_events(v), probe_gaps(v));
+    println!("[nat] {what}: outages {gaps:?} ms, ICE restarts {} ms, events {events:?}", v["ice_restart_ms"]);
+    if !events.contains(&"ice_restarted") {
+        println!("client log:\n{}", v["log"].as_str().unwrap_or_default());
+    }
+    let machine_log = net.machine_log();
+    assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
+    let restarted = events.iter().filter(|e| **e == "ice_restarted").count();
+    assert!(restarts.contains(&restarted), "{restarts:?} ICE restarts expected: {v}");
+    assert!(!events.contains(&"ice_restart_failed") && !events.contains(&"reconnecting"), "the client redialed: {v}");
+    assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
+    assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
+    assert!(gaps.len() <= *restarts.end(), "more outages than network changes: {v}");
+    assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
+    assert!(net.motor_on(), "the motor does not run after the change");
 }
 
 /// The names of a probe report's events.
@@ -1123,23 +1146,9 @@ fn client_address_change_is_survived_by_an_ice_restart() {
     std::thread::sleep(Duration::from_secs(3));
     net.move_client("10.3.0", "10.2.0");
     let v = probe_report(probe, Duration::from_secs(30));
-    let (events, gaps) = (probe_events(&v), probe_gaps(&v));
-    println!(
-        "[nat] client moved to another subnet and back: outages {gaps:?} ms, ICE restarts {} ms, events {events:?}",
-        v["ice_restart_ms"]
-    );
-    let machine_log = net.machine_log();
-    assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
     // The stepwise move is one restart or two (one per step the client
     // sees), the quick one back is one.
-    let restarts = events.iter().filter(|e| **e == "ice_restarted").count();
-    assert!((2..=3).contains(&restarts), "two or three ICE restarts expected: {v}");
-    assert!(!events.contains(&"ice_restart_failed") && !events.contains(&"reconnecting"), "the client redialed: {v}");
-    assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
-    assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
-    assert!(gaps.len() <= 3, "more outages than network changes: {v}");
-    assert!(gaps.iter().all(|g| *g < HANDOVER_WINDOW.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
-    assert!(net.motor_on(), "the motor does not run after the moves");
+    assert_survived(&net, &v, "client moved to another subnet and back", 2..=3, HANDOVER_WINDOW);
 }
 
 /// The bench row "address change → calls flowing again": the outage of an
@@ -1236,22 +1245,7 @@ fn client_nat_address_change_is_survived_by_an_ice_restart() {
     net.ip_in(Ns::RouterB, &["addr", "del", &format!("{ROUTER_B_WAN}/24"), "dev", "wan"]);
     net.ip_in(Ns::RouterB, &["addr", "add", "203.0.113.21/24", "dev", "wan"]);
     let v = probe_report(probe, Duration::from_secs(30));
-    let (events, gaps) = (probe_events(&v), probe_gaps(&v));
-    println!(
-        "[nat] the client's NAT changed its public address: outages {gaps:?} ms, ICE restarts {} ms, events {events:?}",
-        v["ice_restart_ms"]
-    );
-    if !events.contains(&"ice_restarted") {
-        println!("client log:\n{}", v["log"].as_str().unwrap_or_default());
-    }
-    let machine_log = net.machine_log();
-    assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
-    assert_eq!(events.iter().filter(|e| **e == "ice_restarted").count(), 1, "one ICE restart expected: {v}");
-    assert!(!events.contains(&"reconnecting"), "the client redialed: {v}");
-    assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
-    assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
-    assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
-    assert!(net.motor_on(), "the motor does not run after the change");
+    assert_survived(&net, &v, "the client's NAT changed its public address", 1..=1, window);
 }
 
 /// The machine moves to another subnet behind its NAT while a client drives
@@ -1279,20 +1273,7 @@ fn machine_address_change_is_survived_by_an_ice_restart() {
     net.ip_in(Ns::Machine, &["addr", "del", &format!("{MACHINE_IP}/24"), "dev", "eth0"]);
     net.ip_in(Ns::Machine, &["route", "replace", "default", "via", "10.4.0.1"]);
     let v = probe_report(probe, Duration::from_secs(30));
-    let (events, gaps) = (probe_events(&v), probe_gaps(&v));
-    println!(
-        "[nat] the machine moved to another subnet: outages {gaps:?} ms, ICE restarts {} ms, events {events:?}",
-        v["ice_restart_ms"]
-    );
-    if !events.contains(&"ice_restarted") {
-        println!("client log:\n{}", v["log"].as_str().unwrap_or_default());
-    }
     let machine_log = net.machine_log();
     assert!(machine_log.contains("addresses changed"), "the machine did not notice:\n{}", tail(&machine_log, 30));
-    assert!(!machine_log.contains("safety stop"), "the machine stopped something:\n{}", tail(&machine_log, 30));
-    assert_eq!(events.iter().filter(|e| **e == "ice_restarted").count(), 1, "one ICE restart expected: {v}");
-    assert!(!events.contains(&"reconnecting"), "the client redialed: {v}");
-    assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
-    assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
-    assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
+    assert_survived(&net, &v, "the machine moved to another subnet", 1..=1, window);
 }
