@@ -433,34 +433,29 @@ impl RobotClient {
 /// without a WebRTC connection), with what happened.
 async fn network_change(webrtc: Option<WebRtcConnection>, options: &Options) -> String {
     let Some(conn) = webrtc else { return std::future::pending().await };
-    let o = options.ice_restart;
+    watch(&conn, options.ice_restart.poll, Some(options.ice_restart.silence)).await
+}
+
+/// Polls `conn` every `poll` until its addresses change or (with `silence`)
+/// the machine has been silent that long; never while `conn` is closed.
+async fn watch(conn: &WebRtcConnection, poll: Duration, silence: Option<Duration>) -> String {
     loop {
-        tokio::time::sleep(o.poll).await;
+        tokio::time::sleep(poll).await;
         if conn.closed().is_cancelled() {
             return std::future::pending().await;
         }
         if let Some(reason) = conn.peer().network_change() {
             return reason;
         }
-        let silence = conn.peer().silence();
-        if silence >= o.silence {
-            return format!("the machine was silent for {:.1} s", silence.as_secs_f64());
+        let quiet = conn.peer().silence();
+        if silence.is_some_and(|limit| quiet >= limit) {
+            return format!("the machine was silent for {:.1} s", quiet.as_secs_f64());
         }
     }
 }
 
 /// How many times a restart starts over because the addresses changed again.
 const MAX_RESTARTS_PER_CHANGE: usize = 3;
-
-/// Resolves when the addresses differ again from those `conn` gathered on.
-async fn changed_again(conn: &WebRtcConnection, poll: Duration) -> String {
-    loop {
-        tokio::time::sleep(poll).await;
-        if let Some(reason) = conn.peer().network_change() {
-            return reason;
-        }
-    }
-}
 
 /// Restarts ICE on `conn` after a network change; on failure closes it (the
 /// supervisor then reconnects).
@@ -486,7 +481,7 @@ async fn restart_ice(weak: &Weak<Inner>, conn: &WebRtcConnection, reason: String
                 result = r;
                 break;
             }
-            more = changed_again(conn, options.ice_restart.poll), if changes < MAX_RESTARTS_PER_CHANGE => {
+            more = watch(conn, options.ice_restart.poll, None), if changes < MAX_RESTARTS_PER_CHANGE => {
                 tracing::info!(reason = %more, "the network changed again: restarting ICE again");
                 reason = format!("{reason}, then {more}");
                 changes += 1;

@@ -788,6 +788,31 @@ fn rpc_status(code: tonic::Code, message: &str) -> RpcStatus {
     RpcStatus { code: code as i32, message: message.to_owned(), details: Vec::new() }
 }
 
+/// One caller event of an exchange: a candidate goes to `peer`; `true` once
+/// the caller is done (or the signaler ended the exchange); its error ends
+/// the exchange.
+fn on_caller_event(peer: &RtcPeer, event: Option<CallerEvent>) -> Result<bool, tonic::Status> {
+    match event {
+        Some(CallerEvent::Candidate(c)) => {
+            if let Err(e) = peer.add_remote_candidate(&c) {
+                tracing::debug!("ignoring a bad remote candidate: {e}");
+            }
+            Ok(false)
+        }
+        Some(CallerEvent::Error(status)) => Err(tonic::Status::aborted(format!("caller failed: {}", status.message))),
+        Some(CallerEvent::Done) | None => Ok(true),
+    }
+}
+
+impl IncomingOffer {
+    /// Lets the signaler finish the exchange in the background (see [`linger`]).
+    fn finish_in_background(&mut self) {
+        let events = std::mem::replace(&mut self.caller_events, futures::stream::empty().boxed());
+        let responder = std::mem::replace(&mut self.responder, Box::new(Finished));
+        tokio::spawn(linger(events, responder, Duration::from_secs(10)));
+    }
+}
+
 /// Drains what is left of an exchange's caller events for at most `limit`,
 /// keeping `responder` alive meanwhile (dropping it early would end the
 /// exchange, or reset the `Answer` RPC, before the last event is delivered).
@@ -914,9 +939,7 @@ impl Context {
         (self.events)(PeerEvent::Opened(info.clone(), pair));
         peer.serve(self.svc.clone(), info.clone(), entity, self.config.limits);
         // Let the signaler finish the exchange in the background.
-        let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
-        let responder = std::mem::replace(&mut offer.responder, Box::new(Finished));
-        tokio::spawn(linger(events, responder, Duration::from_secs(10)));
+        offer.finish_in_background();
         tokio::select! {
             _ = peer.closed().cancelled() => {}
             _ = self.shutdown.cancelled() => {}
@@ -968,17 +991,7 @@ impl Context {
                         return Err(tonic::Status::unavailable("the connection closed during its ICE restart"));
                     }
                 },
-                ev = offer.caller_events.next(), if !caller_done => match ev {
-                    Some(CallerEvent::Candidate(c)) => {
-                        if let Err(e) = peer.add_remote_candidate(&c) {
-                            tracing::debug!("ignoring a bad remote candidate: {e}");
-                        }
-                    }
-                    Some(CallerEvent::Error(status)) => {
-                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
-                    }
-                    Some(CallerEvent::Done) | None => caller_done = true,
-                },
+                ev = offer.caller_events.next(), if !caller_done => caller_done = on_caller_event(peer, ev)?,
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = peer.closed().cancelled() => {
                     return Err(tonic::Status::unavailable("the connection closed during its ICE restart"));
@@ -987,9 +1000,7 @@ impl Context {
             }
         }
         let _ = offer.responder.respond(AnswererEvent::Done).await;
-        let events = std::mem::replace(&mut offer.caller_events, futures::stream::empty().boxed());
-        let responder = std::mem::replace(&mut offer.responder, Box::new(Finished));
-        tokio::spawn(linger(events, responder, Duration::from_secs(10)));
+        offer.finish_in_background();
         Ok(())
     }
 
@@ -1053,19 +1064,9 @@ impl Context {
                     }
                     None => return Err(tonic::Status::unavailable("the connection closed before the data channel opened")),
                 },
-                ev = offer.caller_events.next(), if !caller_done => match ev {
-                    Some(CallerEvent::Candidate(c)) => {
-                        if let Err(e) = peer.add_remote_candidate(&c) {
-                            tracing::debug!("ignoring a bad remote candidate: {e}");
-                        }
-                    }
-                    Some(CallerEvent::Error(status)) => {
-                        return Err(tonic::Status::aborted(format!("caller failed: {}", status.message)));
-                    }
-                    // The caller is done, or the signaler ended the exchange:
-                    // wait for the channel to open.
-                    Some(CallerEvent::Done) | None => caller_done = true,
-                },
+                // The caller done, or the signaler ended the exchange: wait
+                // for the channel to open.
+                ev = offer.caller_events.next(), if !caller_done => caller_done = on_caller_event(peer, ev)?,
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(tonic::Status::deadline_exceeded("the data channel did not open in time"));
                 }

@@ -520,7 +520,6 @@ fn assert_survived(net: &Net, v: &serde_json::Value, what: &str, restarts: Range
     assert!(!events.contains(&"ice_restart_failed") && !events.contains(&"reconnecting"), "the client redialed: {v}");
     assert_eq!(v["session_before"], v["session_after"], "the session changed: {v}");
     assert_eq!(v["powered_after"], true, "the motor stopped: {v}");
-    assert!(gaps.len() <= *restarts.end(), "more outages than network changes: {v}");
     assert!(gaps.iter().all(|g| *g < window.as_secs_f64() * 1e3), "an outage as long as the window: {v}");
     assert!(net.motor_on(), "the motor does not run after the change");
 }
@@ -1149,6 +1148,7 @@ fn client_address_change_is_survived_by_an_ice_restart() {
     // The stepwise move is one restart or two (one per step the client
     // sees), the quick one back is one.
     assert_survived(&net, &v, "client moved to another subnet and back", 2..=3, HANDOVER_WINDOW);
+    assert!(probe_gaps(&v).len() <= 3, "more outages than network changes: {v}");
 }
 
 /// The bench row "address change → calls flowing again": the outage of an
