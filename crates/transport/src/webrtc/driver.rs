@@ -1566,12 +1566,15 @@ async fn drive(shared: Arc<Shared>, mut sockets: Vec<UdpSocket>, mut streams: Ve
                 }
             }
         }
-        for (stream, message) in stream_out.drain(..) {
-            if let Some(s) = streams.get(stream)
-                && !s.send(message)
-            {
-                tracing::trace!(server = %s.server, "TURN stream queue full or closed; message dropped");
+        if !stream_out.is_empty() {
+            for (stream, message) in stream_out.drain(..) {
+                if let Some(s) = streams.get_mut(stream)
+                    && !s.send(&message)
+                {
+                    tracing::trace!(server = %s.server, "TURN stream queue full or closed; message dropped");
+                }
             }
+            turn_tcp::write_streams(&mut streams);
         }
         if done {
             shared.closed.cancel();

@@ -10,31 +10,29 @@
 //! 4-byte header plus its length, padded to a multiple of four over a stream,
 //! RFC 5766 §11.5).
 //!
-//! Each stream has one task that connects (and runs the TLS handshake), then
-//! writes what the driver queued and hands every whole message it reads to
-//! the driver through a bounded channel. The driver polls that channel next
-//! to its UDP sockets.
+//! The driver owns each stream and moves it forward from its own poll loop,
+//! next to its UDP sockets: it connects (and runs the TLS handshake), writes
+//! what the driver queued and reads whole messages, with no task or channel
+//! in between.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-/// Messages queued for writing before the writer drops new ones (as a full
-/// UDP socket would): the TURN client's transactions and ICE recover.
-const WRITE_QUEUE: usize = 256;
-/// Whole messages read ahead of the driver; the reader then stops reading
-/// and TCP's flow control holds the server back.
-const READ_QUEUE: usize = 256;
+/// Bytes queued for writing before new messages are dropped (as a full UDP
+/// socket would drop them): the TURN client's transactions and ICE recover.
+const WRITE_LIMIT: usize = 256 << 10;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 << 10;
 /// Connecting (TCP and the TLS handshake) gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest message: a ChannelData header, 65,535 bytes and padding.
-const MAX_MESSAGE: usize = 4 + 0xFFFF + 3;
 
 /// How a TURN server is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +133,7 @@ pub(crate) fn next_message(buf: &mut BytesMut) -> Result<Option<BytesMut>, BadFr
     Ok(Some(buf.split_to(whole)))
 }
 
-/// What the stream's task hands the driver.
+/// What [`TurnStream::poll_incoming`] hands the driver.
 pub(crate) enum Incoming {
     /// One whole TURN message from the server.
     Message(BytesMut),
@@ -144,20 +142,32 @@ pub(crate) enum Incoming {
     Closed(String),
 }
 
-/// One TURN server reached over TCP or TLS: the ends of its task.
-pub(crate) struct TurnStream {
-    pub(crate) server: SocketAddr,
-    write: mpsc::Sender<BytesMut>,
-    read: mpsc::Receiver<Incoming>,
-    /// The task ended and its last message was taken.
-    done: bool,
-    task: tokio::task::AbortHandle,
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Connecting: the TCP connection and, for `turns:`, the TLS handshake.
+type Connecting = Pin<Box<dyn Future<Output = Result<Box<dyn Stream>, String>> + Send>>;
+
+enum State {
+    Connecting(Connecting),
+    Open(Box<dyn Stream>),
+    /// Ended, and the driver was told why.
+    Closed,
 }
 
-impl Drop for TurnStream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// One TURN server reached over TCP or TLS. The driver owns it and moves it
+/// forward from its own poll loop ([`poll_streams`], [`write_streams`]):
+/// there is no task of its own and no channel between it and the driver, so
+/// a message costs no task wake-up in either direction.
+pub(crate) struct TurnStream {
+    pub(crate) server: SocketAddr,
+    state: State,
+    /// Bytes read and not yet taken off as whole messages.
+    read: BytesMut,
+    /// Whole messages queued and not yet written (at most [`WRITE_LIMIT`]).
+    write: BytesMut,
+    /// Written since the last flush (TLS may hold a record back).
+    unflushed: bool,
 }
 
 /// The TLS settings of `turns:` servers: the web PKI roots, the PEM file
@@ -193,70 +203,129 @@ pub(crate) fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConf
 }
 
 impl TurnStream {
-    /// Starts connecting to `server` (TLS when `tls` has a config, checking
-    /// the certificate against `host`); messages written meanwhile wait.
+    /// A stream to `server` (TLS when `tls` has a config, checking the
+    /// certificate against `host`). It connects once polled; messages
+    /// queued meanwhile wait.
     pub(crate) fn connect(server: SocketAddr, host: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        let (write, to_write) = mpsc::channel(WRITE_QUEUE);
-        let (incoming, read) = mpsc::channel(READ_QUEUE);
         let host = host.to_owned();
-        let task = tokio::spawn(async move {
-            let reason = match run(server, &host, tls, to_write, &incoming).await {
-                Ok(()) => "closed by the server".to_owned(),
-                Err(e) => e,
-            };
-            let _ = incoming.send(Incoming::Closed(reason)).await;
+        let connecting: Connecting = Box::pin(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, open(server, &host, tls))
+                .await
+                .map_err(|_| format!("connecting to {server} took over {CONNECT_TIMEOUT:?}"))?
         });
-        Self { server, write, read, done: false, task: task.abort_handle() }
-    }
-
-    /// Queues one whole message; false (dropped) when the queue is full or
-    /// the stream is gone.
-    pub(crate) fn send(&self, message: BytesMut) -> bool {
-        self.write.try_send(message).is_ok()
-    }
-
-    /// The next message or the stream's end; `Pending` after the end.
-    pub(crate) fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
-        if self.done {
-            return Poll::Pending;
+        Self {
+            server,
+            state: State::Connecting(connecting),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            unflushed: false,
         }
-        match self.read.poll_recv(cx) {
-            Poll::Ready(Some(incoming)) => {
-                if matches!(incoming, Incoming::Closed(_)) {
-                    self.done = true;
-                }
-                Poll::Ready(incoming)
+    }
+
+    /// Queues one whole message; false (dropped, as a full UDP socket
+    /// would) when the queue is full or the stream is gone. The bytes go out
+    /// at the next [`write_streams`] or poll.
+    pub(crate) fn send(&mut self, message: &[u8]) -> bool {
+        if matches!(self.state, State::Closed) || self.write.len() + message.len() > WRITE_LIMIT {
+            return false;
+        }
+        self.write.extend_from_slice(message);
+        true
+    }
+
+    /// The next message or the stream's end (`Pending` after the end).
+    /// Writes what is queued first.
+    pub(crate) fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        if let State::Connecting(connecting) = &mut self.state {
+            match connecting.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(io)) => self.state = State::Open(io),
+                Poll::Ready(Err(e)) => return self.close(e),
             }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Incoming::Closed("stream task ended".into()))
-            }
+        }
+        if let Err(e) = self.poll_write(cx) {
+            return self.close(e);
+        }
+        match self.poll_message(cx) {
+            Poll::Ready(Ok(message)) => Poll::Ready(Incoming::Message(message)),
+            Poll::Ready(Err(reason)) => self.close(reason),
             Poll::Pending => Poll::Pending,
         }
     }
-}
 
-impl TurnStream {
-    /// The next message or end without waiting.
-    fn try_incoming(&mut self) -> Option<Incoming> {
-        if self.done {
-            return None;
-        }
-        match self.read.try_recv() {
-            Ok(incoming) => {
-                self.done = matches!(incoming, Incoming::Closed(_));
-                Some(incoming)
+    /// The next whole message off the open stream; `Err` says why the
+    /// stream ends.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<BytesMut, String>> {
+        let State::Open(io) = &mut self.state else { return Poll::Pending };
+        loop {
+            match next_message(&mut self.read) {
+                Ok(Some(message)) => return Poll::Ready(Ok(message)),
+                Ok(None) => {}
+                Err(BadFrame(b)) => return Poll::Ready(Err(format!("not a TURN message (first byte {b:#04x})"))),
             }
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                self.done = true;
-                Some(Incoming::Closed("stream task ended".into()))
+            self.read.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(io.as_mut()), cx, &mut self.read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if self.read.is_empty() => return Poll::Ready(Err("closed by the server".into())),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err("closed in the middle of a message".into())),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("read: {e}"))),
             }
         }
     }
+
+    /// Writes (and flushes) as much of the queue as the socket takes now.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), String> {
+        let State::Open(io) = &mut self.state else { return Ok(()) };
+        while !self.write.is_empty() {
+            match Pin::new(io.as_mut()).poll_write(cx, &self.write) {
+                Poll::Ready(Ok(0)) => return Err("write: the stream takes no more".into()),
+                Poll::Ready(Ok(n)) => {
+                    self.write.advance(n);
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Err(format!("write: {e}")),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if self.unflushed {
+            match Pin::new(io.as_mut()).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(format!("write: {e}")),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, reason: String) -> Poll<Incoming> {
+        self.state = State::Closed;
+        self.write = BytesMut::new();
+        self.read = BytesMut::new();
+        Poll::Ready(Incoming::Closed(reason))
+    }
 }
 
-/// The first stream with something to hand over: (index, what).
+/// Connects, and runs the TLS handshake for `turns:`.
+async fn open(
+    server: SocketAddr,
+    host: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Stream>, String> {
+    let tcp = TcpStream::connect(server).await.map_err(|e| format!("TCP connect to {server}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls else { return Ok(Box::new(tcp)) };
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("bad TLS server name {host:?}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {server} ({host}): {e}"))?;
+    Ok(Box::new(tls))
+}
+
+/// The first stream with something to hand over: (index, what). Every
+/// stream's queued writes go out on the way.
 pub(crate) fn poll_streams(streams: &mut [TurnStream], cx: &mut Context<'_>) -> Poll<(usize, Incoming)> {
     for (i, s) in streams.iter_mut().enumerate() {
         if let Poll::Ready(incoming) = s.poll_incoming(cx) {
@@ -266,9 +335,24 @@ pub(crate) fn poll_streams(streams: &mut [TurnStream], cx: &mut Context<'_>) -> 
     Poll::Pending
 }
 
-/// [`poll_streams`] without waiting.
+/// [`poll_streams`] without waiting. The next [`poll_streams`] registers
+/// the driver's waker again.
 pub(crate) fn try_streams(streams: &mut [TurnStream]) -> Option<(usize, Incoming)> {
-    streams.iter_mut().enumerate().find_map(|(i, s)| s.try_incoming().map(|m| (i, m)))
+    match poll_streams(streams, &mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(found) => Some(found),
+        Poll::Pending => None,
+    }
+}
+
+/// Writes what the driver just queued, now rather than at its next poll.
+/// A stream that fails here reports it at its next poll.
+pub(crate) fn write_streams(streams: &mut [TurnStream]) {
+    let mut cx = Context::from_waker(Waker::noop());
+    for s in streams.iter_mut().filter(|s| !s.write.is_empty()) {
+        if let Err(e) = s.poll_write(&mut cx) {
+            tracing::trace!(server = %s.server, "TURN stream write failed: {e}");
+        }
+    }
 }
 
 /// The ICE priority of a relayed candidate (RFC 8445 §5.1.2.1, type
@@ -280,84 +364,10 @@ pub(crate) fn relay_priority(over_stream: bool) -> u32 {
     (local_preference << 8) + (256 - 1)
 }
 
-/// Connects, then moves messages both ways until either side ends.
-async fn run(
-    server: SocketAddr,
-    host: &str,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    to_write: mpsc::Receiver<BytesMut>,
-    incoming: &mpsc::Sender<Incoming>,
-) -> Result<(), String> {
-    let connect = async {
-        let tcp = TcpStream::connect(server).await.map_err(|e| format!("TCP connect to {server}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        match tls {
-            None => Ok::<_, String>(Box::new(tcp) as Box<dyn Stream>),
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| format!("bad TLS server name {host:?}: {e}"))?;
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake with {server} ({host}): {e}"))?;
-                Ok(Box::new(tls) as Box<dyn Stream>)
-            }
-        }
-    };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| format!("connecting to {server} took over {CONNECT_TIMEOUT:?}"))??;
-    let (reader, writer) = tokio::io::split(stream);
-    tokio::select! {
-        r = read_messages(reader, incoming) => r,
-        r = write_messages(writer, to_write) => r,
-    }
-}
-
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-
-async fn read_messages(mut reader: impl AsyncRead + Unpin, incoming: &mpsc::Sender<Incoming>) -> Result<(), String> {
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        while let Some(message) =
-            next_message(&mut buf).map_err(|BadFrame(b)| format!("not a TURN message (first byte {b:#04x})"))?
-        {
-            if incoming.send(Incoming::Message(message)).await.is_err() {
-                return Ok(());
-            }
-        }
-        debug_assert!(buf.capacity() <= 2 * MAX_MESSAGE);
-        if reader.read_buf(&mut buf).await.map_err(|e| format!("read: {e}"))? == 0 {
-            return if buf.has_remaining() { Err("closed in the middle of a message".into()) } else { Ok(()) };
-        }
-    }
-}
-
-async fn write_messages(
-    mut writer: impl AsyncWrite + Unpin,
-    mut to_write: mpsc::Receiver<BytesMut>,
-) -> Result<(), String> {
-    let mut batch = BytesMut::new();
-    while let Some(first) = to_write.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        // Whatever else is queued goes out in the same write (one TLS
-        // record, one segment where it fits).
-        while batch.len() < 16 << 10
-            && let Ok(more) = to_write.try_recv()
-        {
-            batch.extend_from_slice(&more);
-        }
-        writer.write_all(&batch).await.map_err(|e| format!("write: {e}"))?;
-        writer.flush().await.map_err(|e| format!("write: {e}"))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn urls() {
@@ -425,61 +435,84 @@ mod tests {
         }
     }
 
-    /// A TURN server stand-in on a real TCP socket: what the driver queues
-    /// arrives whole, and what the server writes comes back as messages,
-    /// then the end of the stream.
-    #[tokio::test]
-    async fn carries_messages_over_tcp() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = listener.local_addr().unwrap();
-        let mut stream = TurnStream::connect(server, "127.0.0.1", None);
-        assert!(stream.send(BytesMut::from(&stun(4)[..])));
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut got = vec![0; 24];
-        conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, stun(4));
-        let mut reply = stun(0);
-        reply.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0]);
-        conn.write_all(&reply[..10]).await.unwrap();
-        conn.write_all(&reply[10..]).await.unwrap();
-        drop(conn);
+    /// Polls `stream` to its end: the lengths of the messages it handed
+    /// over, and why it ended.
+    async fn drain(stream: &mut TurnStream) -> (Vec<usize>, String) {
         let mut lens = Vec::new();
         loop {
             match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
                 Incoming::Message(m) => lens.push(m.len()),
-                Incoming::Closed(reason) => {
-                    assert_eq!(reason, "closed by the server");
-                    break;
-                }
+                Incoming::Closed(reason) => return (lens, reason),
             }
         }
-        assert_eq!(lens, vec![20, 8]);
+    }
+
+    /// A TURN server stand-in on a real TCP socket: what the driver queues
+    /// arrives whole (also what it queues before the connection is up), and
+    /// what the server writes comes back as messages, then the end of the
+    /// stream.
+    #[tokio::test]
+    async fn carries_messages_over_tcp() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = vec![0; 24 + 20];
+            conn.read_exact(&mut got).await.unwrap();
+            let mut reply = stun(0);
+            reply.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0]);
+            conn.write_all(&reply[..10]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            conn.write_all(&reply[10..]).await.unwrap();
+            got
+        });
+        let mut stream = TurnStream::connect(server, "127.0.0.1", None);
+        assert!(stream.send(&stun(4)));
+        assert!(stream.send(&stun(0)));
+        let (lens, reason) = drain(&mut stream).await;
+        assert_eq!((lens, reason.as_str()), (vec![20, 8], "closed by the server"));
+        let mut sent = stun(4);
+        sent.extend(stun(0));
+        assert_eq!(peer.await.unwrap(), sent);
+        assert!(!stream.send(&stun(0)), "a closed stream takes nothing");
+    }
+
+    /// Messages queued past the write limit are dropped, not buffered.
+    #[tokio::test]
+    async fn the_write_queue_is_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut stream = TurnStream::connect(listener.local_addr().unwrap(), "127.0.0.1", None);
+        let big = [0x40, 0x00, 0xFF, 0xFC].into_iter().chain(std::iter::repeat_n(0, 0xFFFC)).collect::<Vec<u8>>();
+        let taken = (0..10).filter(|_| stream.send(&big)).count();
+        assert_eq!(taken, WRITE_LIMIT / big.len());
+    }
+
+    /// The server's side of a test stream: accepts one connection, writes
+    /// `bytes` and closes it.
+    fn server_writing(listener: tokio::net::TcpListener, bytes: Vec<u8>) {
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(&bytes).await.unwrap();
+        });
     }
 
     #[tokio::test]
     async fn garbage_from_the_server_ends_the_stream() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut stream = TurnStream::connect(listener.local_addr().unwrap(), "127.0.0.1", None);
-        let (mut conn, _) = listener.accept().await.unwrap();
         // The start of a TLS ServerHello (a `turns:` server taken for a `turn:` one).
-        conn.write_all(&[0x16, 0x03, 0x03, 0x00, 0x5a, 0x02, 0x00, 0x00, 0x56]).await.unwrap();
-        match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
-            Incoming::Closed(reason) => assert!(reason.contains("not a TURN message"), "{reason}"),
-            Incoming::Message(_) => panic!("garbage taken for a message"),
-        }
+        server_writing(listener, vec![0x16, 0x03, 0x03, 0x00, 0x5a, 0x02, 0x00, 0x00, 0x56]);
+        let (lens, reason) = drain(&mut stream).await;
+        assert!(lens.is_empty() && reason.contains("not a TURN message"), "{lens:?} {reason}");
     }
 
     #[tokio::test]
     async fn a_message_cut_short_by_the_end_of_the_stream_is_reported() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut stream = TurnStream::connect(listener.local_addr().unwrap(), "127.0.0.1", None);
-        let (mut conn, _) = listener.accept().await.unwrap();
-        conn.write_all(&stun(8)[..22]).await.unwrap();
-        drop(conn);
-        match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
-            Incoming::Closed(reason) => assert!(reason.contains("middle of a message"), "{reason}"),
-            Incoming::Message(_) => panic!("half a message taken whole"),
-        }
+        server_writing(listener, stun(8)[..22].to_vec());
+        let (lens, reason) = drain(&mut stream).await;
+        assert!(lens.is_empty() && reason.contains("middle of a message"), "{lens:?} {reason}");
     }
 
     #[tokio::test]
@@ -488,10 +521,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let mut stream = TurnStream::connect(addr, "127.0.0.1", None);
-        match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
-            Incoming::Closed(reason) => assert!(reason.contains("TCP connect"), "{reason}"),
-            Incoming::Message(_) => panic!("a message from nowhere"),
-        }
+        let (lens, reason) = drain(&mut stream).await;
+        assert!(lens.is_empty() && reason.contains("TCP connect"), "{lens:?} {reason}");
     }
 
     /// A TURN-over-TLS server stand-in with a certificate for 127.0.0.1:
@@ -529,7 +560,7 @@ mod tests {
         });
 
         let mut stream = TurnStream::connect(addr, "127.0.0.1", Some(tls_config(Some(pem.as_bytes())).unwrap()));
-        assert!(stream.send(BytesMut::from(&stun(4)[..])));
+        assert!(stream.send(&stun(4)));
         match std::future::poll_fn(|cx| stream.poll_incoming(cx)).await {
             Incoming::Message(m) => assert_eq!(&m[..], &stun(4)[..]),
             Incoming::Closed(reason) => panic!("closed: {reason}"),
