@@ -565,36 +565,30 @@ impl VideoSender {
                 return Ok(false);
             }
             let payloads = s.payloader.payload(RTP_MTU, &frame).map_err(|e| PeerError::Rtc(e.to_string()))?;
-            let (sender, ssrc, mut seq) = (s.sender, s.ssrc, s.seq);
+            let (sender, ssrc, first) = (s.sender, s.ssrc, s.seq);
             let count = payloads.len();
-            let mut packets = Vec::with_capacity(count);
+            // Wraps as RTP sequence numbers do (a frame is far fewer than 65,536 packets).
+            s.seq = first.wrapping_add(count as u16);
+            let Some(mut rtp) = inner.pc.rtp_sender(sender) else {
+                return Err(PeerError::Closed("track removed".into()));
+            };
+            // The payload type the peer's answer settled on.
+            let payload_type =
+                rtp.get_parameters().rtp_parameters.codecs.first().map_or(VP8_PAYLOAD_TYPE, |c| c.payload_type);
             for (i, payload) in payloads.into_iter().enumerate() {
-                packets.push(RtpPacket {
+                let packet = RtpPacket {
                     header: rtc::rtp::header::Header {
                         version: 2,
                         marker: i + 1 == count,
-                        payload_type: VP8_PAYLOAD_TYPE,
-                        sequence_number: seq,
+                        payload_type,
+                        sequence_number: first.wrapping_add(i as u16),
                         timestamp,
                         ssrc,
                         ..Default::default()
                     },
                     payload,
-                });
-                seq = seq.wrapping_add(1);
-            }
-            if let Some(s) = inner.sender_mut(self.key) {
-                s.seq = seq;
-            }
-            let Some(mut rtp) = inner.pc.rtp_sender(sender) else {
-                return Err(PeerError::Closed("track removed".into()));
-            };
-            let pt = rtp.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type);
-            for mut p in packets {
-                if let Some(pt) = pt {
-                    p.header.payload_type = pt;
-                }
-                rtp.write_rtp(t, p).map_err(|e| PeerError::Rtc(e.to_string()))?;
+                };
+                rtp.write_rtp(t, packet).map_err(|e| PeerError::Rtc(e.to_string()))?;
             }
             Ok(true)
         })
