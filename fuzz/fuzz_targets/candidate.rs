@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use tether_proto::proto::rpc::webrtc::v1::IceCandidate;
 use rtc::ice::candidate::unmarshal_candidate;
 use rtc::peer_connection::transport::RTCIceCandidate;
+use tether_proto::proto::rpc::webrtc::v1::IceCandidate;
 use tether_transport::webrtc::sdp::{candidate_init, candidate_to_pb};
 
 fuzz_target!(|data: &[u8]| {
