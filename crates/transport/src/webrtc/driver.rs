@@ -10,8 +10,9 @@
 //! 2. run a *turn*: move framing packets into the `data` channel while it
 //!    buffers less than [`RtcOptions::high_water`], hand received channel
 //!    messages to the framing, collect events, and repeat until nothing moves;
-//! 3. send every datagram the turn produced, then sleep until a socket is
-//!    readable, a call queues work, or the earliest timer.
+//! 3. send every datagram the turn produced and write what it queued on
+//!    TURN streams, then sleep until a socket or TURN stream is readable, a
+//!    call queues work, or the earliest timer.
 //!
 //! Candidates: one socket per local IPv4 address (host candidates, loopback
 //! included when [`PeerOptions::include_loopback`], and held back from a
