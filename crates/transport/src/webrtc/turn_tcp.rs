@@ -345,7 +345,8 @@ pub(crate) fn try_streams(streams: &mut [TurnStream]) -> Option<(usize, Incoming
 }
 
 /// Writes what the driver just queued, now rather than at its next poll.
-/// A stream that fails here reports it at its next poll.
+/// A failed write leaves the queue as it was: the next poll writes again,
+/// fails the same way and closes the stream with that reason.
 pub(crate) fn write_streams(streams: &mut [TurnStream]) {
     let mut cx = Context::from_waker(Waker::noop());
     for s in streams.iter_mut().filter(|s| !s.write.is_empty()) {
