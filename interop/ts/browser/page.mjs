@@ -8,11 +8,17 @@ import { createRobotClient, MotorClient, SensorClient, StreamClient } from '@via
 // Record every RTCPeerConnection the SDK creates and the local ICE candidates it gathers (the
 // SDK calls `new RTCPeerConnection(config)` on the global at dial time), so a test can see
 // whether host candidates were hidden behind mDNS names.
+//
+// A test can also set the ICE transport policy the SDK's peer connection is created with
+// (`conf.iceTransportPolicy`; createRobotClient has no option for it): 'relay' stands for a browser
+// whose network offers no usable host path, so that ICE cannot succeed before the browser's own
+// relay allocation does.
 const localCandidates = [];
+let iceTransportPolicy;
 const NativePeerConnection = window.RTCPeerConnection;
 window.RTCPeerConnection = class extends NativePeerConnection {
-  constructor(...args) {
-    super(...args);
+  constructor(config, ...rest) {
+    super(iceTransportPolicy ? { ...(config ?? {}), iceTransportPolicy } : config, ...rest);
     this.addEventListener('icecandidate', (e) => {
       if (e.candidate && e.candidate.candidate) localCandidates.push(e.candidate.candidate);
     });
@@ -124,7 +130,8 @@ async function framesDecoded() {
 }
 
 window.tether = {
-  async connect(conf) {
+  async connect({ iceTransportPolicy: policy, ...conf }) {
+    iceTransportPolicy = policy;
     const t0 = performance.now();
     robot = await createRobotClient(conf);
     const connectMs = performance.now() - t0;
@@ -135,14 +142,10 @@ window.tether = {
       hasPeerConnection: pc !== undefined,
       iceConnectionState: pc?.iceConnectionState,
       connectionState: pc?.connectionState,
+      iceTransportPolicy: pc?.getConfiguration().iceTransportPolicy,
       selectedPair: pc ? await selectedPair(pc) : null,
       localCandidates: [...localCandidates],
     };
-  },
-  // The local candidates gathered so far: gathering goes on after connect (a TURN allocation
-  // over TCP can finish after ICE has already selected a pair through the peer's relay).
-  localCandidates() {
-    return [...localCandidates];
   },
   async resourceNames() {
     const names = await bounded('RobotService.ResourceNames', robot.resourceNames());
