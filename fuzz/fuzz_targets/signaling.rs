@@ -33,7 +33,7 @@
 //!   no offer, answerer session, pending offer or exchange.
 #![no_main]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,7 @@ use tether_proto::proto::rpc::webrtc::v1::{
 use tether_signaling::core::{AnswerRelay, CallEnd, CallRelay, CallStep, Heartbeat, message_before_offer};
 use tether_signaling::{
     AnswererEvent, AnswererSession, CallLimits, Caller, CallerEvent, HostAllowList, KeyGrants, MAX_CANDIDATE_SIZE,
-    MAX_SDP_SIZE, MemoryQueue, SignalingServer, TurnRestConfig, ice_server,
+    MAX_SDP_SIZE, MAX_STATUS_MESSAGE, MemoryQueue, SignalingServer, TurnRestConfig, ice_server,
 };
 use tether_transport::auth::AuthEntity;
 use tether_transport::identity::VouchKey;
@@ -695,9 +695,9 @@ impl World {
     /// The caps hold, and the server counts what the rules say.
     fn check_limits(&self) {
         let t = Instant::now();
-        let mut pending: HashMap<&str, usize> = HashMap::new();
-        let mut pending_addresses: HashMap<&str, HashSet<&str>> = HashMap::new();
-        let mut exchanges: HashMap<&str, usize> = HashMap::new();
+        let mut pending: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut pending_addresses: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut exchanges: BTreeMap<&str, usize> = BTreeMap::new();
         for c in &self.calls {
             if c.relay.as_ref().is_some_and(|r| !r.answered()) && c.end.is_none() {
                 *pending.entry(c.host.as_str()).or_default() += 1;
@@ -713,7 +713,7 @@ impl World {
         }
         if let Some(max) = self.limits.max_pending_per_host {
             // Past the cap only as an address's first pending call for the host.
-            let over = |host: &str, n: usize| n > max + pending_addresses.get(host).map_or(0, HashSet::len);
+            let over = |host: &str, n: usize| n > max + pending_addresses.get(host).map_or(0, BTreeSet::len);
             assert!(
                 !pending.iter().any(|(host, &n)| over(host, n)),
                 "pending offers per host over {max} plus one per address: {pending:?} {pending_addresses:?}"
@@ -900,13 +900,29 @@ fn pick(u: &mut Unstructured, len: usize) -> AResult<Option<usize>> {
 
 // ---- input shapes ----
 
-/// A string: mostly short, sometimes huge.
+/// A string: mostly short, sometimes long.
 fn string(u: &mut Unstructured) -> AResult<String> {
     Ok(match u.int_in_range(0..=9)? {
         0 => String::new(),
-        1 => "x".repeat(u.int_in_range(1_000..=300_000)?),
+        1 => long_string(u)?,
         _ => u.arbitrary()?,
     })
+}
+
+/// A long string of one repeated character (multi-byte ones put the cut of
+/// an overlong status message inside a character): half the time within a
+/// few bytes of one of the signaler's size limits, otherwise of any length up
+/// to twice the largest. Longer strings reach no other code; they only cost
+/// copying.
+fn long_string(u: &mut Unstructured) -> AResult<String> {
+    let len = if u.arbitrary()? {
+        let limit = *u.choose(&[MAX_CANDIDATE_SIZE, MAX_STATUS_MESSAGE, MAX_SDP_SIZE])?;
+        limit - 8 + u.int_in_range(0..=16)?
+    } else {
+        u.int_in_range(1_000..=2 * MAX_SDP_SIZE)?
+    };
+    let c = *u.choose(&['x', 'é', '€', '🦀'])?;
+    Ok(c.to_string().repeat(len.div_ceil(c.len_utf8())))
 }
 
 /// `rpc-host` values (and sometimes a `grpc-timeout`, which the handlers
