@@ -21,9 +21,10 @@
 # PKG/target/logs/build.log).
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
-# e.g. "-jobs=2", "-rss_limit_mb=4096" or "-runs=10000000" for a fixed number of inputs, SECONDS
-# then being an upper bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a
-# nightly toolchain installed, as on CI).
+# e.g. "-fork=2" (both cores on one corpus; -runs=N then counts every worker's inputs),
+# "-rss_limit_mb=4096" or "-runs=10000000" for a fixed number of inputs, SECONDS then being an upper
+# bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path
+# even with a nightly toolchain installed, as on CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -152,6 +153,13 @@ for t in "${TARGETS[@]}"; do
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$tlog" | tail -1)"
   # How long the target ran (less than SECS when FUZZ_FLAGS has -runs=N).
   took="$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$tlog" | tail -1)"
+  if [[ -z $runs ]]; then
+    # Fork mode (-fork=N) prints no final stats. Its progress lines ("#RUNS: cov: …") count the
+    # inputs of every worker, and it ends with "INFO: exiting: CODE time: SECONDSs".
+    runs="$(sed -n 's/^#\([0-9]*\): cov: .*/\1/p' "$tlog" | tail -1)"
+    took="$(sed -n 's/^INFO: exiting: [0-9]* time: \([0-9]*\)s.*/\1/p' "$tlog" | tail -1)"
+    if [[ -n $runs && ${took:-0} -gt 0 ]]; then rate=$((runs / took)); fi
+  fi
   if [[ $rc -eq 0 ]]; then
     SUMMARY+=("PASS  $t ($(rel "$pkg")): ${runs:-?} runs in ${took:-$SECS}s (${rate:-?}/s)")
     grep -E "^#[0-9]+[[:space:]]+DONE" "$tlog" | tail -1 || true
