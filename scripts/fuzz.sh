@@ -21,9 +21,9 @@
 # PKG/target/logs/build.log).
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
-# e.g. "-fork=2" (both cores on one corpus; -runs=N then counts every worker's inputs),
-# "-rss_limit_mb=4096" or "-runs=10000000" for a fixed number of inputs, SECONDS then being an upper
-# bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path
+# e.g. "-jobs=2 -workers=2" (two processes on one corpus, -runs=N applying to each), "-fork=2"
+# (workers on one corpus, -runs=N counting all of their inputs), "-rss_limit_mb=4096" or
+# "-runs=10000000" for a fixed number of inputs, SECONDS then being an upper bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path
 # even with a nightly toolchain installed, as on CI).
 set -euo pipefail
 
@@ -149,10 +149,17 @@ for t in "${TARGETS[@]}"; do
   rc=0
   cargo_fuzz "$pkg" run "$t" "$scratch" "$seeds" -- \
     -max_total_time="$SECS" -timeout="$TIMEOUT" -print_final_stats=1 "${EXTRA[@]}" >"$tlog" 2>&1 || rc=$?
-  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$tlog" | tail -1)"
+  # -jobs=N: libFuzzer runs N processes on the shared corpus, each logging to fuzz-JOB.log in the
+  # working directory (PKG), and copies each job's log into its own output once the job is done.
+  rm -f "$pkg"/fuzz-[0-9]*.log
+  # Inputs: the sum over processes (one, or one per job); how long: the longest (less than SECS
+  # when FUZZ_FLAGS has -runs=N).
+  runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$tlog" | awk '{ n += $1 } END { if (NR) print n }')"
+  took="$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$tlog" | sort -n | tail -1)"
   rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$tlog" | tail -1)"
-  # How long the target ran (less than SECS when FUZZ_FLAGS has -runs=N).
-  took="$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$tlog" | tail -1)"
+  if [[ $(grep -c '^stat::number_of_executed_units:' "$tlog") -gt 1 && ${took:-0} -gt 0 ]]; then
+    rate=$((runs / took))
+  fi
   if [[ -z $runs ]]; then
     # Fork mode (-fork=N) prints no final stats. Its progress lines ("#RUNS: cov: …") count the
     # inputs of every worker, and it ends with "INFO: exiting: CODE time: SECONDSs".
