@@ -23,8 +23,9 @@
 # Environment: FUZZ_TIMEOUT (seconds per input, default 10), FUZZ_FLAGS (more libFuzzer flags,
 # e.g. "-jobs=2 -workers=2" (two processes on one corpus, -runs=N applying to each), "-fork=2"
 # (workers on one corpus, -runs=N counting all of their inputs), "-rss_limit_mb=4096" or
-# "-runs=10000000" for a fixed number of inputs, SECONDS then being an upper bound), FUZZ_DEV=1 (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path
-# even with a nightly toolchain installed, as on CI).
+# "-runs=10000000" for a fixed number of inputs, SECONDS then being an upper bound), FUZZ_DEV=1
+# (unoptimized build, for quick smokes), FUZZ_NIGHTLY=0 (use the stable path even with a nightly
+# toolchain installed, as on CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
