@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod call;
 mod demo;
 mod machine;
+mod malloc;
 mod metrics;
 mod signaling;
 mod term;
@@ -109,6 +110,9 @@ fn main() -> ExitCode {
         Command::Call(_) => "warn",
         Command::Demo(_) => "error",
     });
+    // Before any thread starts: see malloc.rs.
+    let thresholds = malloc::fix_thresholds();
+    tracing::info!(?thresholds, mmap = malloc::MMAP_THRESHOLD, trim = malloc::TRIM_THRESHOLD, "malloc thresholds");
     // The runtime: see tether_transport::runtime.
     let runtime = match tether_transport::runtime() {
         Ok(rt) => rt,

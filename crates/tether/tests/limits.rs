@@ -303,6 +303,8 @@ async fn half_sent_messages(connections: usize, per_connection: usize) {
     assert_eq!(done.len(), streams, "every stream ends");
     assert!(slowest <= Duration::from_secs(45), "the last stream ended after {slowest:?}");
     assert!(done.iter().all(|o| o.code != Ok(tonic::Code::Ok)), "no half-sent message succeeds: {codes:?}");
+    // The machine process fixes glibc's malloc thresholds (src/malloc.rs); with
+    // the dynamic ones this peak varied from +95 to +146 MiB under CPU load.
     assert!(peak_rss < idle_rss + 128 * 1024, "RSS {idle_rss} KiB → {peak_rss} KiB");
 }
 
