@@ -9,7 +9,7 @@
 //! half-sent 8 MiB messages the incomplete-message budget drops can so leave
 //! the machine tens of MiB above what it holds: 10 connections of them
 //! peaked at +95 to +146 MiB of RSS under CPU load with the dynamic
-//! threshold, +72 to +79 MiB with it fixed (docs/SECURITY.md).
+//! threshold, +75 to +81 MiB with it fixed (docs/SECURITY.md).
 //!
 //! Fixed at 4 MiB, every block of 4 MiB or more is a mapping of its own,
 //! returned to the system when freed. Smaller blocks (most messages, camera
@@ -20,7 +20,7 @@
 //! 8 MiB, twice the mmap threshold as glibc's dynamic rule would, so that
 //! the heap's top is not handed back and faulted in again for every message
 //! (left at its 128 KiB default, 1 MiB messages over direct HTTP/2 fell from
-//! about 1,400 to 400 MB/s).
+//! about 1,400 to 400–530 MB/s).
 //!
 //! `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or a `glibc.malloc.`
 //! threshold tunable in the environment wins: both are left alone then.
