@@ -1,5 +1,5 @@
-//! The one allocator setting the `tether` process makes: glibc's mmap
-//! threshold, fixed at 4 MiB.
+//! The allocator settings the `tether` process makes: glibc's mmap threshold
+//! fixed at 4 MiB, and with it the trim threshold at 8 MiB.
 //!
 //! glibc's malloc serves a block above its mmap threshold with a mapping of
 //! its own, unmapped when freed. The threshold starts at 128 KiB and is
@@ -29,14 +29,15 @@
 // a C function, is the one call allowed here.
 #![allow(unsafe_code)]
 
-/// Blocks of this size or more are mapped on their own and unmapped when freed.
-pub(crate) const MMAP_THRESHOLD: usize = 4 << 20;
+/// Blocks of this size or more are mapped on their own and unmapped when
+/// freed (an `int`, as `mallopt` takes it).
+pub(crate) const MMAP_THRESHOLD: i32 = 4 << 20;
 
 /// Free memory at the top of the main heap beyond this is handed back.
-pub(crate) const TRIM_THRESHOLD: usize = 2 * MMAP_THRESHOLD;
+pub(crate) const TRIM_THRESHOLD: i32 = 2 * MMAP_THRESHOLD;
 
 /// What [`fix_thresholds`] did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Thresholds {
     /// Fixed at [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`].
     Fixed,
@@ -59,10 +60,7 @@ pub(crate) fn fix_thresholds() -> Thresholds {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set(mmap: usize, trim: usize) -> Thresholds {
-    let (Ok(mmap), Ok(trim)) = (libc::c_int::try_from(mmap), libc::c_int::try_from(trim)) else {
-        return Thresholds::Default;
-    };
+fn set(mmap: i32, trim: i32) -> Thresholds {
     // SAFETY: `mallopt` takes no pointers and only changes a parameter of the
     // allocator, under the allocator's own lock; any thread may call it.
     let ok =
@@ -71,6 +69,6 @@ fn set(mmap: usize, trim: usize) -> Thresholds {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set(_mmap: usize, _trim: usize) -> Thresholds {
+fn set(_mmap: i32, _trim: i32) -> Thresholds {
     Thresholds::Default
 }
